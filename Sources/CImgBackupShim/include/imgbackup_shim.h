@@ -1,0 +1,37 @@
+#ifndef IMGBACKUP_SHIM_H
+#define IMGBACKUP_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// ioctl(2) is variadic, so Swift cannot call it; these wrappers give the loop
+// device requests a typed signature. Each returns 0 or a value on success and
+// -errno on failure.
+
+/// LOOP_CTL_GET_FREE on /dev/loop-control: the number of a free loop device.
+int imgb_loop_ctl_get_free(int control_fd);
+
+/// LOOP_CONFIGURE (Linux 5.8+): bind backing_fd to the loop device in one
+/// atomic call. direct_io asks for LO_FLAGS_DIRECT_IO (a loop device on a FUSE
+/// file is many times slower buffered); autoclear detaches the device when its
+/// last user closes it, so a crashed imgbackup does not leak loop devices.
+int imgb_loop_configure(int loop_fd, int backing_fd, int read_only, int direct_io,
+                        int autoclear, const char *file_name);
+
+/// LOOP_CLR_FD: unbind the loop device (deferred by the kernel while in use).
+int imgb_loop_clear(int loop_fd);
+
+/// LOOP_SET_CAPACITY: re-read the backing file's size after it grew.
+int imgb_loop_set_capacity(int loop_fd);
+
+/// BLKGETSIZE64: a block device's size in bytes, or -errno.
+int64_t imgb_block_device_size(int fd);
+
+/// memfd_create(2) for capturing a child's output without a pipe: a daemon
+/// that inherits a pipe (sshfs's ssh child) would keep it open forever.
+int imgb_memfd_create(const char *name);
+
+/// explicit_bzero: wipes a buffer in a way the compiler may not elide.
+void imgb_wipe(void *buffer, size_t length);
+
+#endif

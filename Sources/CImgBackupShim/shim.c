@@ -1,0 +1,51 @@
+#define _GNU_SOURCE
+#include "imgbackup_shim.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+
+int imgb_loop_ctl_get_free(int control_fd) {
+    int n = ioctl(control_fd, LOOP_CTL_GET_FREE);
+    return n < 0 ? -errno : n;
+}
+
+int imgb_loop_configure(int loop_fd, int backing_fd, int read_only, int direct_io,
+                        int autoclear, const char *file_name) {
+    struct loop_config config;
+    memset(&config, 0, sizeof(config));
+    config.fd = (uint32_t)backing_fd;
+    if (read_only) config.info.lo_flags |= LO_FLAGS_READ_ONLY;
+    if (direct_io) config.info.lo_flags |= LO_FLAGS_DIRECT_IO;
+    if (autoclear) config.info.lo_flags |= LO_FLAGS_AUTOCLEAR;
+    if (file_name != NULL) {
+        strncpy((char *)config.info.lo_file_name, file_name, LO_NAME_SIZE - 1);
+    }
+    return ioctl(loop_fd, LOOP_CONFIGURE, &config) < 0 ? -errno : 0;
+}
+
+int imgb_loop_clear(int loop_fd) {
+    return ioctl(loop_fd, LOOP_CLR_FD, 0) < 0 ? -errno : 0;
+}
+
+int imgb_loop_set_capacity(int loop_fd) {
+    return ioctl(loop_fd, LOOP_SET_CAPACITY, 0) < 0 ? -errno : 0;
+}
+
+int64_t imgb_block_device_size(int fd) {
+    uint64_t size = 0;
+    if (ioctl(fd, BLKGETSIZE64, &size) < 0) return -errno;
+    return (int64_t)size;
+}
+
+int imgb_memfd_create(const char *name) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+void imgb_wipe(void *buffer, size_t length) {
+    explicit_bzero(buffer, length);
+}

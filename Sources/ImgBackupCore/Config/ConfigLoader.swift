@@ -1,0 +1,179 @@
+import Foundation
+import ImgBackupOS
+import TOMLKit
+
+/// Reads the TOML configuration. Every problem is an ImgBackupError(.config)
+/// naming file, line and key: unknown keys, wrong types, bad sizes and
+/// durations, relative paths, missing required keys.
+public enum ConfigLoader {
+    public static let defaultPath = "/etc/imgbackup/imgbackup.toml"
+
+    /// `--config`, else `IMGBACKUP_CONFIG`, else the default path.
+    public static func resolvePath(explicit: String?, environment: [String: String]) -> String {
+        if let explicit, !explicit.isEmpty { return explicit }
+        if let fromEnvironment = environment["IMGBACKUP_CONFIG"], !fromEnvironment.isEmpty { return fromEnvironment }
+        return defaultPath
+    }
+
+    public static func load(path: String) throws(ImgBackupError) -> Configuration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            let reason =
+                !FileManager.default.fileExists(atPath: path) ? "no such file"
+                : !FileManager.default.isReadableFile(atPath: path) ? "permission denied" : "not UTF-8 text"
+            throw ImgBackupError(
+                .config, "failed to read config \(path): \(reason)", hint: "pass --config FILE or set IMGBACKUP_CONFIG")
+        }
+        return try parse(text, path: path)
+    }
+
+    public static func parse(_ text: String, path: String) throws(ImgBackupError) -> Configuration {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ImgBackupError(
+                .config, "\(path):\(error.source.begin.line): invalid TOML: \(error.description)")
+        } catch {
+            throw ImgBackupError(.config, "\(path): invalid TOML: \(error)")
+        }
+        let document = TableReader(table: root, keyPath: [], context: .init(path: path, lines: LineLocator(text)))
+        var targets: [Target] = []
+        if let targetTables = try document.table("target") {
+            for name in targetTables.keysInFileOrder {
+                guard let table = try targetTables.table(name) else { continue }
+                guard Target.isValidName(name) else {
+                    throw table.error(
+                        nil, "target name '\(name)' may use only letters, digits, '-' and '_' (64 at most)")
+                }
+                targets.append(try readTarget(name: name, table))
+            }
+            try targetTables.rejectUnknownKeys()
+        }
+        try document.rejectUnknownKeys()
+        return Configuration(path: path, targets: targets)
+    }
+
+    private static func readTarget(name: String, _ table: TableReader) throws(ImgBackupError) -> Target {
+        let remoteText = try table.require("remote", table.string)
+        let remote: RemoteLocation
+        switch RemoteLocation.parse(remoteText) {
+        case .success(let location): remote = location
+        case .failure(let failure):
+            throw table.error("remote", "'\(remoteText)' is not [user@]host:/directory: \(failure.reason)")
+        }
+        let image = try table.string("image") ?? "\(name).img"
+        if image.isEmpty || image.contains("/") || image == "." || image == ".." || image.hasPrefix("-") {
+            throw table.error("image", "'\(image)' must be a plain file name inside the remote directory")
+        }
+
+        let keyFile = try table.absolutePath("key_file")
+        let keyCommand = try table.stringArray("key_command")
+        let key: Target.KeySource
+        switch (keyFile, keyCommand) {
+        case (let file?, nil): key = .file(file)
+        case (nil, let command?):
+            guard let first = command.first, first.hasPrefix("/") || !first.contains("/") else {
+                throw table.error("key_command", "must be a non-empty argv whose first element is a program name or absolute path")
+            }
+            key = .command(command)
+        case (nil, nil): throw table.error(nil, "needs key_file or key_command")
+        case (_?, _?): throw table.error("key_command", "give key_file or key_command, not both")
+        }
+
+        let mountPoint = try table.absolutePath("mount_point") ?? "/mnt/imgbackup/\(name)"
+        var target = Target(name: name, remote: remote, image: image, key: key, mountPoint: mountPoint)
+        if let port = try table.int("port") {
+            guard (1...65535).contains(port) else { throw table.error("port", "\(port) is not a TCP port (1-65535)") }
+            target.port = port
+        }
+        target.identityFile = try table.absolutePath("identity_file")
+        if let options = try table.stringArray("ssh_options") {
+            for option in options where !option.contains("=") || option.hasPrefix("-") || option.contains("\n") {
+                throw table.error("ssh_options", "'\(option)' is not an ssh option of the form Name=value")
+            }
+            target.sshOptions = options
+        }
+        target.size = try table.size("size")
+        if let size = target.size, size.bytes < 32 << 20 {
+            throw table.error("size", "\(size) is too small: the LUKS2 header alone takes 16 MiB (use at least 32M)")
+        }
+        target.filesystem = try table.choice("filesystem", Target.Filesystem.self) ?? .ext4
+        target.transport = try table.choice("transport", Target.Transport.self) ?? .sshfs
+
+        if let nbd = try table.table("nbd") {
+            let command = try nbd.stringArray("command")
+            let uri = try nbd.string("uri")
+            switch (command, uri) {
+            case (let command?, nil):
+                guard !command.isEmpty else { throw nbd.error("command", "must not be empty") }
+                target.nbd = .command(command)
+            case (nil, let uri?):
+                guard ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://"].contains(where: uri.hasPrefix) else {
+                    throw nbd.error("uri", "'\(uri)' is not an NBD URI (nbd://, nbds://, nbd+unix://)")
+                }
+                target.nbd = .uri(uri)
+            case (nil, nil): throw nbd.error(nil, "needs exactly one of command or uri")
+            case (_?, _?): throw nbd.error("uri", "give command or uri, not both")
+            }
+            try nbd.rejectUnknownKeys()
+        }
+        if target.transport == .nbd && target.nbd == nil {
+            throw table.error("transport", "is nbd but there is no [target.\(name).nbd] table")
+        }
+
+        if let copyTable = try copyTableReader(table) { target.copy = try readCopy(copyTable) }
+
+        if let retention = try table.table("retention") {
+            var value = Target.Retention()
+            value.keepDaily = try retention.count("keep_daily")
+            value.keepWeekly = try retention.count("keep_weekly")
+            value.keepMonthly = try retention.count("keep_monthly")
+            target.retention = value
+            try retention.rejectUnknownKeys()
+        }
+        if let timeouts = try table.table("timeouts") {
+            target.timeouts.stall = try timeouts.duration("stall") ?? target.timeouts.stall
+            target.timeouts.teardown = try timeouts.duration("teardown") ?? target.timeouts.teardown
+            try timeouts.rejectUnknownKeys()
+        }
+        if let luks = try table.table("luks") {
+            target.pbkdf.kind = try luks.choice("pbkdf", PBKDFSettings.Kind.self) ?? .argon2id
+            if let iterations = try luks.int("pbkdf_iterations") {
+                let minimum = target.pbkdf.kind == .pbkdf2 ? 1000 : 4
+                guard iterations >= minimum, iterations <= Int(UInt32.max) else {
+                    throw luks.error("pbkdf_iterations", "\(iterations) is out of range (at least \(minimum) for \(target.pbkdf.kind.rawValue))")
+                }
+                target.pbkdf.forcedIterations = UInt32(iterations)
+            }
+            try luks.rejectUnknownKeys()
+        }
+        try table.rejectUnknownKeys()
+        return target
+    }
+
+    private static func copyTableReader(_ table: TableReader) throws(ImgBackupError) -> TableReader? {
+        try table.table("copy")
+    }
+
+    private static func readCopy(_ table: TableReader) throws(ImgBackupError) -> Target.Copy {
+        let method = try table.require("method") { key throws(ImgBackupError) in try table.choice(key, Target.Copy.Method.self) }
+        var copy = Target.Copy(method: method)
+        copy.sources = try table.stringArray("sources") ?? []
+        copy.exclude = try table.stringArray("exclude") ?? []
+        copy.sourceSubvolume = try table.absolutePath("source_subvolume")
+        copy.command = try table.stringArray("command")
+        switch method {
+        case .rsync, .borg:
+            if copy.sources.isEmpty { throw table.error("sources", "\(method.rawValue) needs at least one source") }
+        case .btrfsSend:
+            if copy.sourceSubvolume == nil { throw table.error("source_subvolume", "btrfs-send needs source_subvolume") }
+        case .command:
+            if copy.command?.isEmpty ?? true { throw table.error("command", "method command needs a non-empty command") }
+        }
+        try table.rejectUnknownKeys()
+        return copy
+    }
+}

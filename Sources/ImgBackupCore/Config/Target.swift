@@ -1,0 +1,98 @@
+import ImgBackupOS
+
+/// One `[target.NAME]` table: an encrypted image on a remote host and how to
+/// reach, unlock, mount and fill it.
+public struct Target: Sendable, Equatable {
+    public enum Filesystem: String, Sendable, CaseIterable { case ext4, btrfs }
+    public enum Transport: String, Sendable, CaseIterable { case sshfs, nbd }
+
+    /// Where the key comes from. The bytes themselves are read only when needed.
+    public enum KeySource: Sendable, Equatable {
+        case file(String)
+        case command([String])
+    }
+
+    public enum NBDExport: Sendable, Equatable {
+        /// Run on the remote over ssh; speaks NBD on stdin/stdout.
+        case command([String])
+        /// nbd://, nbds://, nbd+unix://
+        case uri(String)
+    }
+
+    public struct Copy: Sendable, Equatable {
+        public enum Method: String, Sendable, CaseIterable {
+            case rsync, borg
+            case btrfsSend = "btrfs-send"
+            case command
+        }
+        public var method: Method
+        public var sources: [String] = []
+        public var exclude: [String] = []
+        public var sourceSubvolume: String?
+        public var command: [String]?
+    }
+
+    public struct Retention: Sendable, Equatable {
+        public var keepDaily: Int?
+        public var keepWeekly: Int?
+        public var keepMonthly: Int?
+    }
+
+    public struct Timeouts: Sendable, Equatable {
+        /// No progress and no answer from the transport for this long: a hang.
+        public var stall: Duration = .seconds(120)
+        /// Each teardown step gets this long before escalating.
+        public var teardown: Duration = .seconds(30)
+    }
+
+    public let name: String
+    public var remote: RemoteLocation
+    public var port: Int = 22
+    public var identityFile: String?
+    public var sshOptions: [String] = []
+    public var image: String
+    public var size: ByteSize?
+    public var filesystem: Filesystem = .ext4
+    public var transport: Transport = .sshfs
+    public var key: KeySource
+    public var mountPoint: String
+    public var nbd: NBDExport?
+    public var copy: Copy?
+    public var retention: Retention?
+    public var timeouts = Timeouts()
+    /// Key derivation for new keyslots. Strong by default; tests lower it.
+    public var pbkdf: PBKDFSettings = .strong
+
+    public init(name: String, remote: RemoteLocation, image: String, key: KeySource, mountPoint: String) {
+        self.name = name
+        self.remote = remote
+        self.image = image
+        self.key = key
+        self.mountPoint = mountPoint
+    }
+
+    /// The device-mapper name: /dev/mapper/imgbackup-NAME.
+    public var mappingName: String { "imgbackup-\(name)" }
+
+    /// Target names become file and device names: keep them plain.
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64 && !name.hasPrefix("-")
+            && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }
+    }
+}
+
+/// A loaded configuration file.
+public struct Configuration: Sendable {
+    /// The file it came from, for messages.
+    public let path: String
+    /// Targets in file order.
+    public let targets: [Target]
+
+    public func target(named name: String) throws(ImgBackupError) -> Target {
+        if let target = targets.first(where: { $0.name == name }) { return target }
+        let known = targets.map(\.name).joined(separator: ", ")
+        throw ImgBackupError(
+            .config, "target '\(name)' is not in \(path)",
+            hint: known.isEmpty ? "add a [target.\(name)] table" : "known targets: \(known)")
+    }
+}

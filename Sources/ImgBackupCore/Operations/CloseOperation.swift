@@ -1,0 +1,59 @@
+import ImgBackupOS
+import Logging
+
+/// `imgbackup close`: unwinds the target's stack in reverse. Works from the
+/// state record alone, so it also finishes the job of a crashed command; with
+/// no record it still checks every place a layer of this target could be
+/// (every `down` is idempotent), so closing a closed target is a quiet success.
+public struct CloseOperation {
+    public let target: Target
+    public let environment: OperationEnvironment
+    public let force: Bool
+
+    public enum Outcome: Sendable, Equatable {
+        case closed(layers: Int)
+        case wasNotOpen
+    }
+
+    public init(target: Target, environment: OperationEnvironment, force: Bool = false) {
+        self.target = target
+        self.environment = environment
+        self.force = force
+    }
+
+    /// Every layer this target can have, bottom first: what `close` checks
+    /// when there is no state record.
+    func possibleLayers() -> [LayerRecord] {
+        let remote = environment.paths.remoteMount(target.name)
+        let mapped = "/dev/mapper/\(target.mappingName)"
+        return [
+            .sshfs(source: target.remote.sshfsSource, mountPoint: remote),
+            .loop(backingFile: "\(remote)/\(target.image)", device: nil),
+            .crypt(name: target.mappingName),
+            .filesystem(device: mapped, mountPoint: target.mountPoint),
+        ]
+    }
+
+    public func run() async throws(ImgBackupError) -> Outcome {
+        let lock = try TargetLock.acquire(target, paths: environment.paths)
+        defer { withExtendedLifetime(lock) {} }
+        let store = environment.stateStore
+        let record = try store.load(target: target.name)
+        let layers = record?.layers ?? possibleLayers()
+        let stack = LayerStack(
+            records: layers,
+            journal: store.journal(for: target.name, operation: record?.operation ?? "close"),
+            teardown: SystemTeardown(
+                runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger),
+            logger: environment.logger)
+        let report = await stack.unwind(force: force)
+        if let failure = report.firstFailure {
+            let left = report.remaining.map(\.layerName).joined(separator: ", ")
+            throw ImgBackupError(
+                failure.error.code,
+                "failed to close target '\(target.name)': \(failure.error.message); still up: \(left)",
+                hint: failure.error.hint ?? "run 'imgbackup close \(target.name)' again")
+        }
+        return record == nil ? .wasNotOpen : .closed(layers: layers.count)
+    }
+}

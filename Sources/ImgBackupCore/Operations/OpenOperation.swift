@@ -1,0 +1,69 @@
+import ImgBackupOS
+import Logging
+
+/// `imgbackup open`: sshfs, loop device, dm-crypt, mount. The stack stays up
+/// after the command returns; the state record says what is up.
+public struct OpenOperation {
+    public let target: Target
+    public let environment: OperationEnvironment
+    public var allowDiscards = false
+
+    public init(target: Target, environment: OperationEnvironment, allowDiscards: Bool = false) {
+        self.target = target
+        self.environment = environment
+        self.allowDiscards = allowDiscards
+    }
+
+    /// Returns the mount point.
+    public func run() async throws(ImgBackupError) -> String {
+        if target.transport == .nbd {
+            throw ImgBackupError(.usage, "the nbd transport is not available yet", hint: "use transport = \"sshfs\"")
+        }
+        let key = try KeyLoader.load(target.key)
+        let lock = try TargetLock.acquire(target, paths: environment.paths)
+        defer { withExtendedLifetime(lock) {} }
+        try TargetLock.requireClosed(target, store: environment.stateStore)
+
+        let builder = StackBuilder(target: target, environment: environment, operation: "open")
+        let identity = LUKSIdentity(paths: environment.paths)
+        return try await builder.unwindingOnFailure { () throws(ImgBackupError) -> String in
+            let image = try await builder.pushRemote()
+            let exists: Bool
+            do {
+                exists = try await RemoteFiles.exists(image, deadline: builder.deadlines.remoteCall)
+            } catch {
+                throw ImgBackupError.wrapping(error, .remote, failedTo: "look for the image \(target.image) on \(target.remote)")
+            }
+            guard exists else {
+                throw ImgBackupError(
+                    .remote, "failed to open target '\(target.name)': there is no image \(target.image) in \(target.remote)",
+                    hint: "run 'imgbackup init \(target.name)' to create it")
+            }
+            let loop = LoopLayer(backingFile: image, deadline: builder.deadlines.remoteCall)
+            try await builder.push(loop)
+            defer { loop.release() }
+            if let device = loop.attachedDevice, !device.directIO {
+                environment.logger.notice("\(device.path) runs without direct I/O: expect slow writes")
+            }
+
+            let expected = identity.recorded(for: target.name)
+            environment.logger.info("unlocking \(target.image)")
+            let crypt = CryptLayer(
+                device: loop.attachedDevice?.path ?? image, name: target.mappingName, key: key,
+                expectedUUID: expected, allowDiscards: allowDiscards, deadline: builder.deadlines.remoteCall)
+            try await builder.push(crypt)
+            loop.release()
+            if expected == nil, let uuid = crypt.observedUUID {
+                environment.logger.notice("recording LUKS UUID \(uuid) for target '\(target.name)' (first open on this machine)")
+                try identity.record(uuid, for: target.name)
+            }
+
+            environment.logger.info("mounting \(target.filesystem.rawValue) at \(target.mountPoint)")
+            try await builder.push(
+                FilesystemLayer(
+                    device: crypt.mappedDevice, mountPoint: target.mountPoint, filesystem: target.filesystem,
+                    deadline: builder.deadlines.remoteCall))
+            return target.mountPoint
+        }
+    }
+}

@@ -1,0 +1,40 @@
+import ImgBackupOS
+import Logging
+
+/// A line of progress for a slow step; the CLI shows it on a terminal.
+public protocol ProgressDisplay: Sendable {
+    func update(_ line: String)
+    func finish()
+}
+
+/// What every operation needs from the outside world.
+public struct OperationEnvironment: Sendable {
+    public var paths: RuntimePaths
+    public var runner: any CommandRunning
+    public var logger: Logger
+    public var progress: (any ProgressDisplay)?
+
+    public init(
+        paths: RuntimePaths, runner: any CommandRunning = SubprocessCommandRunner(), logger: Logger,
+        progress: (any ProgressDisplay)? = nil
+    ) {
+        self.paths = paths
+        self.runner = runner
+        self.logger = logger
+        self.progress = progress
+    }
+
+    var stateStore: StateStore { StateStore(paths: paths) }
+}
+
+/// Named deadlines for the steps of bringing a target up. Steps that talk to
+/// the remote get the target's stall timeout: no answer for that long is a hang.
+struct UpDeadlines {
+    let sshfsMount: Duration
+    let remoteCall: Duration
+
+    init(_ target: Target) {
+        sshfsMount = .seconds(60)
+        remoteCall = target.timeouts.stall
+    }
+}

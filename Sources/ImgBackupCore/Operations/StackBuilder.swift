@@ -1,0 +1,60 @@
+import ImgBackupOS
+import Logging
+
+/// Brings one target's layers up on a LayerStack, and unwinds it all when a
+/// step fails, so a failed command never leaves a half-built stack behind.
+struct StackBuilder {
+    let target: Target
+    let environment: OperationEnvironment
+    let stack: LayerStack
+    let deadlines: UpDeadlines
+
+    init(target: Target, environment: OperationEnvironment, operation: String) {
+        self.target = target
+        self.environment = environment
+        self.deadlines = UpDeadlines(target)
+        let teardown = SystemTeardown(
+            runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger)
+        self.stack = LayerStack(
+            journal: environment.stateStore.journal(for: target.name, operation: operation),
+            teardown: teardown, logger: environment.logger)
+    }
+
+    var remoteDirectory: String { environment.paths.remoteMount(target.name) }
+
+    func push(_ layer: any Layer) async throws(ImgBackupError) {
+        do {
+            try await stack.push(layer)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "bring up the \(layer.intent)")
+        }
+    }
+
+    /// sshfs mount of the remote directory; returns the image's local path.
+    func pushRemote() async throws(ImgBackupError) -> String {
+        environment.logger.info("mounting \(target.remote) over sshfs")
+        try await push(SSHFSLayer(target: target, mountPoint: remoteDirectory, runner: environment.runner, deadline: deadlines.sshfsMount))
+        return "\(remoteDirectory)/\(target.image)"
+    }
+
+    /// Runs `body`; when it throws, unwinds everything and rethrows, noting
+    /// anything that could not be taken down.
+    func unwindingOnFailure<T>(_ body: () async throws(ImgBackupError) -> T) async throws(ImgBackupError) -> T {
+        do {
+            return try await body()
+        } catch {
+            let report = await stack.unwind()
+            guard let failure = report.firstFailure else { throw error }
+            throw ImgBackupError(
+                error.code,
+                "\(error.message); and cleaning up failed: \(failure.error.message)",
+                hint: "run 'imgbackup close \(target.name)' to retry the cleanup", cause: error)
+        }
+    }
+
+    /// Unwinds to `remaining` layers; throws the first failure.
+    func unwind(keeping remaining: Int = 0, force: Bool = false) async throws(ImgBackupError) {
+        let report = await stack.unwind(keeping: remaining, force: force)
+        if let failure = report.firstFailure { throw failure.error }
+    }
+}

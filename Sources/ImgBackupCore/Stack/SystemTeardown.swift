@@ -1,0 +1,114 @@
+import ImgBackupOS
+import Logging
+
+/// Takes real layers down. Each step checks first whether its layer is still
+/// up (reading /proc and /sys, which never block on a hung remote), and each
+/// blocking step runs under the target's teardown deadline.
+public struct SystemTeardown: LayerTeardown {
+    public let runner: any CommandRunning
+    /// The named deadline of each step (`timeouts.teardown`).
+    public let stepDeadline: Duration
+    public let logger: Logger
+
+    public init(runner: any CommandRunning, stepDeadline: Duration, logger: Logger) {
+        self.runner = runner
+        self.stepDeadline = stepDeadline
+        self.logger = logger
+    }
+
+    public func down(_ record: LayerRecord, force: Bool) async throws {
+        switch record {
+        case .filesystem(let device, let mountPoint):
+            try await unmountFilesystem(device: device, mountPoint: mountPoint, force: force)
+        case .crypt(let name):
+            try await deactivate(name: name, force: force)
+        case .loop(let backingFile, _):
+            try await detachLoops(backingFile: backingFile)
+        case .partialImage(let path):
+            try await RemoteFiles.remove(path, deadline: stepDeadline)
+        case .sshfs(_, let mountPoint):
+            try await unmountSSHFS(mountPoint, force: force)
+        }
+    }
+
+    private func unmountFilesystem(device: String, mountPoint: String, force: Bool) async throws {
+        // Only our own mount: never unmount something else mounted there.
+        guard let entry = MountTable.mount(at: mountPoint),
+            entry.source == device || BlockDeviceStats.kernelName(of: entry.source) == BlockDeviceStats.kernelName(of: device)
+        else { return }
+        do {
+            try await Mounts.unmount(mountPoint, deadline: stepDeadline)
+        } catch let error as SystemCallError where error.errno == EBUSY {
+            guard force else {
+                throw ImgBackupError(
+                    .invalidState, "failed to unmount \(mountPoint): it is busy",
+                    hint: "close the programs using it (fuser -vm \(mountPoint)), or use close --force")
+            }
+            logger.notice("\(mountPoint) is busy: detaching it lazily")
+            try await Mounts.unmount(mountPoint, mode: .lazy, deadline: stepDeadline)
+        }
+    }
+
+    private func deactivate(name: String, force: Bool) async throws {
+        do {
+            try await withAbandonableDeadline(stepDeadline, operation: "deactivate /dev/mapper/\(name)") {
+                try CryptDevice.deactivate(name: name)
+            }
+        } catch let error as CryptSetupError where error.isBusy {
+            guard force else {
+                throw ImgBackupError(
+                    .invalidState, "failed to close /dev/mapper/\(name): it is in use",
+                    hint: "something still holds it open; use close --force to remove it when it is released")
+            }
+            logger.notice("/dev/mapper/\(name) is busy: deferring its removal")
+            try await withAbandonableDeadline(stepDeadline, operation: "deactivate /dev/mapper/\(name)") {
+                try CryptDevice.deactivate(name: name, deferred: true)
+            }
+        }
+    }
+
+    private func detachLoops(backingFile: String) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: stepDeadline)
+        while true {
+            let devices = LoopDevice.devices(backingFile: backingFile)
+            if devices.isEmpty { return }
+            for device in devices {
+                if let holder = LoopDevice.holders(of: device).first {
+                    throw ImgBackupError(
+                        .invalidState, "failed to detach \(device): \(holder) still uses it",
+                        hint: "the dm-crypt mapping above it did not close; run 'imgbackup close' again")
+                }
+                try LoopDevice.detach(device)
+            }
+            // Detaching is asynchronous in the kernel: wait until sysfs agrees.
+            guard clock.now < deadline else {
+                throw ImgBackupError(
+                    .invalidState,
+                    "failed to detach \(devices.joined(separator: ", ")) within \(stepDeadline.secondsText)")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    private func unmountSSHFS(_ mountPoint: String, force: Bool) async throws {
+        defer { LocalFiles.removeDirectoryIfEmpty(mountPoint) }
+        guard let entry = MountTable.mount(at: mountPoint), entry.filesystemType.hasPrefix("fuse") else { return }
+        let result = try await runner.run(Command("fusermount3", ["-u", mountPoint], timeout: stepDeadline))
+        if result.succeeded || !MountTable.isMountPoint(mountPoint) { return }
+        guard force else {
+            throw ImgBackupError(
+                .invalidState, "failed to unmount the remote directory at \(mountPoint): \(result.failureSummary)",
+                hint: "use close --force to detach it lazily")
+        }
+        logger.notice("\(mountPoint) did not unmount: detaching it lazily")
+        let lazy = try await runner.run(Command("fusermount3", ["-u", "-z", mountPoint], timeout: stepDeadline))
+        if !lazy.succeeded && MountTable.isMountPoint(mountPoint) {
+            throw ImgBackupError(.invalidState, "failed to detach \(mountPoint): \(lazy.failureSummary)")
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,31 @@
+/// Where imgbackup keeps things on the client.
+///
+/// - runtime (`/run/imgbackup`, gone at reboot like the mounts it describes):
+///   state records, lock files, the sshfs mount of the remote directory;
+/// - state (`/var/lib/imgbackup`, kept): the LUKS UUID of each target's image.
+///
+/// `IMGBACKUP_RUNTIME_DIR` and `IMGBACKUP_STATE_DIR` move them (tests, and
+/// machines where /var/lib is read-only).
+public struct RuntimePaths: Sendable {
+    public let runtimeDirectory: String
+    public let stateDirectory: String
+
+    public init(runtimeDirectory: String = "/run/imgbackup", stateDirectory: String = "/var/lib/imgbackup") {
+        self.runtimeDirectory = runtimeDirectory
+        self.stateDirectory = stateDirectory
+    }
+
+    public static func fromEnvironment(_ environment: [String: String]) -> RuntimePaths {
+        RuntimePaths(
+            runtimeDirectory: environment["IMGBACKUP_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/run/imgbackup",
+            stateDirectory: environment["IMGBACKUP_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/imgbackup")
+    }
+
+    public func stateRecord(_ target: String) -> String { "\(runtimeDirectory)/\(target).state.json" }
+    public func lockFile(_ target: String) -> String { "\(runtimeDirectory)/\(target).lock" }
+    public func targetRuntimeDirectory(_ target: String) -> String { "\(runtimeDirectory)/\(target)" }
+    /// Where the remote directory is mounted over sshfs.
+    public func remoteMount(_ target: String) -> String { "\(targetRuntimeDirectory(target))/remote" }
+    public func targetStateDirectory(_ target: String) -> String { "\(stateDirectory)/\(target)" }
+    public func luksUUIDFile(_ target: String) -> String { "\(targetStateDirectory(target))/luks-uuid" }
+}

@@ -1,0 +1,109 @@
+import Foundation
+import Synchronization
+
+/// A wait ran past its deadline. For a blocking call the thread it ran on may
+/// still be stuck in the kernel (an unmount on dead storage sits in D state);
+/// imgbackup itself carries on.
+public struct DeadlineExceeded: Error, Sendable, CustomStringConvertible {
+    /// What was being waited for, e.g. `"umount /mnt/imgbackup/offsite"`.
+    public let operation: String
+    public let deadline: Duration
+    public init(operation: String, deadline: Duration) {
+        self.operation = operation
+        self.deadline = deadline
+    }
+    public var description: String { "\(operation) did not finish within \(deadline.secondsText)" }
+}
+
+extension Duration {
+    /// "30s", "1.5s", "250ms": for messages.
+    public var secondsText: String {
+        let millis = components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+        if millis % 1000 == 0 { return "\(millis / 1000)s" }
+        if millis < 1000 { return "\(millis)ms" }
+        return String(format: "%.1fs", Double(millis) / 1000)
+    }
+}
+
+/// Resolves a continuation exactly once, whichever side (work or deadline) comes first.
+private final class FirstResult<T: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<T, any Error>?>
+    init(_ continuation: CheckedContinuation<T, any Error>) {
+        self.continuation = Mutex(continuation)
+    }
+    func resume(with result: Result<T, any Error>) {
+        let pending = continuation.withLock { slot in
+            defer { slot = nil }
+            return slot
+        }
+        pending?.resume(with: result)
+    }
+}
+
+/// Runs `body` on a thread of its own and waits at most `deadline` for it.
+///
+/// A task timeout cannot interrupt a blocking syscall: an `umount`, `fsync` or
+/// dm-crypt deactivate on storage that stopped answering blocks forever, in
+/// uninterruptible sleep. Such calls run here, where the deadline abandons the
+/// thread instead of waiting on it, so a frozen remote never freezes imgbackup.
+public func withAbandonableDeadline<T: Sendable>(
+    _ deadline: Duration,
+    operation: String,
+    _ body: @escaping @Sendable () throws -> T
+) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        let first = FirstResult(continuation)
+        let timer = Task.detached {
+            try await Task.sleep(for: deadline)
+            first.resume(with: .failure(DeadlineExceeded(operation: operation, deadline: deadline)))
+        }
+        let worker = Thread {
+            let result = Result { try body() }
+            timer.cancel()
+            first.resume(with: result)
+        }
+        worker.name = String(operation.prefix(15))
+        worker.start()
+    }
+}
+
+/// Runs async `body` with a deadline. When the deadline passes, `body` is
+/// cancelled (for a child process that starts its teardown ladder) and given
+/// `cancellationGrace` to wind down; past that it is abandoned.
+public func withDeadline<T: Sendable>(
+    _ deadline: Duration,
+    operation: String,
+    cancellationGrace: Duration = .seconds(10),
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    let work = Task { try await body() }
+    do {
+        return try await withCheckedThrowingContinuation { continuation in
+            let first = FirstResult(continuation)
+            let timer = Task.detached {
+                try await Task.sleep(for: deadline)
+                first.resume(with: .failure(DeadlineExceeded(operation: operation, deadline: deadline)))
+            }
+            Task.detached {
+                let result = await work.result
+                timer.cancel()
+                first.resume(with: result)
+            }
+        }
+    } catch let exceeded as DeadlineExceeded {
+        work.cancel()
+        // Wait for the teardown, but never longer than the grace.
+        _ = try? await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let first = FirstResult(continuation)
+            Task.detached {
+                try? await Task.sleep(for: cancellationGrace)
+                first.resume(with: .success(()))
+            }
+            Task.detached {
+                _ = await work.result
+                first.resume(with: .success(()))
+            }
+        }
+        throw exceeded
+    }
+}

@@ -1,0 +1,207 @@
+import CCryptsetup
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A libcryptsetup call failed. `log` holds the last error line libcryptsetup
+/// itself reported (e.g. "Cannot initialize device-mapper"), which usually
+/// says more than the errno.
+public struct CryptSetupError: Error, Sendable, CustomStringConvertible {
+    public let call: String
+    public let device: String
+    public let errno: Int32
+    public let log: String?
+
+    /// `crypt_activate_by_passphrase` answers -EPERM when no keyslot opens with the key.
+    public var isWrongKey: Bool { call == "crypt_activate_by_passphrase" && errno == EPERM }
+    /// The device is not a LUKS device (`crypt_load` answers -EINVAL).
+    public var isNotLUKS: Bool { call == "crypt_load" && errno == EINVAL }
+    public var isBusy: Bool { errno == EBUSY }
+
+    public var description: String {
+        let reason = log ?? String(cString: strerror(errno))
+        return "\(call) on \(device): \(reason)"
+    }
+}
+
+/// Key-derivation settings for new keyslots.
+public struct PBKDFSettings: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        case argon2id, argon2i, pbkdf2
+    }
+    public var kind: Kind
+    /// Forced iterations with no benchmark. Only for tests: a fixed small
+    /// count makes the key cheap to brute-force.
+    public var forcedIterations: UInt32?
+
+    public init(kind: Kind = .argon2id, forcedIterations: UInt32? = nil) {
+        self.kind = kind
+        self.forcedIterations = forcedIterations
+    }
+
+    /// cryptsetup's own default: argon2id benchmarked to about 2 s.
+    public static let strong = PBKDFSettings()
+}
+
+/// Collects libcryptsetup's error log lines for one handle.
+private final class CryptLog: Sendable {
+    let lastError = Mutex<String?>(nil)
+}
+
+/// Owns one `crypt_device` handle. Not shared between threads: each
+/// operation creates its own (which is how libcryptsetup is meant to be used).
+public final class CryptDevice {
+    private var handle: OpaquePointer?
+    private let log = CryptLog()
+    /// The device (loop device or image file) the handle is on.
+    public let devicePath: String
+
+    /// Opens a handle on `devicePath` (no I/O yet).
+    public init(devicePath: String) throws(CryptSetupError) {
+        self.devicePath = devicePath
+        CryptDevice.silenceGlobalLog()
+        var cd: OpaquePointer?
+        let status = crypt_init(&cd, devicePath)
+        guard status == 0, let cd else {
+            throw CryptSetupError(call: "crypt_init", device: devicePath, errno: -status, log: nil)
+        }
+        handle = cd
+        crypt_set_log_callback(
+            cd,
+            { level, message, context in
+                guard level == imgb_crypt_log_error, let message, let context else { return }
+                let log = Unmanaged<CryptLog>.fromOpaque(context).takeUnretainedValue()
+                let line = String(cString: message).trimmingCharacters(in: .whitespacesAndNewlines)
+                log.lastError.withLock { $0 = line }
+            },
+            Unmanaged.passUnretained(log).toOpaque()
+        )
+    }
+
+    deinit { crypt_free(handle) }
+
+    private func fail(_ call: String, _ status: Int32) -> CryptSetupError {
+        let line = log.lastError.withLock { line in
+            defer { line = nil }
+            return line
+        }
+        return CryptSetupError(call: call, device: devicePath, errno: -status, log: line)
+    }
+
+    // MARK: Format and keyslots
+
+    /// Writes a new LUKS2 header with a random volume key and one keyslot for
+    /// `key`. Returns the new header's UUID.
+    public func formatLUKS2(
+        key: SecureBytes, cipher: String = "aes", cipherMode: String = "xts-plain64",
+        volumeKeyBytes: Int = 64, sectorSize: UInt32 = 4096, pbkdf: PBKDFSettings = .strong
+    ) throws(CryptSetupError) -> String {
+        try applyPBKDF(pbkdf)
+        var params = crypt_params_luks2()
+        params.sector_size = sectorSize
+        let status = crypt_format(handle, CRYPT_LUKS2, cipher, cipherMode, nil, nil, volumeKeyBytes, &params)
+        if status < 0 { throw fail("crypt_format", status) }
+        try addKeyslot(key: key)
+        guard let uuid else { throw CryptSetupError(call: "crypt_get_uuid", device: devicePath, errno: EINVAL, log: nil) }
+        return uuid
+    }
+
+    private func addKeyslot(key: SecureBytes) throws(CryptSetupError) {
+        let status = key.withUnsafeBytes { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { chars in
+                crypt_keyslot_add_by_volume_key(handle, imgb_crypt_any_slot, nil, 0, chars.baseAddress, chars.count)
+            }
+        }
+        if status < 0 { throw fail("crypt_keyslot_add_by_volume_key", status) }
+    }
+
+    private func applyPBKDF(_ settings: PBKDFSettings) throws(CryptSetupError) {
+        var status: Int32 = 0
+        settings.kind.rawValue.withCString { type in
+            "sha256".withCString { hash in
+                var pbkdf = crypt_pbkdf_type()
+                pbkdf.type = type
+                pbkdf.hash = hash
+                pbkdf.time_ms = 2000
+                if settings.kind != .pbkdf2 {
+                    pbkdf.max_memory_kb = 1_048_576
+                    pbkdf.parallel_threads = 4
+                }
+                if let iterations = settings.forcedIterations {
+                    pbkdf.iterations = iterations
+                    pbkdf.flags = imgb_crypt_pbkdf_no_benchmark
+                    if settings.kind != .pbkdf2 {
+                        pbkdf.max_memory_kb = 32
+                        pbkdf.parallel_threads = 1
+                    }
+                }
+                status = crypt_set_pbkdf_type(handle, &pbkdf)
+            }
+        }
+        if status < 0 { throw fail("crypt_set_pbkdf_type", status) }
+    }
+
+    // MARK: Load and inspect
+
+    /// Reads the LUKS header. Fails with ``CryptSetupError/isNotLUKS`` when
+    /// there is none.
+    public func load() throws(CryptSetupError) {
+        let status = crypt_load(handle, nil, nil)
+        if status < 0 { throw fail("crypt_load", status) }
+    }
+
+    public var uuid: String? { crypt_get_uuid(handle).map { String(cString: $0) } }
+    public var type: String? { crypt_get_type(handle).map { String(cString: $0) } }
+    /// "aes-xts-plain64".
+    public var cipherSpec: String? {
+        guard let cipher = crypt_get_cipher(handle), let mode = crypt_get_cipher_mode(handle) else { return nil }
+        return "\(String(cString: cipher))-\(String(cString: mode))"
+    }
+
+    // MARK: Activation
+
+    /// Unlocks the volume key with `key` and maps it as `/dev/mapper/<name>`.
+    /// With `name == nil` it only checks the key (needs no device-mapper).
+    /// Returns the keyslot that opened.
+    @discardableResult
+    public func activate(name: String?, key: SecureBytes, allowDiscards: Bool = false) throws(CryptSetupError) -> Int {
+        let flags: UInt32 = allowDiscards ? imgb_crypt_activate_allow_discards : 0
+        let status = key.withUnsafeBytes { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { chars in
+                crypt_activate_by_passphrase(handle, name, imgb_crypt_any_slot, chars.baseAddress, chars.count, flags)
+            }
+        }
+        if status < 0 { throw fail("crypt_activate_by_passphrase", status) }
+        return Int(status)
+    }
+
+    /// Whether `/dev/mapper/<name>` exists as an active mapping.
+    public static func isActive(name: String) -> Bool {
+        silenceGlobalLog()
+        let status = crypt_status(nil, name)
+        return status == CRYPT_ACTIVE || status == CRYPT_BUSY
+    }
+
+    /// Removes the mapping `name`. Not active counts as success. `deferred`
+    /// lets the kernel remove it when its last user closes it.
+    public static func deactivate(name: String, deferred: Bool = false) throws(CryptSetupError) {
+        guard isActive(name: name) else { return }
+        let flags: UInt32 = deferred ? imgb_crypt_deactivate_deferred : 0
+        let status = crypt_deactivate_by_name(nil, name, flags)
+        if status < 0 && status != -ENODEV {
+            throw CryptSetupError(call: "crypt_deactivate_by_name", device: "/dev/mapper/\(name)", errno: -status, log: nil)
+        }
+    }
+
+    /// libcryptsetup prints to stderr when a call has no handle with a log
+    /// callback; imgbackup reports errors itself, in one line.
+    private static let globalLogSilenced: Bool = {
+        crypt_set_log_callback(nil, { _, _, _ in }, nil)
+        return true
+    }()
+
+    private static func silenceGlobalLog() { _ = globalLogSilenced }
+}

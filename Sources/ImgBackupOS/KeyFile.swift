@@ -1,0 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a key file was refused.
+public enum KeyFileProblem: Error, Sendable, Equatable {
+    /// Readable or writable by group or others: the mode, e.g. 0o644.
+    case loosePermissions(mode: UInt32)
+    case notRegularFile
+    case empty
+    case tooLarge(limit: Int)
+    case unreadable(SystemCallError)
+
+    public static func == (lhs: KeyFileProblem, rhs: KeyFileProblem) -> Bool {
+        switch (lhs, rhs) {
+        case (.loosePermissions(let a), .loosePermissions(let b)): return a == b
+        case (.notRegularFile, .notRegularFile), (.empty, .empty): return true
+        case (.tooLarge(let a), .tooLarge(let b)): return a == b
+        case (.unreadable(let a), .unreadable(let b)): return a.errno == b.errno
+        default: return false
+        }
+    }
+}
+
+/// Reads a key file the way `cryptsetup --key-file` does (every byte,
+/// trailing newline included), after refusing one that group or others can
+/// read or write.
+public enum KeyFile {
+    /// cryptsetup's default key file size limit.
+    public static let sizeLimit = 8 * 1024 * 1024
+
+    public static func read(path: String) throws(KeyFileProblem) -> SecureBytes {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else { throw .unreadable(SystemCallError(call: "open", object: path, errno: errno)) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw .unreadable(SystemCallError(call: "fstat", object: path, errno: errno))
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .notRegularFile }
+        let mode = UInt32(info.st_mode & 0o7777)
+        guard mode & 0o077 == 0 else { throw .loosePermissions(mode: mode) }
+        guard info.st_size > 0 else { throw .empty }
+        guard info.st_size <= sizeLimit else { throw .tooLarge(limit: sizeLimit) }
+
+        var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+        var filled = 0
+        while filled < bytes.count {
+            let got = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            if got < 0 && errno == EINTR { continue }
+            if got < 0 {
+                let error = SystemCallError(call: "read", object: path, errno: errno)
+                _ = SecureBytes(consuming: &bytes)  // wipes what was read
+                throw .unreadable(error)
+            }
+            if got == 0 { break }
+            filled += got
+        }
+        if filled < bytes.count { bytes.removeLast(bytes.count - filled) }
+        guard !bytes.isEmpty else { throw .empty }
+        return SecureBytes(consuming: &bytes)
+    }
+}

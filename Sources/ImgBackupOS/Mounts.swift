@@ -1,0 +1,37 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// mount(2) and umount2(2), run where a deadline can abandon them.
+public enum Mounts {
+    /// Mounts `device` at `mountPoint`. On storage that stopped answering the
+    /// syscall can block in the kernel forever: the deadline abandons it.
+    public static func mount(
+        device: String, at mountPoint: String, type: String, options: String = "", deadline: Duration
+    ) async throws {
+        try await withAbandonableDeadline(deadline, operation: "mount \(device) on \(mountPoint)") {
+            _ = try checked("mount", mountPoint) {
+                Glibc.mount(device, mountPoint, type, 0, options.isEmpty ? nil : options)
+            }
+        }
+    }
+
+    public enum UnmountMode: Sendable {
+        case normal
+        /// MNT_DETACH: the mount vanishes from the namespace now, the kernel
+        /// finishes when the last user lets go.
+        case lazy
+    }
+
+    /// Unmounts `mountPoint`. Not mounted counts as success.
+    public static func unmount(_ mountPoint: String, mode: UnmountMode = .normal, deadline: Duration) async throws {
+        guard MountTable.isMountPoint(mountPoint) else { return }
+        let flags: Int32 = mode == .lazy ? Int32(MNT_DETACH) : 0
+        try await withAbandonableDeadline(deadline, operation: "umount \(mountPoint)") {
+            let status = umount2(mountPoint, flags)
+            if status != 0 && errno != EINVAL && errno != ENOENT {
+                throw SystemCallError(call: "umount2", object: mountPoint, errno: errno)
+            }
+        }
+    }
+}

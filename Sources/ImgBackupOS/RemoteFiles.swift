@@ -1,0 +1,80 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// File operations on the mounted remote directory. Each runs where its
+/// deadline can abandon it: on a frozen SFTP server a `stat` blocks forever.
+public enum RemoteFiles {
+    public static func exists(_ path: String, deadline: Duration) async throws -> Bool {
+        try await withAbandonableDeadline(deadline, operation: "stat \(path)") {
+            var info = stat()
+            if lstat(path, &info) == 0 { return true }
+            if errno == ENOENT { return false }
+            throw SystemCallError(call: "stat", object: path, errno: errno)
+        }
+    }
+
+    /// Creates `path` (never an existing file) as a sparse file of `size` bytes.
+    public static func createSparse(_ path: String, size: UInt64, deadline: Duration) async throws {
+        try await withAbandonableDeadline(deadline, operation: "create \(path)") {
+            let fd = try checked("open", path) { open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
+            defer { close(fd) }
+            try checked("ftruncate", path) { ftruncate(fd, off_t(size)) }
+        }
+    }
+
+    /// Renames within the remote directory (SFTP rename).
+    public static func rename(_ from: String, to: String, deadline: Duration) async throws {
+        try await withAbandonableDeadline(deadline, operation: "rename \(from)") {
+            _ = try checked("rename", from) { Glibc.rename(from, to) }
+        }
+    }
+
+    /// Removes `path`; already gone counts as success.
+    public static func remove(_ path: String, deadline: Duration) async throws {
+        try await withAbandonableDeadline(deadline, operation: "remove \(path)") {
+            if unlink(path) != 0 && errno != ENOENT {
+                throw SystemCallError(call: "unlink", object: path, errno: errno)
+            }
+        }
+    }
+
+    /// Apparent size of `path`.
+    public static func size(_ path: String, deadline: Duration) async throws -> UInt64 {
+        try await withAbandonableDeadline(deadline, operation: "stat \(path)") {
+            var info = stat()
+            try checked("stat", path) { stat(path, &info) }
+            return UInt64(info.st_size)
+        }
+    }
+}
+
+/// Local directories imgbackup owns (mount points, runtime and state dirs).
+public enum LocalFiles {
+    /// mkdir -p with `mode` for the directories it creates.
+    public static func makeDirectories(_ path: String, mode: mode_t = 0o700) throws(SystemCallError) {
+        var current = ""
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, mode) != 0 && errno != EEXIST {
+                throw SystemCallError(call: "mkdir", object: current, errno: errno)
+            }
+        }
+    }
+
+    /// Whether the directory has no entries (false when it cannot be read).
+    public static func isEmptyDirectory(_ path: String) -> Bool {
+        guard let directory = opendir(path) else { return false }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { return false }
+        }
+        return true
+    }
+
+    /// rmdir; already gone or not empty is left alone.
+    public static func removeDirectoryIfEmpty(_ path: String) {
+        _ = rmdir(path)
+    }
+}

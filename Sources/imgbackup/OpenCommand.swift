@@ -1,0 +1,34 @@
+import ArgumentParser
+import ImgBackupCore
+
+struct OpenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "open",
+        abstract: "Bring the image up and print its mount point; it stays up until 'close'.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Argument(help: "The target, a [target.NAME] table of the config.")
+    var target: String
+
+    @Option(help: "Transport to the remote: sshfs or nbd (default: the target's 'transport').")
+    var transport: String?
+
+    @Flag(help: "Open dm-crypt with discards allowed (for fstrim).")
+    var discard = false
+
+    func run() async throws {
+        let config = try global.load()
+        var resolved = try config.target(named: target)
+        if let transport {
+            guard let parsed = Target.Transport(rawValue: transport) else {
+                throw ImgBackupError(.usage, "--transport '\(transport)' is not one of sshfs, nbd")
+            }
+            resolved.transport = parsed
+        }
+        let mountPoint = try await OpenOperation(
+            target: resolved, environment: global.environment(), allowDiscards: discard
+        ).run()
+        print(mountPoint)
+    }
+}
