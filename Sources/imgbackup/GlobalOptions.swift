@@ -12,6 +12,30 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Say what is happening (twice for debug detail).")
     var verbose: Int
 
+    /// design.md's command line is `imgbackup [--config FILE] COMMAND ...`:
+    /// global options may come before the subcommand. argument-parser reads
+    /// options per subcommand, so move leading ones to just after it.
+    static func movingLeadingGlobals(_ arguments: [String]) -> [String] {
+        var globals: [String] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            if argument == "--config", index + 1 < arguments.count {
+                globals += [argument, arguments[index + 1]]
+                index += 2
+            } else if argument.hasPrefix("--config=") || argument == "--verbose"
+                || (argument.hasPrefix("-v") && argument.dropFirst().allSatisfy { $0 == "v" })
+            {
+                globals.append(argument)
+                index += 1
+            } else {
+                break
+            }
+        }
+        guard !globals.isEmpty, index < arguments.count else { return arguments }
+        return [arguments[index]] + globals + arguments[(index + 1)...]
+    }
+
     /// Sets up logging and loads the configuration.
     func load() throws(ImgBackupError) -> Configuration {
         Terminal.bootstrapLogging(verbosity: verbose)

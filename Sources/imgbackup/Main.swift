@@ -9,7 +9,8 @@ import ImgBackupCore
 enum Entry {
     static func main() async {
         do {
-            var command = try ImgBackup.parseAsRoot()
+            var command = try ImgBackup.parseAsRoot(
+                GlobalOptions.movingLeadingGlobals(Array(CommandLine.arguments.dropFirst())))
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {

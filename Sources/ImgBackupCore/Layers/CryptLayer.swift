@@ -34,6 +34,11 @@ public final class CryptLayer: Layer {
     public var mappedDevice: String { "/dev/mapper/\(name)" }
 
     public func up() async throws -> LayerRecord {
+        guard access("/dev/mapper/control", F_OK) == 0 else {
+            throw ImgBackupError(
+                .system, "failed to unlock the image: this kernel has no device-mapper (/dev/mapper/control is missing)",
+                hint: "modprobe dm_crypt, or run on a kernel with dm-crypt")
+        }
         let (device, name, key, expectedUUID, allowDiscards) = (device, name, key, expectedUUID, allowDiscards)
         do {
             let uuid = try await withAbandonableDeadline(deadline, operation: "unlock \(device)") { () throws -> String in
@@ -68,3 +73,7 @@ public final class CryptLayer: Layer {
         return intent
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -92,7 +92,19 @@ public struct SystemTeardown: LayerTeardown {
     }
 
     private func unmountSSHFS(_ mountPoint: String, force: Bool) async throws {
-        defer { LocalFiles.removeDirectoryIfEmpty(mountPoint) }
+        defer {
+            // The mount point and the per-target runtime directory it lives in.
+            LocalFiles.removeDirectoryIfEmpty(mountPoint)
+            LocalFiles.removeDirectoryIfEmpty(String(mountPoint[..<(mountPoint.lastIndex(of: "/") ?? mountPoint.endIndex)]))
+        }
+        if !MountTable.isMountPoint(mountPoint) {
+            // An sshfs whose `open` died while it was connecting would mount
+            // after we looked: stop it first.
+            let strays = ProcessTable.processes(named: "sshfs", withArgument: mountPoint)
+            guard !strays.isEmpty else { return }
+            logger.notice("stopping sshfs (pid \(strays.map(String.init).joined(separator: ", "))) left by an interrupted command")
+            await ProcessTable.terminate(strays, grace: .seconds(2))
+        }
         guard let entry = MountTable.mount(at: mountPoint), entry.filesystemType.hasPrefix("fuse") else { return }
         let result = try await runner.run(Command("fusermount3", ["-u", mountPoint], timeout: stepDeadline))
         if result.succeeded || !MountTable.isMountPoint(mountPoint) { return }

@@ -1,0 +1,186 @@
+"""Fixtures for the end-to-end suite: a real OpenSSH backup host on loopback
+and helpers that run the imgbackup binary as a user would, and check that
+nothing (mount, mapping, loop device, FUSE mount, state record) is left behind.
+
+Runs as root inside a kernel with dm-crypt (tests/e2e/in-real-kernel.sh).
+"""
+import collections
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.environ.get("IMGBACKUP_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "imgbackup"))
+PORT = 2222
+# Named limits for one CLI call: init runs mkfs under software emulation.
+COMMAND_TIMEOUT = {"init": 600, "open": 180, "close": 180}
+TIMINGS = collections.defaultdict(list)
+
+
+class BackupHost:
+    def __init__(self, work):
+        self.work = work
+        self.storage = os.path.join(work, "storage")
+        self.config = os.path.join(work, "imgbackup.toml")
+        self.runtime = os.path.join(work, "run")
+        self.state = os.path.join(work, "state")
+        self.env = dict(os.environ, IMGBACKUP_RUNTIME_DIR=self.runtime, IMGBACKUP_STATE_DIR=self.state)
+
+    def add_target(self, name, **overrides):
+        """Appends a [target.NAME] table like the demo target, with overrides."""
+        values = {
+            "remote": f"root@127.0.0.1:{self.storage}",
+            "port": PORT,
+            "identity_file": f"{self.work}/ssh/client_ed25519",
+            "ssh_options": [f"UserKnownHostsFile={self.work}/ssh/known_hosts", "StrictHostKeyChecking=yes"],
+            "image": f"{name}.img",
+            "size": "64M",
+            "filesystem": "ext4",
+            "key_file": f"{self.work}/keys/demo.key",
+            "mount_point": f"{self.work}/mnt/{name}",
+        }
+        values.update(overrides)
+        lines = [f"\n[target.{name}]"]
+        for key, value in values.items():
+            lines.append(f"{key} = {toml_value(value)}")
+        lines += [f"[target.{name}.luks]", 'pbkdf = "pbkdf2"', "pbkdf_iterations = 1000",
+                  f"[target.{name}.timeouts]", 'stall = "60s"', 'teardown = "20s"']
+        with open(self.config, "a") as config:
+            config.write("\n".join(lines) + "\n")
+        return name
+
+    def run(self, *args, timeout=None):
+        """Runs `imgbackup --config CONFIG ARGS...` and returns the CompletedProcess."""
+        command = args[0]
+        started = time.monotonic()
+        result = subprocess.run(
+            [BIN, "--config", self.config, *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout or COMMAND_TIMEOUT.get(command, 180))
+        elapsed = time.monotonic() - started
+        TIMINGS[command].append(elapsed)
+        print(f"$ imgbackup {' '.join(args)}  -> exit {result.returncode} in {elapsed:.1f}s")
+        for line in (result.stdout + result.stderr).splitlines():
+            print(f"    {line}")
+        return result
+
+    def ok(self, *args, **kwargs):
+        result = self.run(*args, **kwargs)
+        assert result.returncode == 0, f"imgbackup {' '.join(args)} failed: {result.stderr}"
+        return result
+
+    def image(self, target):
+        return os.path.join(self.storage, f"{target}.img")
+
+    def state_record(self, target):
+        return os.path.join(self.runtime, f"{target}.state.json")
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture(scope="session")
+def host():
+    assert os.geteuid() == 0, "the end-to-end suite needs root"
+    with open("/proc/devices") as devices:
+        assert "device-mapper" in devices.read(), "run through tests/e2e/in-real-kernel.sh: no device-mapper"
+    work = tempfile.mkdtemp(prefix="imgbackup-e2e.")
+    subprocess.run([os.path.join(HERE, "backup-host.sh"), "start", work, str(PORT)], check=True)
+    backup_host = BackupHost(work)
+    open(backup_host.config, "w").close()  # the suite writes its own targets
+    yield backup_host
+    subprocess.run([os.path.join(HERE, "backup-host.sh"), "stop", work], check=False)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def initialized(host):
+    """One ext4 target, initialised once, shared by the tests that only open it."""
+    name = host.add_target("main")
+    host.ok("init", name)
+    assert_nothing_left(host, name)
+    return name
+
+
+# --- what "nothing left behind" means --------------------------------------
+
+def mounts_under(*prefixes):
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            mount_point = line.split()[4].replace("\\040", " ")
+            if any(mount_point.startswith(prefix) for prefix in prefixes):
+                found.append(mount_point)
+    return found
+
+
+def imgbackup_mappings():
+    names = []
+    for path in glob.glob("/sys/block/dm-*/dm/name"):
+        with open(path) as name_file:
+            name = name_file.read().strip()
+        if name.startswith("imgbackup-"):
+            names.append(name)
+    return names
+
+
+def loop_devices_on(prefix):
+    found = []
+    for path in glob.glob("/sys/block/loop*/loop/backing_file"):
+        with open(path) as backing:
+            if backing.read().strip().startswith(prefix):
+                found.append(path.split("/")[3])
+    return found
+
+
+def assert_nothing_left(host, target):
+    assert mounts_under(host.work, host.runtime) == [], "a mount was left behind"
+    assert imgbackup_mappings() == [], "a dm-crypt mapping was left behind"
+    assert loop_devices_on(host.runtime) == [] and loop_devices_on(host.work) == [], "a loop device was left behind"
+    assert not os.path.exists(host.state_record(target)), "the state record was left behind"
+
+
+def sha256_of(path, limit=None):
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        remaining = limit
+        while remaining is None or remaining > 0:
+            chunk = source.read(1 << 20 if remaining is None else min(1 << 20, remaining))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+def tree_digest(root):
+    """sha256 of every file under root, by relative path (lost+found aside)."""
+    result = {}
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d != "lost+found"]
+        for name in files:
+            path = os.path.join(directory, name)
+            result[os.path.relpath(path, root)] = sha256_of(path)
+    return result
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not TIMINGS:
+        return
+    terminalreporter.section("imgbackup command times (this kernel)")
+    for command, times in sorted(TIMINGS.items()):
+        terminalreporter.write_line(
+            f"{command:6s} n={len(times):2d}  min {min(times):6.1f}s  mean {sum(times) / len(times):6.1f}s  max {max(times):6.1f}s")

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Inside the real kernel: load the modules imgbackup uses, mount fusectl (the
+# FUSE connection abort files), then run the command given.
+set -euo pipefail
+modprobe -a dm_crypt loop fuse 2>/dev/null || true
+if [ -d /sys/fs/fuse/connections ] && ! mountpoint -q /sys/fs/fuse/connections; then
+  mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null || true
+fi
+if ! grep -qw device-mapper /proc/devices; then
+  echo "kernel-setup: device-mapper is not available in $(uname -r)" >&2
+  exit 1
+fi
+echo "kernel-setup: kernel $(uname -r), device-mapper and loop ready"
+exec "$@"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The end-to-end suite, run inside the real kernel by in-real-kernel.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export PYTHONDONTWRITEBYTECODE=1
+export IMGBACKUP_BIN=${IMGBACKUP_BIN:-$(cd "$here/../.." && pwd)/.build/debug/imgbackup}
+# Debian's python3 and pytest: the VM's PATH does not see per-user Pythons.
+exec /usr/bin/python3 -m pytest -p no:cacheprovider -v -rA --durations=0 "$here" "$@"
