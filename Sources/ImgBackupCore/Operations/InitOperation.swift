@@ -65,22 +65,24 @@ public struct InitOperation {
             let loop = LoopLayer(backingFile: partial, deadline: deadline)
             try await builder.push(loop)
             defer { loop.release() }
-            guard let loopDevice = loop.attachedDevice else {
+            // Only the path: holding the LoopDevice itself would keep its
+            // descriptor open, and autoclear could never detach it.
+            guard let loopPath = loop.attachedDevice?.path else {
                 throw ImgBackupError(.system, "failed to attach a loop device to \(partial)")
             }
 
-            logger.info("formatting LUKS2 on \(loopDevice.path)")
+            logger.info("formatting LUKS2 on \(loopPath)")
             let uuid: String
             do {
                 let pbkdf = target.pbkdf
-                uuid = try await withAbandonableDeadline(deadline + .seconds(60), operation: "luksFormat \(loopDevice.path)") {
-                    try CryptDevice(devicePath: loopDevice.path).formatLUKS2(key: key, pbkdf: pbkdf)
+                uuid = try await withAbandonableDeadline(deadline + .seconds(60), operation: "luksFormat \(loopPath)") {
+                    try CryptDevice(devicePath: loopPath).formatLUKS2(key: key, pbkdf: pbkdf)
                 }
             } catch {
                 throw ImgBackupError.wrapping(error, .luks, failedTo: "format LUKS2 on the new image")
             }
             let crypt = CryptLayer(
-                device: loopDevice.path, name: target.mappingName, key: key, expectedUUID: uuid,
+                device: loopPath, name: target.mappingName, key: key, expectedUUID: uuid,
                 allowDiscards: false, deadline: deadline)
             try await builder.push(crypt)
             loop.release()

@@ -1,0 +1,136 @@
+import Logging
+import Synchronization
+import Testing
+
+@testable import ImgBackupCore
+
+/// Records every event, in order, so tests can check what the stack did.
+final class EventLog: Sendable {
+    let events = Mutex<[String]>([])
+    func add(_ event: String) { events.withLock { $0.append(event) } }
+    var all: [String] { events.withLock { $0 } }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// A layer that comes up (or fails to) and notes it.
+struct FakeLayer: Layer {
+    let name: String
+    let failsUp: Bool
+    let log: EventLog
+    let journal: MemoryJournal
+
+    var intent: LayerRecord { .crypt(name: name) }
+
+    func up() async throws -> LayerRecord {
+        // The intent must be on record before the layer starts coming up.
+        log.add("up \(name) (recorded: \(journal.latest.map(\.description).joined(separator: ", ")))")
+        if failsUp { throw TestFailure(description: "\(name) refused to come up") }
+        return intent
+    }
+}
+
+struct FakeTeardown: LayerTeardown {
+    let failing: Set<String>
+    let log: EventLog
+
+    func down(_ record: LayerRecord, force: Bool) async throws {
+        guard case .crypt(let name) = record else { return }
+        log.add("down \(name)")
+        if failing.contains(name) { throw TestFailure(description: "\(name) is busy") }
+    }
+}
+
+final class MemoryJournal: StateJournal {
+    private let saved = Mutex<[LayerRecord]?>(nil)
+    func save(_ layers: [LayerRecord]) throws { saved.withLock { $0 = layers } }
+    func clear() throws { saved.withLock { $0 = nil } }
+    var latest: [LayerRecord] { saved.withLock { $0 ?? [] } }
+    var isCleared: Bool { saved.withLock { $0 == nil } }
+}
+
+@Suite struct LayerStackTests {
+    let names = ["sshfs", "loop", "crypt", "mount"]
+
+    func makeStack(failingDown: Set<String> = []) -> (LayerStack, EventLog, MemoryJournal) {
+        let log = EventLog()
+        let journal = MemoryJournal()
+        let stack = LayerStack(
+            journal: journal, teardown: FakeTeardown(failing: failingDown, log: log), logger: Logger(label: "test"))
+        return (stack, log, journal)
+    }
+
+    @Test func pushRecordsTheIntentBeforeUp() async throws {
+        let (stack, log, journal) = makeStack()
+        try await stack.push(FakeLayer(name: "sshfs", failsUp: false, log: log, journal: journal))
+        try await stack.push(FakeLayer(name: "loop", failsUp: false, log: log, journal: journal))
+        #expect(log.all == [
+            "up sshfs (recorded: dm-crypt mapping /dev/mapper/sshfs)",
+            "up loop (recorded: dm-crypt mapping /dev/mapper/sshfs, dm-crypt mapping /dev/mapper/loop)",
+        ])
+        #expect(journal.latest == [.crypt(name: "sshfs"), .crypt(name: "loop")])
+    }
+
+    /// Step k of n fails to come up: every layer up to and including k is taken
+    /// down, newest first (k may be half up), and the state record is cleared.
+    @Test(arguments: 0..<4)
+    func failureAtStepKUnwindsEverythingBelowInReverse(failingStep: Int) async throws {
+        let (stack, log, journal) = makeStack()
+        var thrown: (any Error)?
+        for (index, name) in names.enumerated() {
+            do {
+                try await stack.push(FakeLayer(name: name, failsUp: index == failingStep, log: log, journal: journal))
+            } catch {
+                thrown = error
+                break
+            }
+        }
+        #expect((thrown as? TestFailure)?.description == "\(names[failingStep]) refused to come up")
+        let report = await stack.unwind()
+        #expect(report.succeeded)
+        let downs = log.all.filter { $0.hasPrefix("down") }
+        #expect(downs == names.prefix(failingStep + 1).reversed().map { "down \($0)" })
+        #expect(!log.all.contains("up \(names.last!)") || failingStep == names.count - 1)
+        #expect(journal.isCleared)
+        #expect(await stack.depth == 0)
+    }
+
+    /// A layer that will not come down does not stop the unwinding; the first
+    /// error is kept and the failed records stay on the state record.
+    @Test func teardownCarriesOnPastFailuresAndKeepsTheFirst() async throws {
+        let (stack, log, journal) = makeStack(failingDown: ["crypt", "loop"])
+        for name in names {
+            try await stack.push(FakeLayer(name: name, failsUp: false, log: log, journal: journal))
+        }
+        let report = await stack.unwind()
+        #expect(log.all.filter { $0.hasPrefix("down") } == ["down mount", "down crypt", "down loop", "down sshfs"])
+        #expect(report.failures.count == 2)
+        #expect(report.firstFailure?.layer == .crypt(name: "crypt"))
+        #expect(report.firstFailure?.error.message.contains("crypt is busy") == true)
+        #expect(report.remaining == [.crypt(name: "loop"), .crypt(name: "crypt")])
+        #expect(journal.latest == [.crypt(name: "loop"), .crypt(name: "crypt")])
+    }
+
+    @Test func partialUnwindKeepsTheLowerLayers() async throws {
+        let (stack, log, journal) = makeStack()
+        for name in names {
+            try await stack.push(FakeLayer(name: name, failsUp: false, log: log, journal: journal))
+        }
+        let report = await stack.unwind(keeping: 1)
+        #expect(report.succeeded)
+        #expect(report.remaining == [.crypt(name: "sshfs")])
+        #expect(journal.latest == [.crypt(name: "sshfs")])
+        await stack.unwind()
+        #expect(journal.isCleared)
+    }
+
+    @Test func unwindingAnEmptyStackIsASuccess() async {
+        let (stack, log, journal) = makeStack()
+        let report = await stack.unwind()
+        #expect(report.succeeded)
+        #expect(log.all.isEmpty)
+        #expect(journal.isCleared)
+    }
+}

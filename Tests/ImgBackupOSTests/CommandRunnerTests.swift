@@ -1,0 +1,122 @@
+import Foundation
+import Testing
+
+@testable import ImgBackupOS
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct CommandRunnerTests {
+    let runner = SubprocessCommandRunner()
+
+    @Test func capturesOutputAndExitStatus() async throws {
+        let result = try await runner.run(Command("sh", ["-c", "echo out; echo err >&2; exit 3"], timeout: .seconds(10)))
+        #expect(result.termination == .exited(3))
+        #expect(!result.succeeded)
+        #expect(result.standardOutput == "out\n")
+        #expect(result.standardError == "err\n")
+        #expect(result.failureSummary == "sh exited with status 3: err")
+    }
+
+    @Test func environmentIsMinimal() async throws {
+        setenv("IMGBACKUP_TEST_SECRET", "must-not-leak", 1)
+        let result = try await runner.run(Command("env", [], timeout: .seconds(10)))
+        #expect(!result.standardOutput.contains("IMGBACKUP_TEST_SECRET"))
+        #expect(result.standardOutput.contains("LC_ALL=C"))
+    }
+
+    @Test func argumentsAreNeverInterpretedByAShell() async throws {
+        let tricky = "$(touch /tmp/imgbackup-pwned) ; `id` \"quoted\" 'single'\nnewline"
+        let result = try await runner.run(Command("printf", ["%s", tricky], timeout: .seconds(10)))
+        #expect(result.standardOutput == tricky)
+        #expect(access("/tmp/imgbackup-pwned", F_OK) != 0)
+    }
+
+    @Test func outputIsBoundedToItsTail() async throws {
+        let result = try await runner.run(
+            Command("sh", ["-c", "seq 1 100000"], timeout: .seconds(10), outputLimit: 64))
+        #expect(result.standardOutput.utf8.count == 64)
+        #expect(result.standardOutput.hasSuffix("99999\n100000\n"))
+    }
+
+    @Test func aDaemonHoldingItsOutputDoesNotBlockTheRunner() async throws {
+        // Like sshfs: the command exits, a child it left behind keeps stdout/stderr open.
+        let marker = "imgbackup-test-daemon-\(getpid())"
+        let clock = ContinuousClock()
+        let start = clock.now
+        let result = try await runner.run(
+            Command("bash", ["-c", "(exec -a \(marker) sleep 30) & echo started"], timeout: .seconds(20)))
+        #expect(result.succeeded)
+        #expect(clock.now - start < .seconds(10))
+        await ProcessTable.terminate(ProcessTable.processes(named: marker, withArgument: "30"), grace: .seconds(1))
+    }
+
+    @Test func deadlineTearsDownTheWholeProcessGroup() async throws {
+        let marker = "imgbackup-test-group-\(getpid())"
+        let command = Command(
+            "bash", ["-c", "trap '' TERM; (exec -a \(marker) sleep 300) & wait"], timeout: .milliseconds(500),
+            terminationGrace: .milliseconds(500))
+        let clock = ContinuousClock()
+        let start = clock.now
+        let error = await #expect(throws: DeadlineExceeded.self) { try await runner.run(command) }
+        #expect(error?.deadline == .milliseconds(500))
+        #expect(clock.now - start < .seconds(8))
+        // The grandchild went down with the group (SIGKILL after the ignored SIGTERM).
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(ProcessTable.processes(named: marker, withArgument: "300").isEmpty)
+    }
+
+    @Test func missingExecutableIsNamed() async {
+        let error = await #expect(throws: ExecutableNotFound.self) {
+            try await runner.run(Command("imgbackup-no-such-tool", [], timeout: .seconds(1)))
+        }
+        #expect(error?.name == "imgbackup-no-such-tool")
+    }
+}
+
+@Suite struct DeadlineTests {
+    @Test func abandonsABlockedCallAtTheDeadline() async {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let error = await #expect(throws: DeadlineExceeded.self) {
+            try await withAbandonableDeadline(.milliseconds(200), operation: "a stuck call") {
+                sleep(3)  // stands in for a syscall stuck in the kernel
+            }
+        }
+        #expect(clock.now - start < .seconds(2))
+        #expect(error?.description == "a stuck call did not finish within 200ms")
+    }
+
+    @Test func returnsTheResultOfAFastCall() async throws {
+        #expect(try await withAbandonableDeadline(.seconds(5), operation: "fast") { 42 } == 42)
+    }
+
+    @Test func passesErrorsThrough() async {
+        await #expect(throws: SystemCallError.self) {
+            try await withAbandonableDeadline(.seconds(5), operation: "failing") {
+                throw SystemCallError(call: "open", object: "/x", errno: ENOENT)
+            }
+        }
+    }
+}
+
+@Suite struct MountTableTests {
+    @Test func parsesEscapedMountPoints() {
+        let text = """
+            36 35 98:0 / /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+            40 25 0:52 / /run/imgbackup/t/remote rw,nosuid,nodev shared:1 - fuse.sshfs u@h:/srv rw,user_id=0
+            """
+        let entries = MountTable.parse(text)
+        #expect(entries.count == 2)
+        #expect(entries[0].mountPoint == "/mnt/with space")
+        #expect(entries[1].filesystemType == "fuse.sshfs")
+        #expect(entries[1].device == "0:52")
+        #expect(entries[1].source == "u@h:/srv")
+    }
+
+    @Test func findsTheRootMount() {
+        #expect(MountTable.isMountPoint("/"))
+        #expect(!MountTable.isMountPoint("/definitely/not/a/mount"))
+    }
+}
