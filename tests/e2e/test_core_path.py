@@ -165,9 +165,18 @@ def test_unreachable_remote_fails_clearly_and_leaves_nothing_mounted(host):
 
 
 def test_close_cleans_up_after_open_killed_at_any_point(host, initialized):
-    """kill -9 of `open` at several points, then `close` from the state record."""
+    """kill -9 of `open` at several points, then `close` from the state record.
+
+    The kill points are fractions of a measured open, so they land in every
+    stage (sshfs, loop, dm-crypt, mount) however fast this kernel is."""
+    started = time.monotonic()
+    host.ok("open", initialized)
+    full_open = time.monotonic() - started
+    host.ok("close", initialized)
     killed_midway = 0
-    for delay in (0.5, 2.5, 4.0, 5.5, 7.0):
+    stages_seen = set()
+    for fraction in (0.2, 0.6, 0.85, 0.93, 0.97):
+        delay = fraction * full_open
         process = subprocess.Popen([BIN, "--config", host.config, "open", initialized], env=host.env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
@@ -177,13 +186,16 @@ def test_close_cleans_up_after_open_killed_at_any_point(host, initialized):
         layers = []
         if os.path.exists(host.state_record(initialized)):
             layers = [list(layer)[0] for layer in json.load(open(host.state_record(initialized)))["layers"]]
-        print(f"killed after {delay}s: finished={finished_before_kill}, state record layers={layers}")
+        print(f"killed after {delay:.1f}s of a {full_open:.1f}s open: finished={finished_before_kill}, "
+              f"state record layers={layers}")
         if not finished_before_kill:
             killed_midway += 1
+            stages_seen.add(len(layers))
         # sshfs, spawned just before the kill, may still be connecting: close must cope.
         host.ok("close", initialized)
         assert_nothing_left(host, initialized)
     assert killed_midway > 0, "no kill landed while open was still running"
+    assert len(stages_seen) >= 2, f"kills landed in only one stage: {stages_seen}"
     mount_point = host.ok("open", initialized).stdout.strip()
     assert os.path.ismount(mount_point)
     host.ok("close", initialized)
@@ -208,4 +220,30 @@ def test_btrfs_target_round_trip(host):
         assert tree_digest(mount_point) == before
     finally:
         host.ok("close", name)
+    assert_nothing_left(host, name)
+
+
+def test_init_shows_mkfs_progress_on_a_terminal(host):
+    """stderr on a pty gets a live progress line; captured stderr (above) gets none."""
+    import pty
+    name = host.add_target("progress")
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([BIN, "--config", host.config, "init", name], env=host.env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert process.wait(timeout=600) == 0
+    text = output.decode(errors="replace")
+    print(repr(text[-300:]))
+    assert "making ext4: " in text and " written, " in text and "/s, " in text
+    assert "\r\x1b[K" in text, "the progress line is rewritten in place"
     assert_nothing_left(host, name)
