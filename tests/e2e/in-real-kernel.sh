@@ -31,4 +31,4 @@ echo "in-real-kernel: $(uname -r) has no device-mapper: booting $(basename "$ker
 # on these machines; software emulation boots in about 30 s.
 cd "$root"
 exec vng --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
-  --exec "$root/tests/e2e/kernel-setup.sh $quoted"
+  --exec "env IMGBACKUP_IN_VM=1 $root/tests/e2e/kernel-setup.sh $quoted"
