@@ -16,8 +16,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Everything on stdout, so the VM console keeps it in order.
 say() { printf '\n== %s\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+run() { printf '$ %s\n' "$*"; "$@" 2>&1; }
+open_demo() {
+  printf '$ %s\n' "$bin --config $config open demo"
+  mnt=$("$bin" --config "$config" open demo)
+  echo "$mnt"
+}
 
 say "a backup host on 127.0.0.1:2222 (OpenSSH sshd), storing into $work/storage"
 "$root/tests/e2e/backup-host.sh" start "$work" 2222
@@ -30,8 +36,7 @@ printf 'remote file: %s bytes apparent, %s bytes allocated\n' \
   "$(stat -c %s "$image")" "$(( $(stat -c %b "$image") * $(stat -c %B "$image") ))"
 
 say "open, write, close"
-mnt=$(run "$bin" --config "$config" open demo)
-echo "mounted at $mnt"
+open_demo
 marker="imgbackup-demo-plaintext-$(date +%s)"
 mkdir -p "$mnt/etc"
 cp -a /etc/hostname /etc/os-release "$mnt/etc/"
@@ -39,6 +44,7 @@ for i in $(seq 200); do echo "$marker $i"; done > "$mnt/notes.txt"
 head -c 8M /dev/urandom > "$mnt/random.bin"
 sums=$(cd "$mnt" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum)
 echo "$sums"
+echo "(the apparent size stays 64 MiB; the remote allocates only what is written)"
 run "$bin" --config "$config" close demo
 
 say "the remote holds only ciphertext"
@@ -46,7 +52,7 @@ if grep -qa "$marker" "$image"; then echo "plaintext marker FOUND in the remote 
 echo "marker '$marker' is not in $image"
 
 say "reopen and compare"
-mnt=$(run "$bin" --config "$config" open demo)
+open_demo
 again=$(cd "$mnt" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum)
 [ "$sums" = "$again" ] && echo "all $(echo "$sums" | wc -l) files identical after reopening"
 run "$bin" --config "$config" close demo
