@@ -9,7 +9,7 @@ packages=(
   # run: the tools imgbackup drives
   fuse3 sshfs openssh-client cryptsetup-bin e2fsprogs btrfs-progs rsync
   # test: the backup host and the real kernel the end-to-end suite boots
-  openssh-server nbdkit qemu-system-x86 linux-image-amd64 busybox-static kmod
+  openssh-server nbdkit nbd-server qemu-system-x86 linux-image-amd64 busybox-static kmod
   python3-pytest
 )
 missing=()

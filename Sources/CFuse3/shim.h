@@ -7,3 +7,25 @@
 #include <fuse3/fuse.h>
 #include <fuse3/fuse_lowlevel.h>
 #endif
+
+#ifndef IMGBACKUP_CFUSE3_WRAPPERS
+#define IMGBACKUP_CFUSE3_WRAPPERS
+// fuse_new and fuse_loop_mt are macros that pick a versioned symbol; Swift
+// cannot expand function-like macros, so these wrappers do it in C.
+static inline struct fuse *imgb_fuse_new(struct fuse_args *args, const struct fuse_operations *ops,
+                                         void *private_data) {
+    return fuse_new(args, ops, sizeof(*ops), private_data);
+}
+
+/// The multi-threaded loop with up to max_threads workers: each worker can
+/// have one NBD request in flight.
+static inline int imgb_fuse_loop_mt(struct fuse *fuse, unsigned max_threads) {
+    struct fuse_loop_config *config = fuse_loop_cfg_create();
+    if (config == NULL) return -1;
+    fuse_loop_cfg_set_max_threads(config, max_threads);
+    fuse_loop_cfg_set_idle_threads(config, max_threads);
+    int status = fuse_loop_mt(fuse, config);
+    fuse_loop_cfg_destroy(config);
+    return status;
+}
+#endif

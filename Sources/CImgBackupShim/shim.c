@@ -7,6 +7,12 @@
 #include <sys/mman.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
 
 int imgb_loop_ctl_get_free(int control_fd) {
     int n = ioctl(control_fd, LOOP_CTL_GET_FREE);
@@ -48,4 +54,13 @@ int imgb_memfd_create(const char *name) {
 
 void imgb_wipe(void *buffer, size_t length) {
     explicit_bzero(buffer, length);
+}
+
+int imgb_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int imgb_set_io_flusher(void) {
+    return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0 ? -errno : 0;
 }

@@ -17,7 +17,7 @@ struct CloseCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try global.load()
-        let environment = global.environment()
+        let environment = global.environment(config)
         let outcome = try await CloseOperation(
             target: try config.target(named: target), environment: environment, force: force
         ).run()

@@ -43,10 +43,11 @@ struct GlobalOptions: ParsableArguments {
         return try ConfigLoader.load(path: path)
     }
 
-    func environment() -> OperationEnvironment {
+    func environment(_ config: Configuration) -> OperationEnvironment {
         OperationEnvironment(
             paths: RuntimePaths.fromEnvironment(ProcessInfo.processInfo.environment),
             logger: Logger(label: "imgbackup"),
-            progress: Terminal.progressDisplay())
+            progress: Terminal.progressDisplay(),
+            configPath: config.path)
     }
 }

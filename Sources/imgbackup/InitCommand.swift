@@ -30,7 +30,7 @@ struct InitCommand: AsyncParsableCommand {
             sizeOverride = parsed
         }
         let operation = try InitOperation(
-            target: try config.target(named: target), environment: global.environment(), size: sizeOverride)
+            target: try config.target(named: target), environment: global.environment(config), size: sizeOverride)
         let report = try await operation.run()
         print("created \(report.image): \(report.size), LUKS2 \(report.luksUUID)")
     }

@@ -27,7 +27,7 @@ struct OpenCommand: AsyncParsableCommand {
             resolved.transport = parsed
         }
         let mountPoint = try await OpenOperation(
-            target: resolved, environment: global.environment(), allowDiscards: discard
+            target: resolved, environment: global.environment(config), allowDiscards: discard
         ).run()
         print(mountPoint)
     }

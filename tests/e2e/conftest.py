@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("IMGBACKUP_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "imgbackup"))
 PORT = 2222
 # Named limits for one CLI call: init runs mkfs under software emulation.
-COMMAND_TIMEOUT = {"init": 600, "open": 180, "close": 180}
+COMMAND_TIMEOUT = {"init": 600, "open": 180, "close": 180, "trim": 600}
 TIMINGS = collections.defaultdict(list)
 
 
@@ -145,8 +145,21 @@ def loop_devices_on(prefix):
     return found
 
 
+def bridge_processes():
+    found = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            argv = open(path, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"nbd-bridge" in argv:
+            found.append(path.split("/")[2])
+    return found
+
+
 def assert_nothing_left(host, target):
     assert mounts_under(host.work, host.runtime) == [], "a mount was left behind"
+    assert bridge_processes() == [], "an NBD bridge process was left behind"
     assert imgbackup_mappings() == [], "a dm-crypt mapping was left behind"
     assert loop_devices_on(host.runtime) == [] and loop_devices_on(host.work) == [], "a loop device was left behind"
     assert not os.path.exists(host.state_record(target)), "the state record was left behind"

@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/xattr.h>  // getxattr, which Glibc's module does not export
 
 // ioctl(2) is variadic, so Swift cannot call it; these wrappers give the loop
 // device requests a typed signature. Each returns 0 or a value on success and
@@ -33,5 +34,13 @@ int imgb_memfd_create(const char *name);
 
 /// explicit_bzero: wipes a buffer in a way the compiler may not elide.
 void imgb_wipe(void *buffer, size_t length);
+
+/// eventfd(2), non-blocking and close-on-exec: wakes an event loop thread.
+int imgb_eventfd(void);
+
+/// prctl(PR_SET_IO_FLUSHER) (Linux 5.6+): marks a process that serves a
+/// block device's I/O, so memory reclaim does not wait on that same I/O
+/// (writeback deadlock). prctl is variadic, hence the wrapper.
+int imgb_set_io_flusher(void);
 
 #endif

@@ -26,9 +26,12 @@ public struct CloseOperation {
     func possibleLayers() -> [LayerRecord] {
         let remote = environment.paths.remoteMount(target.name)
         let mapped = "/dev/mapper/\(target.mappingName)"
+        let bridge = environment.paths.nbdMount(target.name)
         return [
             .sshfs(source: target.remote.sshfsSource, mountPoint: remote),
+            .nbdBridge(mountPoint: bridge, pid: nil),
             .loop(backingFile: "\(remote)/\(target.image)", device: nil),
+            .loop(backingFile: "\(bridge)/\(ImageFileSystem.fileName)", device: nil),
             .crypt(name: target.mappingName),
             .filesystem(device: mapped, mountPoint: target.mountPoint),
         ]

@@ -7,18 +7,18 @@ public struct OpenOperation {
     public let target: Target
     public let environment: OperationEnvironment
     public var allowDiscards = false
+    /// Refuse an NBD server that cannot trim (for `trim`).
+    public var requireTrim = false
 
-    public init(target: Target, environment: OperationEnvironment, allowDiscards: Bool = false) {
+    public init(target: Target, environment: OperationEnvironment, allowDiscards: Bool = false, requireTrim: Bool = false) {
         self.target = target
         self.environment = environment
         self.allowDiscards = allowDiscards
+        self.requireTrim = requireTrim
     }
 
     /// Returns the mount point.
     public func run() async throws(ImgBackupError) -> String {
-        if target.transport == .nbd {
-            throw ImgBackupError(.usage, "the nbd transport is not available yet", hint: "use transport = \"sshfs\"")
-        }
         let key = try KeyLoader.load(target.key)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
@@ -27,7 +27,7 @@ public struct OpenOperation {
         let builder = StackBuilder(target: target, environment: environment, operation: "open")
         let identity = LUKSIdentity(paths: environment.paths)
         return try await builder.unwindingOnFailure { () throws(ImgBackupError) -> String in
-            let image = try await builder.pushRemote()
+            let image = try await builder.pushTransport(requireTrim: requireTrim)
             let exists: Bool
             do {
                 exists = try await RemoteFiles.exists(image, deadline: builder.deadlines.remoteCall)

@@ -13,11 +13,14 @@ public struct OperationEnvironment: Sendable {
     public var runner: any CommandRunning
     public var logger: Logger
     public var progress: (any ProgressDisplay)?
+    /// The config file, for helpers started from this one (the NBD bridge).
+    public var configPath: String
 
     public init(
         paths: RuntimePaths, runner: any CommandRunning = SubprocessCommandRunner(), logger: Logger,
-        progress: (any ProgressDisplay)? = nil
+        progress: (any ProgressDisplay)? = nil, configPath: String = ConfigLoader.defaultPath
     ) {
+        self.configPath = configPath
         self.paths = paths
         self.runner = runner
         self.logger = logger

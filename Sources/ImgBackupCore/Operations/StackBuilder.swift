@@ -37,6 +37,21 @@ struct StackBuilder {
         return "\(remoteDirectory)/\(target.image)"
     }
 
+    /// The transport of `target.transport`; returns the image's local path.
+    func pushTransport(requireTrim: Bool = false) async throws(ImgBackupError) -> String {
+        switch target.transport {
+        case .sshfs:
+            return try await pushRemote()
+        case .nbd:
+            environment.logger.info("starting the NBD bridge for \(target.remote.host)")
+            let bridge = NBDBridgeLayer(
+                target: target, mountPoint: environment.paths.nbdMount(target.name), configPath: environment.configPath,
+                logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim, deadline: deadlines.sshfsMount)
+            try await push(bridge)
+            return bridge.imagePath
+        }
+    }
+
     /// Runs `body`; when it throws, unwinds everything and rethrows, noting
     /// anything that could not be taken down.
     func unwindingOnFailure<T>(_ body: () async throws(ImgBackupError) -> T) async throws(ImgBackupError) -> T {

@@ -28,6 +28,8 @@ public struct SystemTeardown: LayerTeardown {
             try await RemoteFiles.remove(path, deadline: stepDeadline)
         case .sshfs(_, let mountPoint):
             try await unmountSSHFS(mountPoint, force: force)
+        case .nbdBridge(let mountPoint, let pid):
+            try await stopBridge(mountPoint: mountPoint, pid: pid, force: force)
         }
     }
 
@@ -91,6 +93,23 @@ public struct SystemTeardown: LayerTeardown {
         }
     }
 
+    /// Unmounting the bridge's FUSE mount ends its loop; it then flushes and
+    /// disconnects from the server and exits. One that does not is stopped.
+    private func stopBridge(mountPoint: String, pid: Int32?, force: Bool) async throws {
+        try await unmountFUSE(mountPoint, force: force, what: "the NBD bridge")
+        guard let pid, DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) else { return }
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: stepDeadline)
+        while clock.now < deadline, DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        if DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) {
+            logger.notice("the NBD bridge (pid \(pid)) did not exit: stopping it")
+            await ProcessTable.terminate([pid], grace: .seconds(2))
+        }
+        LocalFiles.removeDirectoryIfEmpty(mountPoint)
+    }
+
     private func unmountSSHFS(_ mountPoint: String, force: Bool) async throws {
         defer {
             // The mount point and the per-target runtime directory it lives in.
@@ -105,12 +124,16 @@ public struct SystemTeardown: LayerTeardown {
             logger.notice("stopping sshfs (pid \(strays.map(String.init).joined(separator: ", "))) left by an interrupted command")
             await ProcessTable.terminate(strays, grace: .seconds(2))
         }
+        try await unmountFUSE(mountPoint, force: force, what: "the remote directory")
+    }
+
+    private func unmountFUSE(_ mountPoint: String, force: Bool, what: String) async throws {
         guard let entry = MountTable.mount(at: mountPoint), entry.filesystemType.hasPrefix("fuse") else { return }
         let result = try await runner.run(Command("fusermount3", ["-u", mountPoint], timeout: stepDeadline))
         if result.succeeded || !MountTable.isMountPoint(mountPoint) { return }
         guard force else {
             throw ImgBackupError(
-                .invalidState, "failed to unmount the remote directory at \(mountPoint): \(result.failureSummary)",
+                .invalidState, "failed to unmount \(what) at \(mountPoint): \(result.failureSummary)",
                 hint: "use close --force to detach it lazily")
         }
         logger.notice("\(mountPoint) did not unmount: detaching it lazily")

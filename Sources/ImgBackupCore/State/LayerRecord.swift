@@ -4,6 +4,8 @@
 public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
     /// The remote directory mounted over sshfs.
     case sshfs(source: String, mountPoint: String)
+    /// The NBD bridge process serving the export as a FUSE file at mountPoint/image.
+    case nbdBridge(mountPoint: String, pid: Int32?)
     /// An image file being created by `init`; removed unless `init` finished.
     case partialImage(path: String)
     /// A loop device on the image file (device nil until it is attached).
@@ -16,6 +18,7 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .sshfs(let source, let mountPoint): return "sshfs mount of \(source) at \(mountPoint)"
+        case .nbdBridge(let mountPoint, let pid): return "NBD bridge\(pid.map { " (pid \($0))" } ?? "") at \(mountPoint)"
         case .partialImage(let path): return "partial image \(path)"
         case .loop(let backingFile, let device): return "loop device \(device ?? "(not yet attached)") on \(backingFile)"
         case .crypt(let name): return "dm-crypt mapping /dev/mapper/\(name)"
@@ -27,6 +30,7 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
     public var layerName: String {
         switch self {
         case .sshfs: return "sshfs"
+        case .nbdBridge: return "nbd"
         case .partialImage: return "image"
         case .loop: return "loop"
         case .crypt: return "dm-crypt"

@@ -26,6 +26,9 @@ public struct RuntimePaths: Sendable {
     public func targetRuntimeDirectory(_ target: String) -> String { "\(runtimeDirectory)/\(target)" }
     /// Where the remote directory is mounted over sshfs.
     public func remoteMount(_ target: String) -> String { "\(targetRuntimeDirectory(target))/remote" }
+    /// Where the NBD bridge mounts its one-file filesystem, and its log.
+    public func nbdMount(_ target: String) -> String { "\(targetRuntimeDirectory(target))/nbd" }
+    public func nbdLog(_ target: String) -> String { "\(targetRuntimeDirectory(target))/nbd-bridge.log" }
     public func targetStateDirectory(_ target: String) -> String { "\(stateDirectory)/\(target)" }
     public func luksUUIDFile(_ target: String) -> String { "\(targetStateDirectory(target))/luks-uuid" }
 }

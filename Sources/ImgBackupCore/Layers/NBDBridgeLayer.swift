@@ -1,0 +1,105 @@
+import Foundation
+import ImgBackupOS
+
+/// The NBD transport: an `imgbackup nbd-bridge` process (libnbd client plus
+/// a one-file FUSE filesystem) started in the background; `close` stops it.
+/// The image is then `mountPoint/image`.
+public struct NBDBridgeLayer: Layer {
+    /// The hidden subcommand the bridge runs as; also how teardown recognises it.
+    public static let subcommand = "nbd-bridge"
+
+    public let target: Target
+    public let mountPoint: String
+    public let configPath: String
+    public let logFile: String
+    public let requireTrim: Bool
+    public let deadline: Duration
+
+    public init(target: Target, mountPoint: String, configPath: String, logFile: String, requireTrim: Bool, deadline: Duration) {
+        self.target = target
+        self.mountPoint = mountPoint
+        self.configPath = configPath
+        self.logFile = logFile
+        self.requireTrim = requireTrim
+        self.deadline = deadline
+    }
+
+    public var intent: LayerRecord { .nbdBridge(mountPoint: mountPoint, pid: nil) }
+    public var imagePath: String { "\(mountPoint)/\(ImageFileSystem.fileName)" }
+
+    public func up() async throws -> LayerRecord {
+        guard target.nbd != nil else {
+            throw ImgBackupError(
+                .config, "target '\(target.name)' has no [target.\(target.name).nbd] table",
+                hint: "add command = [\"nbdkit\", ...] or uri = \"nbd://...\" to use the nbd transport")
+        }
+        do {
+            try LocalFiles.makeDirectories(mountPoint)
+            try? FileManager.default.removeItem(atPath: logFile)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "create \(mountPoint)")
+        }
+        var arguments = ["--config", configPath, Self.subcommand, target.name, "--mount", mountPoint]
+        if requireTrim { arguments.append("--require-trim") }
+        let process: DetachedProcess
+        do {
+            process = try DetachedProcess.spawn(
+                executable: DetachedProcess.currentExecutable, arguments: arguments,
+                environment: SubprocessCommandRunner.minimalEnvironment, logFile: logFile)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "start the NBD bridge")
+        }
+        let record = LayerRecord.nbdBridge(mountPoint: mountPoint, pid: process.pid)
+        let clock = ContinuousClock()
+        let until = clock.now.advanced(by: deadline)
+        while clock.now < until {
+            if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(ImageFileSystem.subtype)" { return record }
+            if process.exitStatusIfEnded() != nil {
+                throw ImgBackupError(.remote, "failed to connect to the NBD export: \(lastLine(of: logFile))")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        kill(process.pid, SIGKILL)
+        throw ImgBackupError(
+            .remote, "failed to connect to the NBD export: no answer within \(deadline.secondsText)",
+            hint: "check the [nbd] table and that the server is reachable")
+    }
+
+    private func lastLine(of path: String) -> String {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        let line = text.split(whereSeparator: \.isNewline).last.map(String.init) ?? "the bridge exited"
+        return line.hasPrefix("imgbackup: error: ") ? String(line.dropFirst(18)) : line
+    }
+}
+
+/// How the bridge reaches the export: the configured URI, or the configured
+/// command run on the remote through ssh with the target's port, identity and
+/// options.
+public enum NBDEndpointBuilder {
+    public static func endpoint(for target: Target) throws(ImgBackupError) -> NBDEndpoint {
+        switch target.nbd {
+        case .uri(let uri)?: return .uri(uri)
+        case .command(let command)?:
+            let ssh: String
+            do {
+                ssh = try ExecutableLocator.locate("ssh")
+            } catch {
+                throw ImgBackupError(.system, "failed to start the NBD export: \(error)", hint: "apt-get install openssh-client")
+            }
+            var argv = [ssh, "-T", "-p", String(target.port)]
+            var options = ["BatchMode=yes", "ServerAliveInterval=15", "ServerAliveCountMax=3", "ConnectTimeout=20"]
+            if let identity = target.identityFile { options += ["IdentityFile=\(identity)", "IdentitiesOnly=yes"] }
+            options += target.sshOptions
+            for option in options { argv += ["-o", option] }
+            // ssh hands the remote one string for its shell: quote every word.
+            argv += [target.remote.sshDestination, "--", command.map(shellQuoted).joined(separator: " ")]
+            return .command(argv)
+        case nil:
+            throw ImgBackupError(.config, "target '\(target.name)' has no [target.\(target.name).nbd] table")
+        }
+    }
+
+    static func shellQuoted(_ word: String) -> String {
+        "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+}

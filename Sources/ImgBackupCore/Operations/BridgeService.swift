@@ -1,0 +1,69 @@
+import ImgBackupOS
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The NBD bridge process itself (`imgbackup nbd-bridge`): connects to the
+/// export, then serves it as a one-file FUSE filesystem until unmounted.
+public struct BridgeService {
+    public let target: Target
+    public let mountPoint: String
+    public let requireTrim: Bool
+    public let logger: Logger
+
+    public init(target: Target, mountPoint: String, requireTrim: Bool, logger: Logger) {
+        self.target = target
+        self.mountPoint = mountPoint
+        self.requireTrim = requireTrim
+        self.logger = logger
+    }
+
+    public func run() async throws(ImgBackupError) {
+        let endpoint = try NBDEndpointBuilder.endpoint(for: target)
+        let connection: NBDConnection
+        do {
+            connection = try NBDConnection(name: "imgbackup-\(target.name)")
+            // Connecting runs ssh and negotiates: a dead server must not hang us.
+            try await withAbandonableDeadline(.seconds(60), operation: "connect to the NBD export") {
+                try connection.connect(endpoint)
+            }
+        } catch {
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "connect to the NBD export of \(target.name)")
+        }
+        guard connection.size > 0 else {
+            throw ImgBackupError(.remote, "failed to use the NBD export of \(target.name): it reports no size")
+        }
+        if requireTrim && !connection.canTrim {
+            throw ImgBackupError(
+                .remote, "the NBD server for \(target.name) cannot trim",
+                hint: "nbd-server needs 'trim = true'; nbdkit's file plugin trims")
+        }
+        // The bridge serves the block device that memory reclaim may be
+        // writing to: it must not wait on its own writeback (PR_SET_IO_FLUSHER)
+        // nor be paged out (locked memory). Both are best effort.
+        if imgb_set_io_flusher() != 0 { logger.info("PR_SET_IO_FLUSHER not available: continuing") }
+        if mlockall(MCL_CURRENT | MCL_FUTURE) != 0 { logger.info("mlockall failed: continuing unlocked") }
+
+        let loop: NBDEventLoop
+        do {
+            loop = try NBDEventLoop(connection: connection)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "start the NBD event loop")
+        }
+        loop.start()
+        let filesystem = ImageFileSystem(
+            loop: loop, size: UInt64(connection.size), canTrim: connection.canTrim, canZero: connection.canZero,
+            canFlush: connection.canFlush)
+        do {
+            try filesystem.serve(mountPoint: mountPoint, name: target.name)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "serve the NBD export at \(mountPoint)")
+        }
+        if connection.canFlush { _ = loop.flush() }
+        connection.shutdown()
+    }
+}
+
+import CImgBackupShim

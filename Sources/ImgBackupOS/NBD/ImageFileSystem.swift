@@ -1,0 +1,171 @@
+import CFuse3
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves an NBD export as a FUSE filesystem holding one file, `image`, so a
+/// loop device (with direct I/O) can sit on it: read, write, flush map to NBD
+/// read, write, flush; fallocate PUNCH_HOLE to NBD trim and ZERO_RANGE to NBD
+/// zero, which is how fstrim's discards reach the remote.
+public final class ImageFileSystem: @unchecked Sendable {
+    // Safe: every field is fixed at init; the loop serialises the handle.
+    public static let fileName = "image"
+    /// getxattr on the image returns the export's allocated bytes (decimal).
+    public static let allocatedAttribute = "user.imgbackup.allocated"
+    /// The FUSE subtype: mounts show as "fuse.imgbackup-nbd".
+    public static let subtype = "imgbackup-nbd"
+
+    let loop: NBDEventLoop
+    let size: UInt64
+    let canTrim: Bool
+    let canZero: Bool
+    let canFlush: Bool
+
+    public init(loop: NBDEventLoop, size: UInt64, canTrim: Bool, canZero: Bool, canFlush: Bool) {
+        self.loop = loop
+        self.size = size
+        self.canTrim = canTrim
+        self.canZero = canZero
+        self.canFlush = canFlush
+    }
+
+    /// Mounts at `mountPoint` and serves until it is unmounted.
+    public func serve(mountPoint: String, name: String, threads: UInt32 = 16) throws(SystemCallError) {
+        var operations = Self.operations()
+        let arguments = [
+            "imgbackup-nbd", "-o", "fsname=imgbackup-nbd:\(name),subtype=\(Self.subtype)",
+        ]
+        var cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
+        defer { for pointer in cArguments { free(pointer) } }
+        let context = Unmanaged.passRetained(self)
+        defer { context.release() }
+        let fuse = cArguments.withUnsafeMutableBufferPointer { buffer -> OpaquePointer? in
+            var args = fuse_args(argc: Int32(arguments.count), argv: buffer.baseAddress, allocated: 0)
+            return imgb_fuse_new(&args, &operations, context.toOpaque())
+        }
+        guard let fuse else { throw SystemCallError(call: "fuse_new", object: mountPoint, errno: EINVAL) }
+        defer { fuse_destroy(fuse) }
+        guard fuse_mount(fuse, mountPoint) == 0 else {
+            throw SystemCallError(call: "fuse_mount", object: mountPoint, errno: EIO)
+        }
+        defer { fuse_unmount(fuse) }
+        _ = imgb_fuse_loop_mt(fuse, threads)
+    }
+
+    private static func current() -> ImageFileSystem {
+        Unmanaged<ImageFileSystem>.fromOpaque(fuse_get_context()!.pointee.private_data!).takeUnretainedValue()
+    }
+
+    private static func isImage(_ path: UnsafePointer<CChar>?) -> Bool {
+        guard let path else { return false }
+        return strcmp(path, "/" + fileName) == 0
+    }
+
+    /// The callbacks. Defined in a function, not at top level: libfuse calls
+    /// them from its worker threads, and top-level closures would be
+    /// main-actor isolated.
+    private static func operations() -> fuse_operations {
+        var operations = fuse_operations()
+        operations.`init` = { _, config in
+            // No page cache in the bridge: every read and write goes to the
+            // server (the loop device above does direct I/O too).
+            config?.pointee.direct_io = 1
+            // What init returns becomes the private data: keep ours.
+            return fuse_get_context()?.pointee.private_data
+        }
+        operations.getattr = { path, info, _ in
+            guard let path, let info else { return -EINVAL }
+            memset(info, 0, MemoryLayout<stat>.size)
+            if strcmp(path, "/") == 0 {
+                info.pointee.st_mode = S_IFDIR | 0o700
+                info.pointee.st_nlink = 2
+                return 0
+            }
+            guard ImageFileSystem.isImage(path) else { return -ENOENT }
+            let filesystem = ImageFileSystem.current()
+            info.pointee.st_mode = S_IFREG | 0o600
+            info.pointee.st_nlink = 1
+            info.pointee.st_size = off_t(filesystem.size)
+            info.pointee.st_blksize = 4096
+            info.pointee.st_blocks = blkcnt_t(filesystem.size / 512)
+            return 0
+        }
+        operations.readdir = { path, buffer, fill, _, _, _ in
+            guard let path, strcmp(path, "/") == 0, let fill else { return -ENOENT }
+            _ = fill(buffer, ".", nil, 0, fuse_fill_dir_flags(rawValue: 0))
+            _ = fill(buffer, "..", nil, 0, fuse_fill_dir_flags(rawValue: 0))
+            _ = fill(buffer, ImageFileSystem.fileName, nil, 0, fuse_fill_dir_flags(rawValue: 0))
+            return 0
+        }
+        operations.open = { path, _ in ImageFileSystem.isImage(path) ? 0 : -ENOENT }
+        operations.read = { path, buffer, count, offset, _ in
+            guard ImageFileSystem.isImage(path), let buffer else { return -ENOENT }
+            let filesystem = ImageFileSystem.current()
+            guard offset >= 0, UInt64(offset) < filesystem.size else { return 0 }
+            let length = Int(min(UInt64(count), filesystem.size - UInt64(offset)))
+            let error = filesystem.loop.read(into: buffer, count: length, offset: UInt64(offset))
+            return error == 0 ? Int32(length) : -error
+        }
+        operations.write = { path, buffer, count, offset, _ in
+            guard ImageFileSystem.isImage(path), let buffer else { return -ENOENT }
+            let filesystem = ImageFileSystem.current()
+            guard offset >= 0, UInt64(offset) + UInt64(count) <= filesystem.size else { return -ENOSPC }
+            let error = filesystem.loop.write(from: buffer, count: count, offset: UInt64(offset))
+            return error == 0 ? Int32(count) : -error
+        }
+        operations.flush = { _, _ in
+            let filesystem = ImageFileSystem.current()
+            return filesystem.canFlush ? -filesystem.loop.flush() : 0
+        }
+        operations.fsync = { _, _, _ in
+            let filesystem = ImageFileSystem.current()
+            return filesystem.canFlush ? -filesystem.loop.flush() : 0
+        }
+        operations.fallocate = { path, mode, offset, length, _ in
+            guard ImageFileSystem.isImage(path) else { return -ENOENT }
+            let filesystem = ImageFileSystem.current()
+            guard offset >= 0, length >= 0, UInt64(offset) + UInt64(length) <= filesystem.size else { return -EINVAL }
+            let punchHole: Int32 = 0x02, zeroRange: Int32 = 0x10, keepSize: Int32 = 0x01
+            // Unsupported modes answer EOPNOTSUPP, never ENOSYS: ENOSYS would
+            // turn fallocate off for the whole FUSE connection.
+            switch mode & ~keepSize {
+            case punchHole:
+                guard filesystem.canTrim else { return -EOPNOTSUPP }
+                return -filesystem.loop.trim(count: UInt64(length), offset: UInt64(offset))
+            case zeroRange:
+                guard filesystem.canZero else { return -EOPNOTSUPP }
+                return -filesystem.loop.zero(count: UInt64(length), offset: UInt64(offset))
+            case 0:
+                return 0  // allocation is the server's business
+            default:
+                return -EOPNOTSUPP
+            }
+        }
+        operations.getxattr = { path, name, value, size in
+            guard ImageFileSystem.isImage(path), let name, strcmp(name, ImageFileSystem.allocatedAttribute) == 0 else { return -ENODATA }
+            let filesystem = ImageFileSystem.current()
+            switch filesystem.loop.allocatedBytes(size: filesystem.size) {
+            case .failure(let error): return -error.errno
+            case .success(let allocated):
+                let text = Array(String(allocated).utf8)
+                if size == 0 { return Int32(text.count) }
+                guard size >= text.count, let value else { return -ERANGE }
+                text.withUnsafeBytes { _ = memcpy(value, $0.baseAddress!, text.count) }
+                return Int32(text.count)
+            }
+        }
+        operations.statfs = { _, info in
+            guard let info else { return -EINVAL }
+            let filesystem = ImageFileSystem.current()
+            memset(info, 0, MemoryLayout<statvfs>.size)
+            info.pointee.f_bsize = 4096
+            info.pointee.f_frsize = 4096
+            info.pointee.f_blocks = fsblkcnt_t(filesystem.size / 4096)
+            info.pointee.f_namemax = 255
+            return 0
+        }
+        return operations
+    }
+}

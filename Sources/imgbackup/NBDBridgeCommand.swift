@@ -1,0 +1,29 @@
+import ArgumentParser
+import ImgBackupCore
+import Logging
+
+/// Internal: the NBD bridge process that `open --transport nbd` starts in the
+/// background and `close` stops. Not for direct use.
+struct NBDBridgeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: NBDBridgeLayer.subcommand, abstract: "Serve a target's NBD export as a FUSE file (internal).",
+        shouldDisplay: false)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Argument var target: String
+
+    @Option(help: "Where to mount the one-file filesystem.")
+    var mount: String
+
+    @Flag(help: "Fail when the server cannot trim.")
+    var requireTrim = false
+
+    func run() async throws {
+        let config = try global.load()
+        try await BridgeService(
+            target: try config.target(named: target), mountPoint: mount, requireTrim: requireTrim,
+            logger: Logger(label: "imgbackup-nbd")
+        ).run()
+    }
+}

@@ -1,0 +1,175 @@
+"""The NBD transport and `imgbackup trim`, in a real kernel (issue 3).
+
+Both NBD paths: a command run on the remote over ssh (nbdkit --single, the
+reference) and an nbd-server URI (trim = true)."""
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import assert_nothing_left, sha256_of, tree_digest
+
+MiB = 1 << 20
+NBD_SERVER_PORT = 10809
+
+
+class NBDServer:
+    """nbd-server on 127.0.0.1 exporting files of the backup host's storage."""
+
+    def __init__(self, host):
+        self.host = host
+        self.config = os.path.join(host.work, "nbd-server.conf")
+        self.auth = os.path.join(host.work, "nbd-server.allow")
+        self.exports = []
+
+    def export(self, name, image, trim=True):
+        self.exports.append((name, image, trim))
+
+    def start(self):
+        with open(self.auth, "w") as auth:
+            auth.write("127.0.0.0/8\n")  # nbd-server refuses clients its authfile does not allow
+        lines = ["[generic]", "    user = root", "    group = root", "    listenaddr = 127.0.0.1",
+                 f"    port = {NBD_SERVER_PORT}"]
+        for name, image, trim in self.exports:
+            lines += [f"[{name}]", f"    exportname = {image}", f"    trim = {'true' if trim else 'false'}",
+                      f"    authfile = {self.auth}"]
+        with open(self.config, "w") as config:
+            config.write("\n".join(lines) + "\n")
+        subprocess.run(["nbd-server", "-C", self.config], check=True)  # forks into the background
+        for _ in range(50):
+            if subprocess.run(["ss", "-ltn", f"sport = :{NBD_SERVER_PORT}"], capture_output=True,
+                              text=True).stdout.count("LISTEN"):
+                return
+            time.sleep(0.1)
+
+    def stop(self):
+        subprocess.run(["pkill", "-f", f"nbd-server -C {self.config}"], check=False)
+
+
+@pytest.fixture(scope="module")
+def shared_image(host):
+    """One image, initialised over sshfs, reachable three ways: sshfs, nbdkit
+    over ssh, nbd-server. The targets share the image (one at a time)."""
+    image = os.path.join(host.storage, "shared.img")
+    host.add_target("shared", image="shared.img", size="96M")
+    host.ok("init", "shared")
+    host.add_target("shared_nbdkit", image="shared.img", transport="nbd")
+    with open(host.config, "a") as config:
+        config.write('[target.shared_nbdkit.nbd]\n'
+                     f'command = ["nbdkit", "--single", "--exit-with-parent", "file", "{image}"]\n')
+    host.add_target("shared_uri", image="shared.img", transport="nbd")
+    with open(host.config, "a") as config:
+        config.write(f'[target.shared_uri.nbd]\nuri = "nbd://127.0.0.1:{NBD_SERVER_PORT}/shared"\n')
+    # The same LUKS image: every target may record its UUID.
+    server = NBDServer(host)
+    server.export("shared", image)
+    server.export("notrim", image, trim=False)
+    server.start()
+    host.add_target("shared_notrim", image="shared.img", transport="nbd")
+    with open(host.config, "a") as config:
+        config.write(f'[target.shared_notrim.nbd]\nuri = "nbd://127.0.0.1:{NBD_SERVER_PORT}/notrim"\n')
+    yield image
+    server.stop()
+
+
+def remote_allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("nbd_target", ["shared_nbdkit", "shared_uri"])
+def test_write_through_nbd_read_back_over_sshfs(host, shared_image, nbd_target):
+    mount_point = host.ok("open", nbd_target).stdout.strip()
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            assert any("fuse.imgbackup-nbd" in line for line in mountinfo), "the NBD bridge is not mounted"
+        directory = os.path.join(mount_point, nbd_target)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "data.bin"), "wb") as out:
+            out.write(os.urandom(5 * MiB + 3))
+        written = tree_digest(directory)
+    finally:
+        host.ok("close", nbd_target)
+    assert_nothing_left(host, nbd_target)
+    assert subprocess.run(["pgrep", "-x", "nbdkit"], capture_output=True).returncode != 0, "nbdkit outlived close"
+
+    mount_point = host.ok("open", "shared").stdout.strip()
+    try:
+        assert tree_digest(os.path.join(mount_point, nbd_target)) == written
+    finally:
+        host.ok("close", "shared")
+    assert_nothing_left(host, "shared")
+
+
+@pytest.mark.parametrize("nbd_target", ["shared_nbdkit", "shared_uri"])
+def test_trim_gives_deleted_space_back_to_the_remote(host, shared_image, nbd_target):
+    mount_point = host.ok("open", "shared").stdout.strip()
+    try:
+        with open(os.path.join(mount_point, "keep.bin"), "wb") as out:
+            out.write(os.urandom(MiB))
+        kept = tree_digest(mount_point)
+        with open(os.path.join(mount_point, "bulk.bin"), "wb") as out:
+            for _ in range(48):
+                out.write(os.urandom(MiB))
+    finally:
+        host.ok("close", "shared")
+    written = remote_allocated(shared_image)
+
+    mount_point = host.ok("open", "shared").stdout.strip()
+    try:
+        os.remove(os.path.join(mount_point, "bulk.bin"))
+    finally:
+        host.ok("close", "shared")
+    assert remote_allocated(shared_image) >= written - MiB, "sshfs cannot discard: deleting must not shrink the file"
+
+    result = host.ok("trim", nbd_target)
+    after = remote_allocated(shared_image)
+    reclaimed = written - after
+    print(f"{nbd_target}: remote allocated {written} -> {after} bytes, reclaimed {reclaimed} of {48 * MiB} deleted "
+          f"({100 * reclaimed / (48 * MiB):.0f}%)")
+    assert reclaimed >= 0.9 * 48 * MiB
+    trimmed = int(re.search(r"trimmed: .*\((\d+) bytes\)", result.stdout).group(1))
+    before_nbd = int(re.search(r"remote allocated before: .*\((\d+) bytes\)", result.stdout).group(1))
+    after_nbd = int(re.search(r"remote allocated after: .*\((\d+) bytes\)", result.stdout).group(1))
+    assert trimmed >= 48 * MiB
+    assert before_nbd - after_nbd >= 0.9 * 48 * MiB, "the NBD block status report disagrees with the remote"
+    assert abs(after_nbd - after) <= 4 * MiB
+    assert_nothing_left(host, nbd_target)
+
+    mount_point = host.ok("open", "shared").stdout.strip()
+    try:
+        assert tree_digest(mount_point) == kept, "trim damaged the data that was kept"
+    finally:
+        host.ok("close", "shared")
+
+
+def test_trim_refuses_a_server_that_cannot_trim(host, shared_image):
+    digest = sha256_of(shared_image)
+    result = host.run("trim", "shared_notrim")
+    assert result.returncode == 6
+    assert "cannot trim" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sha256_of(shared_image) == digest
+    assert_nothing_left(host, "shared_notrim")
+
+
+def test_absent_nbd_server_fails_clearly(host):
+    name = host.add_target("nbd_absent", transport="nbd")
+    with open(host.config, "a") as config:
+        config.write('[target.nbd_absent.nbd]\nuri = "nbd://127.0.0.1:10999/none"\n')
+    result = host.run("open", name)
+    assert result.returncode == 6
+    assert "NBD" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert_nothing_left(host, name)
+
+
+def test_nbd_command_that_fails_on_the_remote_fails_clearly(host):
+    name = host.add_target("nbd_badcmd", transport="nbd")
+    with open(host.config, "a") as config:
+        config.write('[target.nbd_badcmd.nbd]\ncommand = ["nbdkit", "--single", "file", "/nonexistent/image"]\n')
+    result = host.run("open", name)
+    assert result.returncode == 6
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert_nothing_left(host, name)
