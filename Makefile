@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit e2e test demo install clean format
+.PHONY: all deps build unit e2e test demo install clean format bench
 
 all: build
 
@@ -40,3 +40,8 @@ format:
 
 clean:
 	rm -rf .build
+
+# Throughput benchmarks (results and commands: docs/benchmarks.md).
+bench:
+	$(SWIFT) build -c release
+	scripts/bench-nbd.sh

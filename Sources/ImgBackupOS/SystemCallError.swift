@@ -4,7 +4,7 @@ import Glibc
 
 /// A failed system or library call: which call, on what, and the errno it
 /// returned. Raw errno values never leave ImgBackupOS in any other form.
-public struct SystemCallError: Error, Sendable, CustomStringConvertible {
+public struct SystemCallError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The call that failed, e.g. `"ioctl(LOOP_CONFIGURE)"`.
     public let call: String
     /// The object it was called on, e.g. a path or device.

@@ -19,10 +19,13 @@ struct NBDBridgeCommand: AsyncParsableCommand {
     @Flag(help: "Fail when the server cannot trim.")
     var requireTrim = false
 
+    @Option(help: "FUSE worker threads, each with up to one NBD request in flight (benchmarks use 1).")
+    var threads: UInt32 = 16
+
     func run() async throws {
         let config = try global.load()
         try await BridgeService(
-            target: try config.target(named: target), mountPoint: mount, requireTrim: requireTrim,
+            target: try config.target(named: target), mountPoint: mount, requireTrim: requireTrim, threads: threads,
             logger: Logger(label: "imgbackup-nbd")
         ).run()
     }

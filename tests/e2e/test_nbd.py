@@ -13,6 +13,7 @@ from conftest import assert_nothing_left, sha256_of, tree_digest
 
 MiB = 1 << 20
 NBD_SERVER_PORT = 10809
+NBDKIT_TCP_PORT = 10810
 
 
 class NBDServer:
@@ -70,8 +71,19 @@ def shared_image(host):
     host.add_target("shared_notrim", image="shared.img", transport="nbd")
     with open(host.config, "a") as config:
         config.write(f'[target.shared_notrim.nbd]\nuri = "nbd://127.0.0.1:{NBD_SERVER_PORT}/notrim"\n')
+    # nbdkit on TCP, reached by URI: nbd-server 3.24 (Debian 12) cannot be the
+    # trim reference: its exptrim() clips a request to size - 2 * offset, so
+    # trims in the upper half of an export are cut short or dropped while
+    # still acknowledged.
+    nbdkit_pid = os.path.join(host.work, "nbdkit-tcp.pid")
+    subprocess.run(["nbdkit", "--ipaddr", "127.0.0.1", "--port", str(NBDKIT_TCP_PORT), "--pidfile", nbdkit_pid,
+                    "file", image], check=True)
+    host.add_target("shared_nbdkit_uri", image="shared.img", transport="nbd")
+    with open(host.config, "a") as config:
+        config.write(f'[target.shared_nbdkit_uri.nbd]\nuri = "nbd://127.0.0.1:{NBDKIT_TCP_PORT}"\n')
     yield image
     server.stop()
+    subprocess.run(["kill", open(nbdkit_pid).read().strip()], check=False)
 
 
 def remote_allocated(path):
@@ -92,7 +104,8 @@ def test_write_through_nbd_read_back_over_sshfs(host, shared_image, nbd_target):
     finally:
         host.ok("close", nbd_target)
     assert_nothing_left(host, nbd_target)
-    assert subprocess.run(["pgrep", "-x", "nbdkit"], capture_output=True).returncode != 0, "nbdkit outlived close"
+    assert subprocess.run(["pgrep", "-f", "nbdkit --single"], capture_output=True).returncode != 0, \
+        "the nbdkit that ssh started outlived close"
 
     mount_point = host.ok("open", "shared").stdout.strip()
     try:
@@ -102,7 +115,7 @@ def test_write_through_nbd_read_back_over_sshfs(host, shared_image, nbd_target):
     assert_nothing_left(host, "shared")
 
 
-@pytest.mark.parametrize("nbd_target", ["shared_nbdkit", "shared_uri"])
+@pytest.mark.parametrize("nbd_target", ["shared_nbdkit", "shared_nbdkit_uri"])
 def test_trim_gives_deleted_space_back_to_the_remote(host, shared_image, nbd_target):
     mount_point = host.ok("open", "shared").stdout.strip()
     try:
@@ -128,11 +141,15 @@ def test_trim_gives_deleted_space_back_to_the_remote(host, shared_image, nbd_tar
     reclaimed = written - after
     print(f"{nbd_target}: remote allocated {written} -> {after} bytes, reclaimed {reclaimed} of {48 * MiB} deleted "
           f"({100 * reclaimed / (48 * MiB):.0f}%)")
+    log = os.path.join(host.runtime, nbd_target, "nbd-bridge.log")
+    if os.path.exists(log):
+        print("bridge log:", open(log).read()[-2000:])
     assert reclaimed >= 0.9 * 48 * MiB
     trimmed = int(re.search(r"trimmed: .*\((\d+) bytes\)", result.stdout).group(1))
+    assert trimmed >= 48 * MiB
+    # nbdkit answers block-status queries: the report must match the remote.
     before_nbd = int(re.search(r"remote allocated before: .*\((\d+) bytes\)", result.stdout).group(1))
     after_nbd = int(re.search(r"remote allocated after: .*\((\d+) bytes\)", result.stdout).group(1))
-    assert trimmed >= 48 * MiB
     assert before_nbd - after_nbd >= 0.9 * 48 * MiB, "the NBD block status report disagrees with the remote"
     assert abs(after_nbd - after) <= 4 * MiB
     assert_nothing_left(host, nbd_target)

@@ -11,9 +11,11 @@ public struct BridgeService {
     public let target: Target
     public let mountPoint: String
     public let requireTrim: Bool
+    public let threads: UInt32
     public let logger: Logger
 
-    public init(target: Target, mountPoint: String, requireTrim: Bool, logger: Logger) {
+    public init(target: Target, mountPoint: String, requireTrim: Bool, threads: UInt32 = 16, logger: Logger) {
+        self.threads = max(1, threads)
         self.target = target
         self.mountPoint = mountPoint
         self.requireTrim = requireTrim
@@ -57,7 +59,7 @@ public struct BridgeService {
             loop: loop, size: UInt64(connection.size), canTrim: connection.canTrim, canZero: connection.canZero,
             canFlush: connection.canFlush)
         do {
-            try filesystem.serve(mountPoint: mountPoint, name: target.name)
+            try filesystem.serve(mountPoint: mountPoint, name: target.name, threads: threads)
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "serve the NBD export at \(mountPoint)")
         }

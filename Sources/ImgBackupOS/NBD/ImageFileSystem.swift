@@ -133,7 +133,13 @@ public final class ImageFileSystem: @unchecked Sendable {
             switch mode & ~keepSize {
             case punchHole:
                 guard filesystem.canTrim else { return -EOPNOTSUPP }
-                return -filesystem.loop.trim(count: UInt64(length), offset: UInt64(offset))
+                let error = filesystem.loop.trim(count: UInt64(length), offset: UInt64(offset))
+                if error != 0 {
+                    // The kernel may drop a failed discard silently: leave a trace in the bridge's log.
+                    let line = "imgbackup: nbd trim of \(length) bytes at \(offset) failed: \(String(cString: strerror(error)))\n"
+                    FileHandle.standardError.write(Data(line.utf8))
+                }
+                return -error
             case zeroRange:
                 guard filesystem.canZero else { return -EOPNOTSUPP }
                 return -filesystem.loop.zero(count: UInt64(length), offset: UInt64(offset))

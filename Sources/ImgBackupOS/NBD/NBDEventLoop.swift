@@ -74,12 +74,31 @@ public final class NBDEventLoop: @unchecked Sendable {
 
     public func flush() -> Int32 { perform(NBDRequest(.flush)).error }
 
+    /// Largest trim or zero sent as one request. fstrim hands down ranges of
+    /// many megabytes; servers cap what they accept in one request (some
+    /// silently do less), so larger ranges go as several requests, all in
+    /// flight together.
+    public static let maximumRangeRequest: UInt64 = 8 << 20
+
     public func trim(count: UInt64, offset: UInt64) -> Int32 {
-        perform(NBDRequest(.trim(count: count, offset: offset))).error
+        performSplit(count: count, offset: offset) { .trim(count: $0, offset: $1) }
     }
 
     public func zero(count: UInt64, offset: UInt64) -> Int32 {
-        perform(NBDRequest(.zero(count: count, offset: offset))).error
+        performSplit(count: count, offset: offset) { .zero(count: $0, offset: $1) }
+    }
+
+    private func performSplit(count: UInt64, offset: UInt64, _ kind: (UInt64, UInt64) -> NBDRequest.Kind) -> Int32 {
+        var requests: [NBDRequest] = []
+        var position = offset
+        while position < offset + count {
+            let length = min(Self.maximumRangeRequest, offset + count - position)
+            requests.append(NBDRequest(kind(length, position)))
+            position += length
+        }
+        submit(requests)
+        for request in requests { request.done.wait() }
+        return requests.first { $0.error != 0 }?.error ?? 0
     }
 
     /// Allocated bytes of the whole export, from base:allocation block status.
@@ -100,15 +119,23 @@ public final class NBDEventLoop: @unchecked Sendable {
     }
 
     private func perform(_ request: NBDRequest) -> NBDRequest {
-        if isDead {
-            request.error = ENOTCONN
-            return request
-        }
-        pending.withLock { $0.append(request) }
-        var one: UInt64 = 1
-        _ = Glibc.write(wakeDescriptor, &one, 8)
+        submit([request])
         request.done.wait()
         return request
+    }
+
+    /// Queues requests for the loop thread; each is signalled when done.
+    private func submit(_ requests: [NBDRequest]) {
+        if isDead {
+            for request in requests {
+                request.error = ENOTCONN
+                request.done.signal()
+            }
+            return
+        }
+        pending.withLock { $0.append(contentsOf: requests) }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeDescriptor, &one, 8)
     }
 
     // MARK: The loop
