@@ -25,17 +25,19 @@ class NBDServer:
         self.auth = os.path.join(host.work, "nbd-server.allow")
         self.exports = []
 
-    def export(self, name, image, trim=True):
-        self.exports.append((name, image, trim))
+    def export(self, name, image, trim=True, allowed=True):
+        self.exports.append((name, image, trim, allowed))
 
     def start(self):
         with open(self.auth, "w") as auth:
             auth.write("127.0.0.0/8\n")  # nbd-server refuses clients its authfile does not allow
+        with open(self.auth + ".deny", "w") as deny:
+            deny.write("192.0.2.0/24\n")  # a documentation range: nobody here
         lines = ["[generic]", "    user = root", "    group = root", "    listenaddr = 127.0.0.1",
                  f"    port = {NBD_SERVER_PORT}"]
-        for name, image, trim in self.exports:
+        for name, image, trim, allowed in self.exports:
             lines += [f"[{name}]", f"    exportname = {image}", f"    trim = {'true' if trim else 'false'}",
-                      f"    authfile = {self.auth}"]
+                      f"    authfile = {self.auth if allowed else self.auth + '.deny'}"]
         with open(self.config, "w") as config:
             config.write("\n".join(lines) + "\n")
         subprocess.run(["nbd-server", "-C", self.config], check=True)  # forks into the background
@@ -67,6 +69,7 @@ def shared_image(host):
     server = NBDServer(host)
     server.export("shared", image)
     server.export("notrim", image, trim=False)
+    server.export("refused", image, allowed=False)
     server.start()
     host.add_target("shared_notrim", image="shared.img", transport="nbd")
     with open(host.config, "a") as config:
@@ -189,4 +192,17 @@ def test_nbd_command_that_fails_on_the_remote_fails_clearly(host):
     result = host.run("open", name)
     assert result.returncode == 6
     assert len(result.stderr.strip().splitlines()) == 1
+    assert_nothing_left(host, name)
+
+
+def test_nbd_server_refusing_the_client_fails_clearly(host, shared_image):
+    digest = sha256_of(shared_image)
+    name = host.add_target("nbd_refused", image="shared.img", transport="nbd")
+    with open(host.config, "a") as config:
+        config.write(f'[target.nbd_refused.nbd]\nuri = "nbd://127.0.0.1:{NBD_SERVER_PORT}/refused"\n')
+    result = host.run("open", name)
+    assert result.returncode == 6
+    assert "NBD export" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sha256_of(shared_image) == digest
     assert_nothing_left(host, name)
