@@ -21,10 +21,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_nbdkit() {  # [filter args...]
+start_nbdkit() {  # [--filter=NAME] [filter parameters...]
   [ -f "$work/nbdkit.pid" ] && { kill "$(cat "$work/nbdkit.pid")" 2>/dev/null || true; sleep 0.5; }
   rm -f "$work/sock" "$work/nbdkit.pid"
-  nbdkit --unix "$work/sock" --pidfile "$work/nbdkit.pid" "$@" file "$work/export.img"
+  local filter=()
+  if [ "${1:-}" != "" ] && [ "${1#--filter=}" != "$1" ]; then filter=("$1"); shift; fi
+  # nbdkit [OPTIONS] PLUGIN [PARAMETERS]: the filter's parameters follow the plugin's.
+  nbdkit --unix "$work/sock" --pidfile "$work/nbdkit.pid" "${filter[@]}" file "$work/export.img" "$@"
   for _ in $(seq 50); do [ -S "$work/sock" ] && return; sleep 0.1; done
 }
 

@@ -68,10 +68,19 @@ public final class ImageFileSystem: @unchecked Sendable {
     /// main-actor isolated.
     private static func operations() -> fuse_operations {
         var operations = fuse_operations()
-        operations.`init` = { _, config in
-            // No page cache in the bridge: every read and write goes to the
-            // server (the loop device above does direct I/O too).
-            config?.pointee.direct_io = 1
+        operations.`init` = { connection, _ in
+            // 128 KiB requests (libfuse would negotiate 1 MiB): the kernel then
+            // sends a 1 MiB direct write as eight requests at once, and the
+            // event loop keeps them all in flight on the NBD connection, which
+            // hides network latency (measured: docs/benchmarks.md).
+            connection?.pointee.max_write = 128 << 10
+            // Let the kernel queue many requests at once (its default is 12).
+            connection?.pointee.max_background = 64
+            connection?.pointee.congestion_threshold = 48
+            // No FOPEN_DIRECT_IO: the kernel sends such a file's writes one
+            // request at a time. The loop device opens the file O_DIRECT, which
+            // goes through FUSE's async direct I/O instead: no page cache, and
+            // all pieces of a large write in flight together.
             // What init returns becomes the private data: keep ours.
             return fuse_get_context()?.pointee.private_data
         }
