@@ -206,3 +206,48 @@ def test_nbd_server_refusing_the_client_fails_clearly(host, shared_image):
     assert len(result.stderr.strip().splitlines()) == 1
     assert sha256_of(shared_image) == digest
     assert_nothing_left(host, name)
+
+
+def test_nbd_stack_keeps_writing_under_memory_pressure(host, shared_image):
+    """A loop device on a FUSE file can deadlock when reclaim waits on the
+    bridge's own allocations. The bridge marks itself PR_SET_IO_FLUSHER and
+    locks its memory; writes must finish while a hog holds most of RAM."""
+    mount_point = host.ok("open", "shared_nbdkit").stdout.strip()
+    hog = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available_kib = int(next(l for l in meminfo if l.startswith("MemAvailable")).split()[1])
+        hog_mib = int(available_kib * 0.85 / 1024)
+        # The hog: touches every page, then holds them; the OOM killer takes it first.
+        hog = subprocess.Popen(
+            ["python3", "-c",
+             "import os, sys, time\n"
+             "open('/proc/self/oom_score_adj', 'w').write('1000')\n"
+             f"chunks = [bytearray(1 << 20) for _ in range({hog_mib})]\n"
+             "print('held', flush=True)\n"
+             "time.sleep(600)\n"],
+            stdout=subprocess.PIPE, text=True)
+        assert hog.stdout.readline().strip() == "held"
+        data = os.urandom(MiB)
+        started = time.monotonic()
+        with open(os.path.join(mount_point, "pressure.bin"), "wb") as out:
+            for _ in range(32):
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        elapsed = time.monotonic() - started
+        print(f"32 MiB written and synced in {elapsed:.1f}s with {hog_mib} MiB held by the hog")
+        assert elapsed < 240
+    finally:
+        if hog:
+            hog.kill()
+            hog.wait()
+        host.ok("close", "shared_nbdkit")
+    assert_nothing_left(host, "shared_nbdkit")
+    mount_point = host.ok("open", "shared").stdout.strip()
+    try:
+        with open(os.path.join(mount_point, "pressure.bin"), "rb") as back:
+            assert back.read() == data * 32
+        os.remove(os.path.join(mount_point, "pressure.bin"))
+    finally:
+        host.ok("close", "shared")

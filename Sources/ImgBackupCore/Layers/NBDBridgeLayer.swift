@@ -55,7 +55,9 @@ public struct NBDBridgeLayer: Layer {
         while clock.now < until {
             if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(ImageFileSystem.subtype)" { return record }
             if process.exitStatusIfEnded() != nil {
-                throw ImgBackupError(.remote, "failed to connect to the NBD export: \(lastLine(of: logFile))")
+                // The bridge's own error line already says what failed.
+                let line = lastLine(of: logFile)
+                throw ImgBackupError(.remote, line.hasPrefix("failed to") || line.hasPrefix("the NBD") ? line : "failed to connect to the NBD export: \(line)")
             }
             try await Task.sleep(for: .milliseconds(100))
         }
