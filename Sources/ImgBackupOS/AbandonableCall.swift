@@ -67,9 +67,11 @@ public func withAbandonableDeadline<T: Sendable>(
     }
 }
 
-/// Runs async `body` with a deadline. When the deadline passes, `body` is
-/// cancelled (for a child process that starts its teardown ladder) and given
-/// `cancellationGrace` to wind down; past that it is abandoned.
+/// Runs async `body` with a deadline. When the deadline passes, or the
+/// calling task is cancelled, `body` is cancelled (for a child process that
+/// starts its teardown ladder) and given `cancellationGrace` to wind down;
+/// past that it is abandoned. `body` runs in a task of its own so that even a
+/// body that ignores cancellation never holds the caller past the grace.
 public func withDeadline<T: Sendable>(
     _ deadline: Duration,
     operation: String,
@@ -77,20 +79,28 @@ public func withDeadline<T: Sendable>(
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
     let work = Task { try await body() }
+    let pending = Mutex<FirstResult<T>?>(nil)
     do {
-        return try await withCheckedThrowingContinuation { continuation in
-            let first = FirstResult(continuation)
-            let timer = Task.detached {
-                try await Task.sleep(for: deadline)
-                first.resume(with: .failure(DeadlineExceeded(operation: operation, deadline: deadline)))
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let first = FirstResult(continuation)
+                pending.withLock { $0 = first }
+                let timer = Task.detached {
+                    try await Task.sleep(for: deadline)
+                    first.resume(with: .failure(DeadlineExceeded(operation: operation, deadline: deadline)))
+                }
+                Task.detached {
+                    let result = await work.result
+                    timer.cancel()
+                    first.resume(with: result)
+                }
+                // Cancelled before the handler could see the continuation.
+                if Task.isCancelled { first.resume(with: .failure(CancellationError())) }
             }
-            Task.detached {
-                let result = await work.result
-                timer.cancel()
-                first.resume(with: result)
-            }
+        } onCancel: {
+            pending.withLock { $0 }?.resume(with: .failure(CancellationError()))
         }
-    } catch let exceeded as DeadlineExceeded {
+    } catch let error where error is DeadlineExceeded || error is CancellationError {
         work.cancel()
         // Wait for the teardown, but never longer than the grace.
         _ = try? await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -104,6 +114,6 @@ public func withDeadline<T: Sendable>(
                 first.resume(with: .success(()))
             }
         }
-        throw exceeded
+        throw error
     }
 }

@@ -67,6 +67,25 @@ import Glibc
         #expect(ProcessTable.processes(named: marker, withArgument: "300").isEmpty)
     }
 
+    /// A stall watcher cancels the command it watches: the process must go
+    /// down with the cancellation, not run on until its own deadline.
+    @Test func cancellingTheCallerTearsTheProcessDown() async throws {
+        let marker = "imgbackup-test-cancel-\(getpid())"
+        let command = Command(
+            "bash", ["-c", "(exec -a \(marker) sleep 300) & wait"], timeout: .seconds(3600),
+            terminationGrace: .milliseconds(500))
+        let clock = ContinuousClock()
+        let start = clock.now
+        let task = Task { try await runner.run(command) }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(!ProcessTable.processes(named: marker, withArgument: "300").isEmpty)
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+        #expect(clock.now - start < .seconds(8))
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(ProcessTable.processes(named: marker, withArgument: "300").isEmpty)
+    }
+
     @Test func missingExecutableIsNamed() async {
         let error = await #expect(throws: ExecutableNotFound.self) {
             try await runner.run(Command("imgbackup-no-such-tool", [], timeout: .seconds(1)))
