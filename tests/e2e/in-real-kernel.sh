@@ -30,5 +30,8 @@ echo "in-real-kernel: $(uname -r) has no device-mapper: booting $(basename "$ker
 # --disable-kvm: with KVM, QEMU aborts ("failed to set MSR") or hangs at boot
 # on these machines; software emulation boots in about 30 s.
 cd "$root"
-exec vng --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
-  --exec "env IMGBACKUP_IN_VM=1 $root/tests/e2e/kernel-setup.sh $quoted"
+# Through a pipe: vng reopens its output, which truncates a file it was
+# redirected to and would lose everything printed before it (the unit tests).
+vng --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
+  --exec "env IMGBACKUP_IN_VM=1 $root/tests/e2e/kernel-setup.sh $quoted" 2>&1 | cat
+exit "${PIPESTATUS[0]}"
