@@ -124,7 +124,7 @@ public enum ConfigLoader {
             throw table.error("transport", "is nbd but there is no [target.\(name).nbd] table")
         }
 
-        if let copyTable = try copyTableReader(table) { target.copy = try readCopy(copyTable) }
+        if let copyTable = try table.table("copy") { target.copy = try readCopy(copyTable) }
 
         if let retention = try table.table("retention") {
             var value = Target.Retention()
@@ -152,10 +152,6 @@ public enum ConfigLoader {
         }
         try table.rejectUnknownKeys()
         return target
-    }
-
-    private static func copyTableReader(_ table: TableReader) throws(ImgBackupError) -> TableReader? {
-        try table.table("copy")
     }
 
     private static func readCopy(_ table: TableReader) throws(ImgBackupError) -> Target.Copy {

@@ -30,14 +30,16 @@ public struct OperationEnvironment: Sendable {
     var stateStore: StateStore { StateStore(paths: paths) }
 }
 
-/// Named deadlines for the steps of bringing a target up. Steps that talk to
-/// the remote get the target's stall timeout: no answer for that long is a hang.
+/// Named deadlines for the steps of bringing a target up: the transport
+/// (sshfs mount, or the NBD bridge connecting) gets a fixed minute; steps that
+/// talk to the remote get the target's stall timeout: no answer for that long
+/// is a hang.
 struct UpDeadlines {
-    let sshfsMount: Duration
+    let transportUp: Duration
     let remoteCall: Duration
 
     init(_ target: Target) {
-        sshfsMount = .seconds(60)
+        transportUp = .seconds(60)
         remoteCall = target.timeouts.stall
     }
 }

@@ -33,7 +33,7 @@ struct StackBuilder {
     /// sshfs mount of the remote directory; returns the image's local path.
     func pushRemote() async throws(ImgBackupError) -> String {
         environment.logger.info("mounting \(target.remote) over sshfs")
-        try await push(SSHFSLayer(target: target, mountPoint: remoteDirectory, runner: environment.runner, deadline: deadlines.sshfsMount))
+        try await push(SSHFSLayer(target: target, mountPoint: remoteDirectory, runner: environment.runner, deadline: deadlines.transportUp))
         return "\(remoteDirectory)/\(target.image)"
     }
 
@@ -46,7 +46,7 @@ struct StackBuilder {
             environment.logger.info("starting the NBD bridge for \(target.remote.host)")
             let bridge = NBDBridgeLayer(
                 target: target, mountPoint: environment.paths.nbdMount(target.name), configPath: environment.configPath,
-                logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim, deadline: deadlines.sshfsMount)
+                logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim, deadline: deadlines.transportUp)
             try await push(bridge)
             return bridge.imagePath
         }
