@@ -5,7 +5,7 @@
 # nbdkit's delay filter adding 20 ms per request, against the bridge and the
 # bridge limited to one request in flight (--threads 1).
 #
-#   scripts/bench-nbd.sh [SIZE_MIB] [DELAYED_SIZE_MIB]    (default 512 and 128)
+#   [RUNS=N] scripts/bench-nbd.sh [SIZE_MIB] [DELAYED_SIZE_MIB]    (default 2 runs, 512 and 128)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${IMGBACKUP_BIN:-$root/.build/release/imgbackup}
@@ -66,14 +66,19 @@ measure() {  # label file mib
   printf '| %s | %s | %s |\n' "$1" "$write" "$read"
 }
 
-truncate -s "${size}M" "$work/export.img"
+# Allocated up front: otherwise whichever client writes first pays for the
+# server's filesystem allocating blocks, and the alternation is biased.
+fallocate -l "${size}M" "$work/export.img"
 echo "# $(date -u +%F) $(uname -r), $(nproc) cores; nbdkit $(nbdkit --version | awk '{print $2}'), $(nbdfuse --version 2>&1 | head -1)"
 echo
 echo "## no added latency, ${size} MiB, dd bs=1M direct"
 echo "| client | write MB/s | read MB/s |"
 echo "| --- | --- | --- |"
 start_nbdkit
-for run in 1 2; do
+# Unreported warm-up pass: the first writer after the server starts pays for
+# cold caches, and would bias whichever client goes first.
+mount_bridge "$work/mnt-bridge"; measure warm-up "$work/mnt-bridge/image" "$size" >/dev/null; fusermount3 -u "$work/mnt-bridge"; sleep 0.5
+for run in $(seq "${RUNS:-2}"); do
   mount_bridge "$work/mnt-bridge"; measure "imgbackup bridge (run $run)" "$work/mnt-bridge/image" "$size"; fusermount3 -u "$work/mnt-bridge"; sleep 0.5
   mount_nbdfuse "$work/mnt-nbdfuse"; measure "nbdfuse (run $run)" "$work/mnt-nbdfuse/image" "$size"; fusermount3 -u "$work/mnt-nbdfuse"; sleep 0.5
 done

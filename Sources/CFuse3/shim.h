@@ -28,4 +28,24 @@ static inline int imgb_fuse_loop_mt(struct fuse *fuse, unsigned max_threads) {
     fuse_loop_cfg_destroy(config);
     return status;
 }
+
+/// The bytes of a write handed to write_buf, without copying when they sit in
+/// one memory buffer (the request buffer libfuse read from /dev/fuse). Else
+/// copies them into `scratch` (at least fuse_buf_size(source) bytes), e.g.
+/// from a pipe when libfuse spliced. Returns NULL if the copy fell short.
+static inline const void *imgb_write_bytes(struct fuse_bufvec *source, void *scratch, size_t *size) {
+    *size = fuse_buf_size(source);
+    if (source->count == 1 && source->idx == 0 && !(source->buf[0].flags & FUSE_BUF_IS_FD)) {
+        return (const char *)source->buf[0].mem + source->off;
+    }
+    struct fuse_bufvec destination = FUSE_BUFVEC_INIT(*size);
+    destination.buf[0].mem = scratch;
+    ssize_t copied = fuse_buf_copy(&destination, source, 0);
+    return copied == (ssize_t)*size ? scratch : NULL;
+}
+
+/// Whether write_buf needs a scratch buffer for this write.
+static inline int imgb_write_needs_copy(const struct fuse_bufvec *source) {
+    return !(source->count == 1 && source->idx == 0 && !(source->buf[0].flags & FUSE_BUF_IS_FD));
+}
 #endif

@@ -7,7 +7,7 @@ import Glibc
 
 /// The NBD bridge process itself (`imgbackup nbd-bridge`): connects to the
 /// export, then serves it as a one-file FUSE filesystem until unmounted.
-public struct BridgeService {
+public struct BridgeService: Sendable {
     public let target: Target
     public let mountPoint: String
     public let requireTrim: Bool
@@ -24,16 +24,7 @@ public struct BridgeService {
 
     public func run() async throws(ImgBackupError) {
         let endpoint = try NBDEndpointBuilder.endpoint(for: target)
-        let connection: NBDConnection
-        do {
-            connection = try NBDConnection(name: "imgbackup-\(target.name)")
-            // Connecting runs ssh and negotiates: a dead server must not hang us.
-            try await withAbandonableDeadline(.seconds(60), operation: "connect to the NBD export") {
-                try connection.connect(endpoint)
-            }
-        } catch {
-            throw ImgBackupError.wrapping(error, .remote, failedTo: "connect to the NBD export of \(target.name)")
-        }
+        let connection = try await connect(endpoint)
         guard connection.size > 0 else {
             throw ImgBackupError(.remote, "failed to use the NBD export of \(target.name): it reports no size")
         }
@@ -51,23 +42,63 @@ public struct BridgeService {
         // throughput (docs/benchmarks.md).
         if mlockall(MCL_CURRENT | MCL_FUTURE | 4) != 0 { logger.info("mlockall failed: continuing unlocked") }
 
-        let loop: NBDEventLoop
+        let connections = [connection] + (await extraConnections(endpoint, first: connection))
+        let export: NBDExport
         do {
-            loop = try NBDEventLoop(connection: connection)
+            export = try NBDExport(connections: connections)
         } catch {
-            throw ImgBackupError.wrapping(error, .system, failedTo: "start the NBD event loop")
+            throw ImgBackupError.wrapping(error, .system, failedTo: "start the NBD event loops")
         }
-        loop.start()
         let filesystem = ImageFileSystem(
-            loop: loop, size: UInt64(connection.size), canTrim: connection.canTrim, canZero: connection.canZero,
+            export: export, size: UInt64(connection.size), canTrim: connection.canTrim, canZero: connection.canZero,
             canFlush: connection.canFlush)
         do {
             try filesystem.serve(mountPoint: mountPoint, name: target.name, threads: threads)
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "serve the NBD export at \(mountPoint)")
         }
-        if connection.canFlush { _ = loop.flush() }
-        connection.shutdown()
+        if connection.canFlush { _ = export.flush() }
+        for connection in connections { connection.shutdown() }
+    }
+
+    /// Connections opened beside the first when the server allows multi-conn.
+    /// nbdfuse uses four; more buy little with sixteen FUSE workers.
+    static let multiConnections = 4
+
+    private func connect(_ endpoint: NBDEndpoint) async throws(ImgBackupError) -> NBDConnection {
+        do {
+            let connection = try NBDConnection(name: "imgbackup-\(target.name)")
+            // Connecting runs ssh and negotiates: a dead server must not hang us.
+            try await withAbandonableDeadline(.seconds(60), operation: "connect to the NBD export") {
+                try connection.connect(endpoint)
+            }
+            return connection
+        } catch {
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "connect to the NBD export of \(target.name)")
+        }
+    }
+
+    /// More connections to a URI export whose server advertises multi-conn.
+    /// Not for a command endpoint: each connection would be another ssh login
+    /// and another single-connection server process on the remote, and
+    /// multi-conn is a promise about connections to one server. A connection
+    /// that fails here only costs parallelism: the bridge goes on with fewer.
+    private func extraConnections(_ endpoint: NBDEndpoint, first: NBDConnection) async -> [NBDConnection] {
+        guard case .uri = endpoint, first.canMultiConn, threads > 1 else { return [] }
+        let extra = await withTaskGroup(of: NBDConnection?.self) { group in
+            for _ in 1..<Self.multiConnections {
+                group.addTask { try? await connect(endpoint) }
+            }
+            var opened: [NBDConnection] = []
+            for await connection in group {
+                if let connection, connection.size == first.size { opened.append(connection) }
+            }
+            return opened
+        }
+        if extra.count < Self.multiConnections - 1 {
+            logger.info("only \(extra.count + 1) of \(Self.multiConnections) NBD connections opened: continuing with those")
+        }
+        return extra
     }
 }
 

@@ -10,21 +10,21 @@ import Glibc
 /// read, write, flush; fallocate PUNCH_HOLE to NBD trim and ZERO_RANGE to NBD
 /// zero, which is how fstrim's discards reach the remote.
 public final class ImageFileSystem: @unchecked Sendable {
-    // Safe: every field is fixed at init; the loop serialises the handle.
+    // Safe: every field is fixed at init; NBDExport is thread-safe.
     public static let fileName = "image"
     /// getxattr on the image returns the export's allocated bytes (decimal).
     public static let allocatedAttribute = "user.imgbackup.allocated"
     /// The FUSE subtype: mounts show as "fuse.imgbackup-nbd".
     public static let subtype = "imgbackup-nbd"
 
-    let loop: NBDEventLoop
+    let export: NBDExport
     let size: UInt64
     let canTrim: Bool
     let canZero: Bool
     let canFlush: Bool
 
-    public init(loop: NBDEventLoop, size: UInt64, canTrim: Bool, canZero: Bool, canFlush: Bool) {
-        self.loop = loop
+    public init(export: NBDExport, size: UInt64, canTrim: Bool, canZero: Bool, canFlush: Bool) {
+        self.export = export
         self.size = size
         self.canTrim = canTrim
         self.canZero = canZero
@@ -71,12 +71,16 @@ public final class ImageFileSystem: @unchecked Sendable {
         operations.`init` = { connection, _ in
             // 128 KiB requests (libfuse would negotiate 1 MiB): the kernel then
             // sends a 1 MiB direct write as eight requests at once, and the
-            // event loop keeps them all in flight on the NBD connection, which
+            // bridge keeps them all in flight on the NBD connections, which
             // hides network latency (measured: docs/benchmarks.md).
             connection?.pointee.max_write = 128 << 10
             // Let the kernel queue many requests at once (its default is 12).
             connection?.pointee.max_background = 64
             connection?.pointee.congestion_threshold = 48
+            // No splice from /dev/fuse: write_buf would then get a pipe and
+            // have to read it into memory, one more copy than reading the
+            // request into libfuse's buffer directly.
+            connection?.pointee.want &= ~UInt32(FUSE_CAP_SPLICE_READ)
             // No FOPEN_DIRECT_IO: the kernel sends such a file's writes one
             // request at a time. The loop device opens the file O_DIRECT, which
             // goes through FUSE's async direct I/O instead: no page cache, and
@@ -114,23 +118,31 @@ public final class ImageFileSystem: @unchecked Sendable {
             let filesystem = ImageFileSystem.current()
             guard offset >= 0, UInt64(offset) < filesystem.size else { return 0 }
             let length = Int(min(UInt64(count), filesystem.size - UInt64(offset)))
-            let error = filesystem.loop.read(into: buffer, count: length, offset: UInt64(offset))
+            let error = filesystem.export.read(into: buffer, count: length, offset: UInt64(offset))
             return error == 0 ? Int32(length) : -error
         }
-        operations.write = { path, buffer, count, offset, _ in
-            guard ImageFileSystem.isImage(path), let buffer else { return -ENOENT }
+        // write_buf rather than write: libfuse hands over the request buffer it
+        // read from /dev/fuse, and the bytes go from there to the socket. With
+        // plain write, the high-level API copies each write into a fresh buffer.
+        operations.write_buf = { path, source, offset, _ in
+            guard ImageFileSystem.isImage(path), let source else { return -ENOENT }
             let filesystem = ImageFileSystem.current()
+            let count = fuse_buf_size(source)
             guard offset >= 0, UInt64(offset) + UInt64(count) <= filesystem.size else { return -ENOSPC }
-            let error = filesystem.loop.write(from: buffer, count: count, offset: UInt64(offset))
-            return error == 0 ? Int32(count) : -error
+            let scratch = imgb_write_needs_copy(source) != 0 ? UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096) : nil
+            defer { scratch?.deallocate() }
+            var size = 0
+            guard let bytes = imgb_write_bytes(source, scratch, &size) else { return -EIO }
+            let error = filesystem.export.write(from: bytes, count: size, offset: UInt64(offset))
+            return error == 0 ? Int32(size) : -error
         }
         operations.flush = { _, _ in
             let filesystem = ImageFileSystem.current()
-            return filesystem.canFlush ? -filesystem.loop.flush() : 0
+            return filesystem.canFlush ? -filesystem.export.flush() : 0
         }
         operations.fsync = { _, _, _ in
             let filesystem = ImageFileSystem.current()
-            return filesystem.canFlush ? -filesystem.loop.flush() : 0
+            return filesystem.canFlush ? -filesystem.export.flush() : 0
         }
         operations.fallocate = { path, mode, offset, length, _ in
             guard ImageFileSystem.isImage(path) else { return -ENOENT }
@@ -142,7 +154,7 @@ public final class ImageFileSystem: @unchecked Sendable {
             switch mode & ~keepSize {
             case punchHole:
                 guard filesystem.canTrim else { return -EOPNOTSUPP }
-                let error = filesystem.loop.trim(count: UInt64(length), offset: UInt64(offset))
+                let error = filesystem.export.trim(count: UInt64(length), offset: UInt64(offset))
                 if error != 0 {
                     // The kernel may drop a failed discard silently: leave a trace in the bridge's log.
                     let line = "imgbackup: nbd trim of \(length) bytes at \(offset) failed: \(String(cString: strerror(error)))\n"
@@ -151,7 +163,7 @@ public final class ImageFileSystem: @unchecked Sendable {
                 return -error
             case zeroRange:
                 guard filesystem.canZero else { return -EOPNOTSUPP }
-                return -filesystem.loop.zero(count: UInt64(length), offset: UInt64(offset))
+                return -filesystem.export.zero(count: UInt64(length), offset: UInt64(offset))
             case 0:
                 return 0  // allocation is the server's business
             default:
@@ -161,7 +173,7 @@ public final class ImageFileSystem: @unchecked Sendable {
         operations.getxattr = { path, name, value, size in
             guard ImageFileSystem.isImage(path), let name, strcmp(name, ImageFileSystem.allocatedAttribute) == 0 else { return -ENODATA }
             let filesystem = ImageFileSystem.current()
-            switch filesystem.loop.allocatedBytes(size: filesystem.size) {
+            switch filesystem.export.allocatedBytes(size: filesystem.size) {
             case .failure(let error): return -error.errno
             case .success(let allocated):
                 let text = Array(String(allocated).utf8)

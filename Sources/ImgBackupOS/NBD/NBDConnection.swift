@@ -28,10 +28,10 @@ public enum NBDEndpoint: Sendable, Equatable {
 }
 
 /// Owns one `nbd_handle`. After `connect`, all I/O goes through an
-/// ``NBDEventLoop``, which alone drives the handle.
+/// ``NBDExport``.
 public final class NBDConnection: @unchecked Sendable {
-    // Safe to share: after connect, only the event loop's thread issues
-    // commands; the capability getters read values fixed at negotiation.
+    // Safe to share: libnbd locks the handle inside every call; the
+    // capability getters read values fixed at negotiation.
     let handle: OpaquePointer
 
     public init(name: String) throws(NBDError) {
@@ -67,6 +67,9 @@ public final class NBDConnection: @unchecked Sendable {
     public var canZero: Bool { nbd_can_zero(handle) == 1 }
     public var canFlush: Bool { nbd_can_flush(handle) == 1 }
     public var isReadOnly: Bool { nbd_is_read_only(handle) == 1 }
+    /// The server promises that connections to it see each other's answered
+    /// writes and that a flush on one covers all: requests may be spread.
+    public var canMultiConn: Bool { nbd_can_multi_conn(handle) == 1 }
     public var canReportAllocation: Bool { nbd_can_meta_context(handle, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1 }
 
     /// Asks the server to close cleanly (after pending writes are flushed by the caller).

@@ -30,112 +30,58 @@ final class NBDRequest: @unchecked Sendable {
     init(_ kind: Kind) { self.kind = kind }
 }
 
-/// Drives one NBD connection with libnbd's asynchronous API on a thread of
-/// its own, so many requests from many FUSE threads are in flight at once
-/// and network latency does not serialise I/O.
+/// Drives one NBD connection with libnbd's asynchronous API. Callers (FUSE
+/// worker threads) issue their commands on the handle themselves, so a
+/// request goes to the socket without a thread hop; a thread of the loop's
+/// own waits for replies and runs the completion callbacks, which wake the
+/// callers. Many requests from many threads are in flight at once, so network
+/// latency does not serialise I/O.
 ///
-/// Only the loop thread touches the handle: callers queue a request, wake the
-/// loop through an eventfd, and wait for their completion.
-public final class NBDEventLoop: @unchecked Sendable {
-    // Safe: `pending` and `dead` are behind Mutexes; the handle is used only
-    // on the loop thread.
+/// libnbd locks the handle inside every call, so issuing from several threads
+/// while the loop thread reads replies is safe.
+final class NBDEventLoop: @unchecked Sendable {
+    // Safe: the handle is locked by libnbd; `dead` is a Mutex; `issued` atomic.
     private let connection: NBDConnection
-    private let pending = Mutex<[NBDRequest]>([])
     private let dead = Mutex<Bool>(false)
     private let wakeDescriptor: Int32
-    private var thread: Thread?
+    /// Requests issued on this connection, for tests of multi-conn spreading.
+    let issued = Atomic<Int>(0)
 
-    public init(connection: NBDConnection) throws(SystemCallError) {
+    init(connection: NBDConnection) throws(SystemCallError) {
         self.connection = connection
         wakeDescriptor = try checkedNegative("eventfd", "nbd loop") { imgb_eventfd() }
     }
 
     deinit { close(wakeDescriptor) }
 
-    public func start() {
+    func start() {
         let thread = Thread { [self] in run() }
         thread.name = "nbd-loop"
         thread.start()
-        self.thread = thread
     }
 
     /// Whether the connection to the server is gone.
-    public var isDead: Bool { dead.withLock { $0 } }
+    var isDead: Bool { dead.withLock { $0 } }
 
-    // MARK: Blocking calls for FUSE threads. Each returns 0 or an errno.
-
-    public func read(into buffer: UnsafeMutableRawPointer, count: Int, offset: UInt64) -> Int32 {
-        perform(NBDRequest(.read(buffer, count, offset))).error
-    }
-
-    public func write(from buffer: UnsafeRawPointer, count: Int, offset: UInt64) -> Int32 {
-        perform(NBDRequest(.write(buffer, count, offset))).error
-    }
-
-    public func flush() -> Int32 { perform(NBDRequest(.flush)).error }
-
-    /// Largest trim or zero sent as one request. fstrim hands down ranges of
-    /// many megabytes; servers cap what they accept in one request (some
-    /// silently do less), so larger ranges go as several requests, all in
-    /// flight together.
-    public static let maximumRangeRequest: UInt64 = 8 << 20
-
-    public func trim(count: UInt64, offset: UInt64) -> Int32 {
-        performSplit(count: count, offset: offset) { .trim(count: $0, offset: $1) }
-    }
-
-    public func zero(count: UInt64, offset: UInt64) -> Int32 {
-        performSplit(count: count, offset: offset) { .zero(count: $0, offset: $1) }
-    }
-
-    private func performSplit(count: UInt64, offset: UInt64, _ kind: (UInt64, UInt64) -> NBDRequest.Kind) -> Int32 {
-        var requests: [NBDRequest] = []
-        var position = offset
-        while position < offset + count {
-            let length = min(Self.maximumRangeRequest, offset + count - position)
-            requests.append(NBDRequest(kind(length, position)))
-            position += length
-        }
-        submit(requests)
-        for request in requests { request.done.wait() }
-        return requests.first { $0.error != 0 }?.error ?? 0
-    }
-
-    /// Allocated bytes of the whole export, from base:allocation block status.
-    public func allocatedBytes(size: UInt64) -> Result<UInt64, SystemCallError> {
-        var offset: UInt64 = 0
-        var allocated: UInt64 = 0
-        while offset < size {
-            // The protocol's length field is 32 bits: ask in pieces below 4 GiB.
-            let request = perform(NBDRequest(.blockStatus(count: min(size - offset, 1 << 31), offset: offset)))
-            if request.error != 0 {
-                return .failure(SystemCallError(call: "nbd_block_status", object: "export", errno: request.error))
-            }
-            guard request.covered > 0 else { break }
-            allocated += request.allocated
-            offset += request.covered
-        }
-        return .success(allocated)
-    }
-
-    private func perform(_ request: NBDRequest) -> NBDRequest {
-        submit([request])
-        request.done.wait()
-        return request
-    }
-
-    /// Queues requests for the loop thread; each is signalled when done.
-    private func submit(_ requests: [NBDRequest]) {
-        if isDead {
-            for request in requests {
+    /// Issues requests on the caller's thread; each is signalled when done.
+    func submit(_ requests: some Sequence<NBDRequest>) {
+        let handle = connection.handle
+        for request in requests {
+            if isDead {
                 request.error = ENOTCONN
                 request.done.signal()
+                continue
             }
-            return
+            issued.add(1, ordering: .relaxed)
+            issue(request, on: handle)
         }
-        pending.withLock { $0.append(contentsOf: requests) }
-        var one: UInt64 = 1
-        _ = Glibc.write(wakeDescriptor, &one, 8)
+        // libnbd sent what the socket took. If some of it waits for the socket
+        // to drain, the loop thread must poll for writability too: wake it so
+        // it recomputes what to wait for.
+        if nbd_aio_get_direction(handle) & UInt32(LIBNBD_AIO_DIRECTION_WRITE) != 0 {
+            var one: UInt64 = 1
+            _ = Glibc.write(wakeDescriptor, &one, 8)
+        }
     }
 
     // MARK: The loop
@@ -144,12 +90,10 @@ public final class NBDEventLoop: @unchecked Sendable {
         let handle = connection.handle
         let fd = nbd_aio_get_fd(handle)
         while true {
-            for request in pending.withLock({ queue in defer { queue.removeAll() }; return queue }) {
-                issue(request, on: handle)
-            }
             if nbd_aio_is_dead(handle) == 1 || nbd_aio_is_closed(handle) == 1 || fd < 0 {
+                // libnbd has failed every command in flight (ENOTCONN) on the
+                // way to this state; new ones are refused in submit.
                 dead.withLock { $0 = true }
-                failPending()
                 return
             }
             let direction = nbd_aio_get_direction(handle)
@@ -160,7 +104,6 @@ public final class NBDEventLoop: @unchecked Sendable {
             if poll(&fds, 2, -1) < 0 {
                 if errno == EINTR { continue }
                 dead.withLock { $0 = true }
-                failPending()
                 return
             }
             let revents = fds[0].revents
@@ -173,13 +116,6 @@ public final class NBDEventLoop: @unchecked Sendable {
                 var value: UInt64 = 0
                 _ = Glibc.read(wakeDescriptor, &value, 8)
             }
-        }
-    }
-
-    private func failPending() {
-        for request in pending.withLock({ queue in defer { queue.removeAll() }; return queue }) {
-            request.error = ENOTCONN
-            request.done.signal()
         }
     }
 

@@ -3,9 +3,9 @@ import Testing
 
 @testable import ImgBackupOS
 
-/// The real libnbd client and event loop against a real nbdkit (memory
+/// The real libnbd client, event loops and multi-conn against a real nbdkit (memory
 /// plugin, unix socket) on the host: no kernel NBD support needed.
-@Suite(.serialized) struct NBDEventLoopTests {
+@Suite(.serialized) struct NBDExportTests {
     /// Starts `nbdkit memory SIZE` on a fresh socket; stops it at the end.
     func withServer(size: String = "64M", _ body: (String) async throws -> Void) async throws {
         let scratch = ScratchDirectory()
@@ -23,12 +23,14 @@ import Testing
         try await body("nbd+unix:///?socket=\(socket)")
     }
 
-    func connect(_ uri: String) throws -> (NBDConnection, NBDEventLoop) {
-        let connection = try NBDConnection(name: "test")
-        try connection.connect(.uri(uri))
-        let loop = try NBDEventLoop(connection: connection)
-        loop.start()
-        return (connection, loop)
+    func connect(_ uri: String, connections: Int = 1) throws -> (NBDConnection, NBDExport) {
+        var opened: [NBDConnection] = []
+        for _ in 0..<connections {
+            let connection = try NBDConnection(name: "test")
+            try connection.connect(.uri(uri))
+            opened.append(connection)
+        }
+        return (opened[0], try NBDExport(connections: opened))
     }
 
     @Test func readsWritesTrimsAndReportsAllocation() async throws {
@@ -77,8 +79,35 @@ import Testing
         }
     }
 
+    /// nbdkit's memory plugin advertises multi-conn: writes spread over four
+    /// connections are all read back, through whichever connection.
+    @Test func multiConnSpreadsRequestsOverEveryConnection() async throws {
+        try await withServer { uri in
+            let (connection, export) = try connect(uri, connections: 4)
+            #expect(connection.canMultiConn)
+            #expect(export.connectionCount == 4)
+            await withTaskGroup(of: Bool.self) { group in
+                for block in 0..<32 {
+                    group.addTask {
+                        let chunk = [UInt8](repeating: UInt8(block + 1), count: 128 << 10)
+                        let offset = UInt64(block) * UInt64(128 << 10)
+                        return chunk.withUnsafeBytes { export.write(from: $0.baseAddress!, count: $0.count, offset: offset) } == 0
+                    }
+                }
+                for await ok in group { #expect(ok) }
+            }
+            #expect(export.flush() == 0)
+            for loop in export.loops { #expect(loop.issued.load(ordering: .relaxed) >= 8) }
+            for block in 0..<32 {
+                var back = [UInt8](repeating: 0, count: 128 << 10)
+                #expect(back.withUnsafeMutableBytes { export.read(into: $0.baseAddress!, count: $0.count, offset: UInt64(block) * UInt64(128 << 10)) } == 0)
+                #expect(back.allSatisfy { $0 == UInt8(block + 1) })
+            }
+        }
+    }
+
     @Test func aDeadServerFailsRequestsInsteadOfHanging() async throws {
-        var loop: NBDEventLoop?
+        var loop: NBDExport?
         try await withServer { uri in loop = try connect(uri).1 }
         // The server is gone now.
         var buffer = [UInt8](repeating: 0, count: 4096)
