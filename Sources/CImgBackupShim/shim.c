@@ -9,6 +9,8 @@
 #include <linux/loop.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -63,4 +65,8 @@ int imgb_eventfd(void) {
 
 int imgb_set_io_flusher(void) {
     return prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0 ? -errno : 0;
+}
+
+int imgb_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
 }

@@ -21,6 +21,14 @@ public struct Command: Sendable {
     public var terminationGrace: Duration
     /// The most bytes kept of each of stdout and stderr (the tail).
     public var outputLimit: Int
+    /// What the command reads on stdin.
+    public var input: CommandInput = .none
+    /// Send stdout here (the write end of a pipe to the next command)
+    /// instead of capturing it. The runner closes it once the child has it.
+    public var outputDescriptor: Int32?
+    /// Sees the command's output while it runs (progress lines), in pieces
+    /// as they arrive, a few times a second.
+    public var observer: (@Sendable (CommandOutput) -> Void)?
 
     public init(
         _ executable: String,
@@ -42,6 +50,25 @@ public struct Command: Sendable {
     public var displayText: String {
         ([executable] + arguments).map { $0.contains(" ") || $0.isEmpty ? "'\($0)'" : $0 }.joined(separator: " ")
     }
+}
+
+/// What a command reads on stdin.
+public enum CommandInput: Sendable {
+    case none
+    /// Secret bytes (a passphrase for a tool's `..._FD=0` mechanism): they
+    /// reach the child through an in-memory file, never argv or the
+    /// environment, and the file is emptied when the command ends.
+    case secret(SecureBytes)
+    /// The read end of a pipe from the previous command. The runner closes
+    /// it once the child has it.
+    case descriptor(Int32)
+}
+
+/// A piece of output seen while a command runs.
+public struct CommandOutput: Sendable {
+    public enum Stream: Sendable { case standardOutput, standardError }
+    public let stream: Stream
+    public let text: String
 }
 
 /// How a command ended. A non-zero exit is a value, not an error: the caller
@@ -150,6 +177,45 @@ public struct SubprocessCommandRunner: CommandRunning {
         let finalEnvironment = environment
         let finalOptions = options
 
+        let inputFile: MemoryFile?
+        let input: FileDescriptorInput
+        switch command.input {
+        case .none:
+            inputFile = nil
+            let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            guard null >= 0 else { throw SystemCallError(call: "open", object: "/dev/null", errno: errno) }
+            input = .fileDescriptor(FileDescriptor(rawValue: null), closeAfterSpawningProcess: true)
+        case .secret(let bytes):
+            let file = try MemoryFile(name: "stdin")
+            try file.write(bytes)
+            inputFile = file
+            input = .fileDescriptor(FileDescriptor(rawValue: file.descriptor), closeAfterSpawningProcess: false)
+        case .descriptor(let fd):
+            inputFile = nil
+            input = .fileDescriptor(FileDescriptor(rawValue: fd), closeAfterSpawningProcess: true)
+        }
+        // The secret's file is emptied however the command ends.
+        defer { inputFile?.empty() }
+        let output: FileDescriptorOutput
+        if let fd = command.outputDescriptor {
+            output = .fileDescriptor(FileDescriptor(rawValue: fd), closeAfterSpawningProcess: true)
+        } else {
+            output = .fileDescriptor(FileDescriptor(rawValue: stdoutFD), closeAfterSpawningProcess: false)
+        }
+        let watcher = command.observer.map { observer in
+            Task {
+                var offsets = (0, 0)
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    Self.report(stdoutFile, from: &offsets.0, .standardOutput, to: observer)
+                    Self.report(stderrFile, from: &offsets.1, .standardError, to: observer)
+                }
+                Self.report(stdoutFile, from: &offsets.0, .standardOutput, to: observer)
+                Self.report(stderrFile, from: &offsets.1, .standardError, to: observer)
+            }
+        }
+        defer { watcher?.cancel() }
+
         let status = try await withDeadline(
             command.timeout, operation: command.displayText,
             cancellationGrace: command.terminationGrace + .seconds(5)
@@ -159,10 +225,14 @@ public struct SubprocessCommandRunner: CommandRunning {
                 arguments: arguments,
                 environment: .custom(finalEnvironment),
                 platformOptions: finalOptions,
-                input: .none,
-                output: .fileDescriptor(FileDescriptor(rawValue: stdoutFD), closeAfterSpawningProcess: false),
+                input: input,
+                output: output,
                 error: .fileDescriptor(FileDescriptor(rawValue: stderrFD), closeAfterSpawningProcess: false)
             ).terminationStatus
+        }
+        if let watcher {
+            watcher.cancel()
+            await watcher.value
         }
         let termination: CommandResult.Termination
         switch status {
@@ -178,7 +248,21 @@ public struct SubprocessCommandRunner: CommandRunning {
     }
 }
 
-/// An anonymous in-memory file (memfd) that a child writes its output into.
+extension SubprocessCommandRunner {
+    /// Hands what was written to `file` since `offset` to the observer.
+    fileprivate static func report(
+        _ file: MemoryFile, from offset: inout Int, _ stream: CommandOutput.Stream,
+        to observer: @Sendable (CommandOutput) -> Void
+    ) {
+        let bytes = file.bytes(from: offset)
+        guard !bytes.isEmpty else { return }
+        offset += bytes.count
+        observer(CommandOutput(stream: stream, text: String(decoding: bytes, as: UTF8.self)))
+    }
+}
+
+/// An anonymous in-memory file (memfd) that a child writes its output into,
+/// or reads a secret from.
 final class MemoryFile: Sendable {
     let descriptor: Int32
 
@@ -198,5 +282,36 @@ final class MemoryFile: Sendable {
         return String(decoding: bytes[0..<got], as: UTF8.self)
     }
 
+    /// What was written from `offset` on (at most 1 MiB at a time).
+    func bytes(from offset: Int) -> [UInt8] {
+        var info = stat()
+        guard fstat(descriptor, &info) == 0, Int(info.st_size) > offset else { return [] }
+        var bytes = [UInt8](repeating: 0, count: min(Int(info.st_size) - offset, 1 << 20))
+        let got = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
+        return got > 0 ? Array(bytes[0..<got]) : []
+    }
+
+    /// Fills the file with `secret` and rewinds it for the child to read.
+    func write(_ secret: SecureBytes) throws(SystemCallError) {
+        let written = secret.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+        guard written == secret.count else {
+            throw SystemCallError(call: "pwrite", object: "memfd", errno: written < 0 ? errno : EIO)
+        }
+    }
+
+    /// Drops the contents (the secret's pages go back to the kernel).
+    func empty() { _ = ftruncate(descriptor, 0) }
+
     deinit { close(descriptor) }
+}
+
+/// A pipe from one command's stdout to the next one's stdin (`a | b`),
+/// without a shell. Each end goes to one ``Command`` (``Command/outputDescriptor``,
+/// ``CommandInput/descriptor(_:)``); the runner closes it once the child has it.
+public enum CommandPipe {
+    public static func make() throws(SystemCallError) -> (read: Int32, write: Int32) {
+        var ends: [Int32] = [-1, -1]
+        guard imgb_pipe_cloexec(&ends) == 0 else { throw SystemCallError(call: "pipe2", object: "command pipe", errno: errno) }
+        return (ends[0], ends[1])
+    }
 }

@@ -77,4 +77,40 @@ public enum LocalFiles {
     public static func removeDirectoryIfEmpty(_ path: String) {
         _ = rmdir(path)
     }
+
+    public static func rename(_ source: String, to destination: String) throws(SystemCallError) {
+        _ = try checked("rename", source) { Glibc.rename(source, destination) }
+    }
+
+    /// Points `path` at `target` (a relative name), replacing what was there
+    /// in one step: a reader sees the old link or the new, never none.
+    public static func replaceSymbolicLink(_ path: String, pointingTo target: String) throws(SystemCallError) {
+        let temporary = path + ".new"
+        _ = unlink(temporary)
+        _ = try checked("symlink", temporary) { symlink(target, temporary) }
+        try rename(temporary, to: path)
+    }
+
+    /// Writes a whole file in one step (temporary file, fsync, rename), mode
+    /// 0600: a crash leaves the old contents or the new, never half.
+    public static func writeAtomically(_ path: String, _ contents: String) throws(SystemCallError) {
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SystemCallError(call: "open", object: temporary, errno: errno) }
+        let bytes = Array(contents.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd)
+        let writeErrno = errno
+        close(fd)
+        guard written == bytes.count, synced == 0 else {
+            _ = unlink(temporary)
+            throw SystemCallError(call: "write", object: temporary, errno: written < 0 || synced != 0 ? writeErrno : EIO)
+        }
+        try rename(temporary, to: path)
+    }
+
+    /// The file's text, or nil when it does not exist or cannot be read.
+    public static func contents(_ path: String) -> String? {
+        try? String(contentsOfFile: path, encoding: .utf8)
+    }
 }

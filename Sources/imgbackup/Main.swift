@@ -45,6 +45,8 @@ struct ImgBackup: AsyncParsableCommand {
             detected; 4 locked or already open; 5 key or LUKS error; 6 remote error; \
             7 local system error; 8 teardown left something up.
             """,
-        subcommands: [InitCommand.self, OpenCommand.self, CloseCommand.self, TrimCommand.self, NBDBridgeCommand.self]
+        subcommands: [
+            InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, NBDBridgeCommand.self,
+        ]
     )
 }

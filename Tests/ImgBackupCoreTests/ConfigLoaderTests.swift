@@ -132,11 +132,44 @@ let designExample = """
         ("[targets.t]\nremote = \"h:/b\"\n", "c.toml:1: targets: unknown key"),
         ("[target.\"bad name\"]\nremote = \"h:/b\"\nkey_file = \"/k\"\n", "c.toml:1: target.bad name: target name 'bad name'"),
         ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\nport = \n", "c.toml:4: invalid TOML"),
+        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"btrfs-send\"\nsource_subvolume = \"/srv/@root\"\n",
+         "c.toml:5: target.t.copy.method: btrfs-send receives into a btrfs image, but filesystem is ext4"),
+        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.hooks]\npre = [\"systemctl\", \"stop\", \"db\"]\n",
+         "c.toml:5: target.t.hooks.pre: expected an array of commands (each an array of strings), found a TOML string"),
+        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.hooks]\npost = [[]]\n",
+         "c.toml:5: target.t.hooks.post: a command must not be empty"),
+        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"borg\"\nsources = [\"/etc\"]\nborg_passphrase_file = \"pass\"\n",
+         "c.toml:7: target.t.copy.borg_passphrase_file: 'pass' must be an absolute path"),
     ])
     func badTablesNameFileLineAndKey(text: String, expected: String) {
         let error = #expect(throws: ImgBackupError.self) { try ConfigLoader.parse(text, path: "c.toml") }
         #expect(error?.code == .config)
         #expect(error?.message.hasPrefix(expected) == true, "got: \(error?.message ?? "nothing")")
+    }
+
+    @Test func hooksAndCopyOptions() throws {
+        let config = try ConfigLoader.parse(
+            """
+            [target.t]
+            remote = "h:/b"
+            key_file = "/k"
+            filesystem = "btrfs"
+            [target.t.hooks]
+            pre = [["systemctl", "stop", "db"], ["/usr/local/bin/dump"]]
+            post = [["systemctl", "start", "db"]]
+            [target.t.copy]
+            method = "btrfs-send"
+            source_subvolume = "/srv/@root"
+            snapshot_directory = "/srv/.snapshots"
+            quiesce_command = ["fsfreeze", "-f", "/srv"]
+            resume_command = ["fsfreeze", "-u", "/srv"]
+            """, path: "c.toml")
+        let target = try config.target(named: "t")
+        #expect(target.hooks.pre == [["systemctl", "stop", "db"], ["/usr/local/bin/dump"]])
+        #expect(target.hooks.post == [["systemctl", "start", "db"]])
+        #expect(target.copy?.snapshotDirectory == "/srv/.snapshots")
+        #expect(target.copy?.quiesceCommand == ["fsfreeze", "-f", "/srv"])
+        #expect(target.copy?.resumeCommand == ["fsfreeze", "-u", "/srv"])
     }
 
     @Test func unknownTargetListsTheKnownOnes() throws {

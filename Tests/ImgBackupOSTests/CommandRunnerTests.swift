@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import ImgBackupOS
@@ -17,6 +18,52 @@ import Glibc
         #expect(result.standardOutput == "out\n")
         #expect(result.standardError == "err\n")
         #expect(result.failureSummary == "sh exited with status 3: err")
+    }
+
+    /// A secret reaches the child on stdin only: not in its argv or environment.
+    @Test func secretInputArrivesOnStandardInputOnly() async throws {
+        var bytes = Array("hunter2-passphrase".utf8)
+        let secret = SecureBytes(consuming: &bytes)
+        var command = Command(
+            "sh", ["-c", "cat; printf '|'; tr '\\0' ' ' < /proc/$$/cmdline; tr '\\0' ' ' < /proc/$$/environ"],
+            timeout: .seconds(10))
+        command.input = .secret(secret)
+        let result = try await runner.run(command)
+        #expect(result.succeeded)
+        let parts = result.standardOutput.split(separator: "|", maxSplits: 1)
+        #expect(parts.first == "hunter2-passphrase")
+        #expect(parts.count == 2 && !parts[1].contains("hunter2"))
+    }
+
+    /// `printf ... | tr a-z A-Z` through a CommandPipe, no shell between them.
+    @Test func aPipeConnectsTwoCommands() async throws {
+        let pipe = try CommandPipe.make()
+        var producer = Command("printf", ["one two\\n"], timeout: .seconds(10))
+        producer.outputDescriptor = pipe.write
+        var consumer = Command("tr", ["a-z", "A-Z"], timeout: .seconds(10))
+        consumer.input = .descriptor(pipe.read)
+        async let produced = runner.run(producer)
+        async let consumed = runner.run(consumer)
+        let (first, second) = try await (produced, consumed)
+        #expect(first.succeeded && second.succeeded)
+        #expect(second.standardOutput == "ONE TWO\n")
+    }
+
+    /// Output is seen while the command still runs, not only at its end.
+    @Test func observerSeesOutputWhileTheCommandRuns() async throws {
+        let seen = Mutex<[String]>([])
+        let marker = "/var/tmp/imgbackup-observer-\(getpid())"
+        var command = Command(
+            "sh", ["-c", "echo first; while [ ! -e \(marker) ]; do sleep 0.1; done; echo second >&2"], timeout: .seconds(20))
+        command.observer = { output in
+            seen.withLock { $0.append(output.text) }
+            // The command only finishes once the observer has seen its first line.
+            if output.text.contains("first") { _ = creat(marker, 0o600) }
+        }
+        defer { unlink(marker) }
+        let result = try await runner.run(command)
+        #expect(result.succeeded)
+        #expect(seen.withLock { $0 } == ["first\n", "second\n"])
     }
 
     @Test func environmentIsMinimal() async throws {

@@ -38,6 +38,9 @@ void imgb_wipe(void *buffer, size_t length);
 /// eventfd(2), non-blocking and close-on-exec: wakes an event loop thread.
 int imgb_eventfd(void);
 
+/// pipe2(2) with O_CLOEXEC (glibc declares pipe2 only under _GNU_SOURCE).
+int imgb_pipe_cloexec(int fds[2]);
+
 /// prctl(PR_SET_IO_FLUSHER) (Linux 5.6+): marks a process that serves a
 /// block device's I/O, so memory reclaim does not wait on that same I/O
 /// (writeback deadlock). prctl is variadic, hence the wrapper.

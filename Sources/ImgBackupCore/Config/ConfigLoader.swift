@@ -124,7 +124,12 @@ public enum ConfigLoader {
             throw table.error("transport", "is nbd but there is no [target.\(name).nbd] table")
         }
 
-        if let copyTable = try table.table("copy") { target.copy = try readCopy(copyTable) }
+        if let copyTable = try table.table("copy") {
+            target.copy = try readCopy(copyTable)
+            if target.copy?.method == .btrfsSend && target.filesystem != .btrfs {
+                throw copyTable.error("method", "btrfs-send receives into a btrfs image, but filesystem is \(target.filesystem.rawValue)")
+            }
+        }
 
         if let retention = try table.table("retention") {
             var value = Target.Retention()
@@ -133,6 +138,11 @@ public enum ConfigLoader {
             value.keepMonthly = try retention.count("keep_monthly")
             target.retention = value
             try retention.rejectUnknownKeys()
+        }
+        if let hooks = try table.table("hooks") {
+            target.hooks.pre = try hooks.commandArray("pre") ?? []
+            target.hooks.post = try hooks.commandArray("post") ?? []
+            try hooks.rejectUnknownKeys()
         }
         if let timeouts = try table.table("timeouts") {
             target.timeouts.stall = try timeouts.duration("stall") ?? target.timeouts.stall
@@ -161,6 +171,12 @@ public enum ConfigLoader {
         copy.exclude = try table.stringArray("exclude") ?? []
         copy.sourceSubvolume = try table.absolutePath("source_subvolume")
         copy.command = try table.stringArray("command")
+        copy.snapshotDirectory = try table.absolutePath("snapshot_directory")
+        copy.quiesceCommand = try table.stringArray("quiesce_command")
+        copy.resumeCommand = try table.stringArray("resume_command")
+        copy.borgPassphraseFile = try table.absolutePath("borg_passphrase_file")
+        if copy.quiesceCommand?.isEmpty == true { throw table.error("quiesce_command", "must not be empty") }
+        if copy.resumeCommand?.isEmpty == true { throw table.error("resume_command", "must not be empty") }
         switch method {
         case .rsync, .borg:
             if copy.sources.isEmpty { throw table.error("sources", "\(method.rawValue) needs at least one source") }

@@ -75,6 +75,28 @@ final class TableReader {
         return strings
     }
 
+    /// An array of argument vectors: `[["systemctl", "stop", "db"], [...]]`.
+    func commandArray(_ key: String) throws(ImgBackupError) -> [[String]]? {
+        guard let value = value(key) else { return nil }
+        guard let array = value.array else { throw typeError(key, expected: "an array of commands", got: value) }
+        var commands: [[String]] = []
+        for element in array {
+            guard let inner = element.array else {
+                throw error(key, "expected an array of commands (each an array of strings), found a TOML \(element.type.rawValue) in it")
+            }
+            var argv: [String] = []
+            for part in inner {
+                guard let string = part.string else {
+                    throw error(key, "expected each command as an array of strings, found a TOML \(part.type.rawValue) in one")
+                }
+                argv.append(string)
+            }
+            guard !argv.isEmpty else { throw error(key, "a command must not be empty") }
+            commands.append(argv)
+        }
+        return commands
+    }
+
     func table(_ key: String) throws(ImgBackupError) -> TableReader? {
         guard let value = value(key) else { return nil }
         guard let table = value.table else { throw typeError(key, expected: "a table", got: value) }

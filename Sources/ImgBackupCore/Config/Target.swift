@@ -30,6 +30,26 @@ public struct Target: Sendable, Equatable {
         public var exclude: [String] = []
         public var sourceSubvolume: String?
         public var command: [String]?
+        /// btrfs-send: where the local read-only snapshots live (on the
+        /// source's filesystem). Default: `.imgbackup-snapshots` beside the
+        /// source subvolume.
+        public var snapshotDirectory: String?
+        /// btrfs-send: run just before and just after taking the snapshot
+        /// (stop a database for a second, start it again). resume always runs
+        /// once quiesce has.
+        public var quiesceCommand: [String]?
+        public var resumeCommand: [String]?
+        /// borg: a file (mode 0600) holding the repository passphrase. With
+        /// it the repository is encrypted (repokey-blake2); without it, it
+        /// is not (the image around it is).
+        public var borgPassphraseFile: String?
+    }
+
+    /// Commands around the copy step. Post-hooks run after a failed copy too,
+    /// with IMGBACKUP_RESULT set to "success" or "failure".
+    public struct Hooks: Sendable, Equatable {
+        public var pre: [[String]] = []
+        public var post: [[String]] = []
     }
 
     public struct Retention: Sendable, Equatable {
@@ -59,6 +79,7 @@ public struct Target: Sendable, Equatable {
     public var nbd: NBDExport?
     public var copy: Copy?
     public var retention: Retention?
+    public var hooks = Hooks()
     public var timeouts = Timeouts()
     /// Key derivation for new keyslots. Strong by default; tests lower it.
     public var pbkdf: PBKDFSettings = .strong

@@ -17,6 +17,17 @@ public enum KeyLoader {
         }
     }
 
+    /// Why a secret file was refused, for a caller's own message.
+    static func describe(_ problem: KeyFileProblem) -> String {
+        switch problem {
+        case .loosePermissions(let mode): "group or others can access it (mode \(String(mode, radix: 8)))"
+        case .notRegularFile: "not a regular file"
+        case .empty: "it is empty"
+        case .tooLarge(let limit): "larger than \(ByteSize.format(UInt64(limit)))"
+        case .unreadable(let error): error.reason
+        }
+    }
+
     static func message(for problem: KeyFileProblem, path: String) -> ImgBackupError {
         switch problem {
         case .loosePermissions(let mode):

@@ -40,6 +40,11 @@ public struct CloseOperation {
     public func run() async throws(ImgBackupError) -> Outcome {
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
+        return try await tearDown()
+    }
+
+    /// The stack going down, for a caller that holds the target lock (`run`).
+    func tearDown() async throws(ImgBackupError) -> Outcome {
         let store = environment.stateStore
         let record = try store.load(target: target.name)
         let layers = record?.layers ?? possibleLayers()

@@ -22,6 +22,11 @@ public struct OpenOperation {
         let key = try KeyLoader.load(target.key)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
+        return try await bringUp(key: key)
+    }
+
+    /// The stack going up, for a caller that holds the target lock (`run`).
+    func bringUp(key: SecureBytes) async throws(ImgBackupError) -> String {
         try TargetLock.requireClosed(target, store: environment.stateStore)
 
         let builder = StackBuilder(target: target, environment: environment, operation: "open")

@@ -1,0 +1,124 @@
+import Foundation
+import ImgBackupOS
+
+/// A borg repository inside the image (`borg/`, created on the first run),
+/// one archive per run named for its time, pruned by the target's retention,
+/// then compacted so the space is free again.
+///
+/// With `borg_passphrase_file` the repository is encrypted (repokey-blake2)
+/// and borg reads the passphrase from stdin (BORG_PASSPHRASE_FD=0), fed from
+/// an in-memory file: never argv or the environment. Without it the
+/// repository is unencrypted; the LUKS image around it is not.
+struct BorgCopy: CopyMethod {
+    static let repositoryDirectory = "borg"
+
+    func copy(_ context: CopyContext) async throws(ImgBackupError) -> CopyOutcome {
+        let repository = "\(context.mountPoint)/\(Self.repositoryDirectory)"
+        let passphrase = try loadPassphrase(context)
+        if !FileManager.default.fileExists(atPath: "\(repository)/config") {
+            let encryption = passphrase == nil ? "none" : "repokey-blake2"
+            context.logger.notice("creating the borg repository \(Self.repositoryDirectory)/ in the image (encryption \(encryption))")
+            _ = try await context.runChecked(
+                borg(["init", "--encryption=\(encryption)", repository], context, passphrase: passphrase),
+                "create the borg repository")
+        }
+        let name = context.pointName
+        var arguments = [
+            "create", "--json", "--progress", "--numeric-ids",
+            // the archive's time is the run's (an injected clock in tests)
+            "--timestamp", Self.borgTimestamp(context.now),
+        ]
+        for pattern in context.copy.exclude { arguments += ["--exclude", pattern] }
+        arguments.append("\(repository)::\(name)")
+        arguments += context.copy.sources
+        context.logger.info("borg create \(Self.repositoryDirectory)::\(name) from \(context.copy.sources.joined(separator: " "))")
+        let result = try await context.run(borg(arguments, context, passphrase: passphrase, step: true), progress: Self.progressLine)
+        switch result.termination {
+        case .exited(0): break
+        case .exited(1):
+            // borg's "warning" status: the archive is complete, a file or two
+            // could not be read (vanished, permission). Say so, go on.
+            context.logger.notice("borg create finished with warnings: \(result.outputTail())")
+        default:
+            throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)")
+        }
+        return CopyOutcome(point: "\(Self.repositoryDirectory)::\(name)", bytesCopied: Self.originalSize(result.standardOutput))
+    }
+
+    func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {
+        let repository = "\(context.mountPoint)/\(Self.repositoryDirectory)"
+        let passphrase = try loadPassphrase(context)
+        let listing = try await context.runChecked(
+            borg(["list", "--short", repository], context, passphrase: passphrase), "list the borg archives")
+        let points = listing.standardOutput.split(whereSeparator: \.isNewline).compactMap { line -> (String, Date)? in
+            BackupPointName.parse(String(line)).map { (String(line), $0) }
+        }
+        let pruned = Set(policy.pruned(points.map(\.1)))
+        let names = points.filter { pruned.contains($0.1) }.map(\.0)
+        guard !names.isEmpty else { return [] }
+        _ = try await context.runChecked(
+            borg(["delete", repository] + names, context, passphrase: passphrase, step: true), "delete pruned borg archives")
+        _ = try await context.runChecked(
+            borg(["compact", repository], context, passphrase: passphrase, step: true), "compact the borg repository")
+        return names
+    }
+
+    private func loadPassphrase(_ context: CopyContext) throws(ImgBackupError) -> SecureBytes? {
+        guard let path = context.copy.borgPassphraseFile else { return nil }
+        do {
+            return try KeyFile.read(path: path)
+        } catch {
+            throw ImgBackupError(
+                .config, "failed to read borg_passphrase_file \(path): \(KeyLoader.describe(error))",
+                hint: "it must be a non-empty file readable only by its owner (chmod 600)")
+        }
+    }
+
+    private func borg(_ arguments: [String], _ context: CopyContext, passphrase: SecureBytes?, step: Bool = false) -> Command {
+        var environment = [
+            // borg's cache and security records live with imgbackup's state,
+            // not in whichever HOME the service has.
+            "BORG_BASE_DIR": context.environment.paths.targetStateDirectory(context.target.name) + "/borg",
+            // The repository is imgbackup's own, inside an image whose LUKS
+            // UUID was checked; its mount point may move between machines.
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+        ]
+        var command = Command(
+            "borg", arguments, timeout: step ? CopyContext.stepLimit : CopyContext.housekeepingLimit,
+            outputLimit: 256 * 1024)
+        if let passphrase {
+            environment["BORG_PASSPHRASE_FD"] = "0"
+            command.input = .secret(passphrase)
+        }
+        command.environment = environment
+        return command
+    }
+
+    /// borg's --timestamp format: UTC, yyyy-mm-ddThh:mm:ss.
+    static func borgTimestamp(_ date: Date) -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
+        return formatter.string(from: date)
+    }
+
+    /// "1.23 MB O 1.00 MB C 512 kB D 12 N etc/hosts" -> "borg: 1.23 MB read, 12 files"
+    @Sendable static func progressLine(_ line: String) -> String? {
+        let fields = line.split(separator: " ")
+        guard fields.count >= 8, fields[2] == "O", fields[5] == "C" else { return nil }
+        let files = fields.count > 10 && fields[10] == "N" ? ", \(fields[9]) files" : ""
+        return "borg: \(fields[0]) \(fields[1]) read\(files)"
+    }
+
+    /// The archive's original size from `borg create --json`.
+    static func originalSize(_ json: String) -> UInt64? {
+        guard let data = json.data(using: .utf8),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let archive = object["archive"] as? [String: Any], let stats = archive["stats"] as? [String: Any],
+            let size = stats["original_size"] as? NSNumber
+        else { return nil }
+        return size.uint64Value
+    }
+}

@@ -1,0 +1,38 @@
+import Foundation
+import ImgBackupOS
+
+/// The user's own command: `command` from the copy table, with `{mount}` and
+/// `{target}` replaced in each argument, and the same two values in the
+/// environment as IMGBACKUP_MOUNT and IMGBACKUP_TARGET. Run as an argv, never
+/// through a shell. It makes no backup points imgbackup knows, so retention
+/// is the command's own business.
+struct CommandCopy: CopyMethod {
+    func copy(_ context: CopyContext) async throws(ImgBackupError) -> CopyOutcome {
+        let argv = Self.substitute(context.copy.command ?? [], mount: context.mountPoint, target: context.target.name)
+        guard let executable = argv.first else { throw ImgBackupError(.config, "the copy command is empty") }
+        context.logger.info("running the copy command \(executable)")
+        var command = Command(executable, Array(argv.dropFirst()), timeout: CopyContext.stepLimit)
+        command.environment = Self.environment(mount: context.mountPoint, target: context.target.name)
+        let result: CommandResult
+        do {
+            result = try await context.environment.runner.run(command)
+        } catch {
+            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "run the copy command \(executable)")
+        }
+        guard result.succeeded else { throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)") }
+        return CopyOutcome()
+    }
+
+    func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {
+        context.logger.info("retention does not apply to the command method: the command keeps what it keeps")
+        return []
+    }
+
+    static func substitute(_ argv: [String], mount: String, target: String) -> [String] {
+        argv.map { $0.replacingOccurrences(of: "{mount}", with: mount).replacingOccurrences(of: "{target}", with: target) }
+    }
+
+    static func environment(mount: String, target: String) -> [String: String] {
+        ["IMGBACKUP_MOUNT": mount, "IMGBACKUP_TARGET": target]
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import ImgBackupOS
+import Logging
+
+/// One way of filling the image: rsync snapshots, a borg repository, btrfs
+/// send/receive, or a user's command. A new method is one file with a type
+/// that conforms, and a case in ``CopyMethods/make(_:)``.
+public protocol CopyMethod: Sendable {
+    /// Copies the sources into the mounted image, making one backup point
+    /// named for the run's time.
+    func copy(_ context: CopyContext) async throws(ImgBackupError) -> CopyOutcome
+    /// Deletes the backup points `policy` does not keep; returns their names.
+    func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String]
+}
+
+/// What a copy step made.
+public struct CopyOutcome: Sendable, Equatable {
+    /// The backup point (snapshot directory, archive, received snapshot).
+    public var point: String?
+    /// Bytes the tool says it copied, where it says.
+    public var bytesCopied: UInt64?
+    /// btrfs-send: whether the send was incremental.
+    public var incremental: Bool?
+
+    public init(point: String? = nil, bytesCopied: UInt64? = nil, incremental: Bool? = nil) {
+        self.point = point
+        self.bytesCopied = bytesCopied
+        self.incremental = incremental
+    }
+}
+
+public enum CopyMethods {
+    public static func make(_ method: Target.Copy.Method) -> any CopyMethod {
+        switch method {
+        case .rsync: RsyncCopy()
+        case .borg: BorgCopy()
+        case .btrfsSend: BtrfsSendCopy()
+        case .command: CommandCopy()
+        }
+    }
+}
+
+/// What a copy method works with.
+public struct CopyContext: Sendable {
+    public let target: Target
+    public let copy: Target.Copy
+    /// Where the image's filesystem is mounted.
+    public let mountPoint: String
+    /// The run's time: names the backup point; injectable for tests.
+    public let now: Date
+    public let environment: OperationEnvironment
+
+    /// A copy step has no wall-clock limit: a large first backup takes hours.
+    /// A stalled one is the hang watchdog's business, not a timeout's.
+    static let stepLimit: Duration = .seconds(7 * 24 * 3600)
+    /// Short housekeeping commands (mkdir-like btrfs calls, borg list).
+    static let housekeepingLimit: Duration = .seconds(3600)
+
+    var logger: Logger { environment.logger }
+    var pointName: String { BackupPointName.make(now) }
+
+    /// Runs a tool, showing its progress lines (as `parse` reads them) on the
+    /// terminal while it runs.
+    func run(_ command: Command, progress parse: (@Sendable (String) -> String?)? = nil) async throws(ImgBackupError)
+        -> CommandResult
+    {
+        var command = command
+        if let parse, let display = environment.progress {
+            command.observer = { output in
+                // Progress lines end in \r (rsync, borg) or \n.
+                let lines = output.text.split(whereSeparator: { $0 == "\r" || $0 == "\n" })
+                if let line = lines.reversed().lazy.compactMap({ parse(String($0)) }).first { display.update(line) }
+            }
+        }
+        defer { if parse != nil { environment.progress?.finish() } }
+        do {
+            return try await environment.runner.run(command)
+        } catch {
+            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "run \(command.executable)")
+        }
+    }
+
+    /// Runs a housekeeping command and fails the copy step when it fails.
+    func runChecked(_ command: Command, _ purpose: String) async throws(ImgBackupError) -> CommandResult {
+        let result = try await run(command)
+        guard result.succeeded else { throw ImgBackupError(.copyFailed, "failed to \(purpose): \(result.failureSummary)") }
+        return result
+    }
+
+    /// Names in `directory` that are backup points, with their times.
+    func backupPoints(in directory: String) -> [(name: String, date: Date)] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.compactMap { name in BackupPointName.parse(name).map { (name, $0) } }.sorted { $0.date < $1.date }
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import ImgBackupOS
+
+/// rsync into dated snapshot directories, `snapshots/2026-11-22T031500Z`, each
+/// hard-linked against the previous one (`--link-dest`): unchanged files cost
+/// one directory entry, so keeping many daily, weekly and monthly points is
+/// cheap. `snapshots/latest` points at the newest.
+struct RsyncCopy: CopyMethod {
+    static let snapshotsDirectory = "snapshots"
+    /// Where a snapshot is built. A failed run leaves it; the next run
+    /// continues in it, so what was copied is not copied again.
+    static let incompleteName = ".incomplete"
+    static let latestLink = "latest"
+
+    func copy(_ context: CopyContext) async throws(ImgBackupError) -> CopyOutcome {
+        let snapshots = "\(context.mountPoint)/\(Self.snapshotsDirectory)"
+        let name = context.pointName
+        let incomplete = "\(snapshots)/\(Self.incompleteName)"
+        do {
+            try LocalFiles.makeDirectories(snapshots)
+        } catch {
+            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "create \(snapshots)")
+        }
+        guard !FileManager.default.fileExists(atPath: "\(snapshots)/\(name)") else {
+            throw ImgBackupError(
+                .copyFailed, "failed to copy: the snapshot \(name) already exists in \(snapshots)",
+                hint: "runs are named by the second they start: wait a second and run again")
+        }
+        let previous = context.backupPoints(in: snapshots).last?.name
+
+        var arguments = [
+            // archive, hard links, ACLs, xattrs; owners by number, as on the source
+            "-aHAX", "--numeric-ids",
+            // the snapshot mirrors the sources: what is gone or excluded there goes here
+            "--delete", "--delete-excluded",
+            // /etc lands in SNAPSHOT/etc
+            "--relative",
+            "--info=progress2,stats2", "--no-human-readable",
+        ]
+        if let previous { arguments.append("--link-dest=\(snapshots)/\(previous)") }
+        arguments += context.copy.exclude.map { "--exclude=\($0)" }
+        arguments += context.copy.sources
+        arguments.append(incomplete + "/")
+        context.logger.info(
+            "rsync \(context.copy.sources.joined(separator: " ")) into \(Self.snapshotsDirectory)/\(name)\(previous.map { ", hard-linked against \($0)" } ?? ", a full copy")")
+
+        let result = try await context.run(
+            Command("rsync", arguments, timeout: CopyContext.stepLimit, outputLimit: 256 * 1024),
+            progress: Self.progressLine)
+        switch result.termination {
+        case .exited(0): break
+        case .exited(24):
+            // Files that vanished while rsync ran (logs rotated, caches): the
+            // rest is a good snapshot, as every rsync backup treats it.
+            context.logger.notice("rsync: some source files vanished during the copy: \(result.outputTail())")
+        default:
+            throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)")
+        }
+
+        do {
+            try LocalFiles.rename(incomplete, to: "\(snapshots)/\(name)")
+            try LocalFiles.replaceSymbolicLink("\(snapshots)/\(Self.latestLink)", pointingTo: name)
+        } catch {
+            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "finish the snapshot \(name)")
+        }
+        return CopyOutcome(point: "\(Self.snapshotsDirectory)/\(name)", bytesCopied: Self.transferredBytes(result.standardOutput))
+    }
+
+    func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {
+        let snapshots = "\(context.mountPoint)/\(Self.snapshotsDirectory)"
+        let points = context.backupPoints(in: snapshots)
+        let pruned = Set(policy.pruned(points.map(\.date)))
+        var removed: [String] = []
+        for point in points where pruned.contains(point.date) {
+            _ = try await context.runChecked(
+                Command("rm", ["-rf", "--one-file-system", "--", "\(snapshots)/\(point.name)"], timeout: CopyContext.housekeepingLimit),
+                "delete the snapshot \(point.name)")
+            removed.append(point.name)
+        }
+        return removed
+    }
+
+    /// "  1,234,567  45%   12.34MB/s    0:00:10 (xfr#3, ir-chk=1000/2000)"
+    ///  -> "copied 1234567 bytes (45%), 12.34MB/s"
+    @Sendable static func progressLine(_ line: String) -> String? {
+        let fields = line.split(separator: " ")
+        guard fields.count >= 3, fields[1].hasSuffix("%"), let bytes = UInt64(fields[0].filter { $0 != "," }) else {
+            return nil
+        }
+        return "rsync: \(ByteSize.format(bytes)) copied, \(fields[2]), \(fields[1]) of what it has seen so far"
+    }
+
+    /// From --stats: "Total transferred file size: 1234 bytes".
+    static func transferredBytes(_ output: String) -> UInt64? {
+        for line in output.split(whereSeparator: \.isNewline) where line.hasPrefix("Total transferred file size:") {
+            let digits = line.dropFirst("Total transferred file size:".count).prefix { $0 != "b" }.filter(\.isNumber)
+            return UInt64(digits)
+        }
+        return nil
+    }
+}

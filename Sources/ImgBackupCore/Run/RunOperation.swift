@@ -1,0 +1,141 @@
+import Foundation
+import ImgBackupOS
+import Logging
+
+/// `imgbackup run`: the whole cycle under the target lock: open (transport
+/// from config), pre-hooks, the copy step, retention, post-hooks, and close,
+/// which happens however the middle went. Each run is recorded in the
+/// target's run history, failed ones too.
+public struct RunOperation {
+    public let target: Target
+    public let environment: OperationEnvironment
+    /// The run's time: names the backup point and drives retention. Tests
+    /// inject one to simulate weeks of runs in minutes.
+    public let now: Date
+
+    public init(target: Target, environment: OperationEnvironment, now: Date = Date()) {
+        self.target = target
+        self.environment = environment
+        self.now = now
+    }
+
+    public struct Report: Sendable {
+        public let record: RunRecord
+    }
+
+    /// Runs the cycle; on failure throws the first error, after closing and
+    /// recording. The record is in the history either way.
+    public func run() async throws(ImgBackupError) -> Report {
+        guard let copy = target.copy else {
+            throw ImgBackupError(
+                .config, "target '\(target.name)' has no [target.\(target.name).copy] table: nothing to run",
+                hint: "add one with method = \"rsync\", \"borg\", \"btrfs-send\" or \"command\"")
+        }
+        let history = RunHistory(paths: environment.paths)
+        var record = RunRecord(target: target.name, start: Date())
+        record.method = copy.method.rawValue
+        let failure: ImgBackupError?
+        do {
+            let outcome = try await cycle(copy)
+            record.point = outcome.copy.point
+            record.bytesCopied = outcome.copy.bytesCopied
+            record.incremental = outcome.copy.incremental
+            record.pruned = outcome.pruned
+            record.bytesWritten = outcome.bytesWritten
+            failure = outcome.failure
+        } catch {
+            failure = error
+        }
+        record.end = Date()
+        record.result = failure == nil ? .success : .failure
+        record.exitCode = failure?.code.exitStatus ?? 0
+        record.error = failure?.description
+        do {
+            try history.append(record)
+        } catch {
+            // The run's own outcome matters more than its record.
+            environment.logger.error("\(error.description)")
+        }
+        if let failure { throw failure }
+        return Report(record: record)
+    }
+
+    private struct Outcome {
+        var copy = CopyOutcome()
+        var pruned: [String]?
+        var bytesWritten: UInt64?
+        var failure: ImgBackupError?
+    }
+
+    /// Lock, open, the middle, close. Throws what stopped it before the
+    /// image was open; a failure after that is in the outcome, and the
+    /// stack is closed either way.
+    private func cycle(_ copy: Target.Copy) async throws(ImgBackupError) -> Outcome {
+        let key = try KeyLoader.load(target.key)
+        let lock = try TargetLock.acquire(target, paths: environment.paths)
+        defer { withExtendedLifetime(lock) {} }
+        let open = OpenOperation(target: target, environment: environment)
+        let mountPoint = try await open.bringUp(key: key)
+
+        var outcome = Outcome()
+        let device = "/dev/mapper/\(target.mappingName)"
+        let before = BlockDeviceStats.read(devicePath: device)
+        let context = CopyContext(target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment)
+        do {
+            try await runHooks(target.hooks.pre, kind: "pre-hook", mountPoint: mountPoint, result: nil)
+            outcome.copy = try await CopyMethods.make(copy.method).copy(context)
+            if let policy = RetentionPolicy(target.retention) {
+                let pruned = try await CopyMethods.make(copy.method).prune(context, policy: policy)
+                outcome.pruned = pruned
+                if !pruned.isEmpty { environment.logger.info("retention pruned \(pruned.joined(separator: ", "))") }
+            }
+        } catch {
+            outcome.failure = error
+        }
+        // Bytes that reached the image, whatever the tool says.
+        if let before, let after = BlockDeviceStats.read(devicePath: device) {
+            outcome.bytesWritten = after.bytesWritten - before.bytesWritten
+        }
+        do {
+            try await runHooks(
+                target.hooks.post, kind: "post-hook", mountPoint: mountPoint,
+                result: outcome.failure == nil ? "success" : "failure")
+        } catch {
+            outcome.failure = outcome.failure ?? error
+        }
+
+        do {
+            _ = try await CloseOperation(target: target, environment: environment).tearDown()
+        } catch {
+            if let first = outcome.failure {
+                // Keep the first error for the exit status; the second must not vanish.
+                environment.logger.error("\(error.description)")
+                outcome.failure = first
+            } else {
+                outcome.failure = error
+            }
+        }
+        return outcome
+    }
+
+    /// Hooks run in order as argv (no shell), with IMGBACKUP_TARGET,
+    /// IMGBACKUP_MOUNT and, for post-hooks, IMGBACKUP_RESULT. A failing
+    /// pre-hook stops the run before the copy; a failing post-hook fails it.
+    private func runHooks(_ hooks: [[String]], kind: String, mountPoint: String, result: String?) async throws(ImgBackupError) {
+        var environment = CommandCopy.environment(mount: mountPoint, target: target.name)
+        if let result { environment["IMGBACKUP_RESULT"] = result }
+        for hook in hooks {
+            let command = Command(hook[0], Array(hook.dropFirst()), timeout: CopyContext.housekeepingLimit, environment: environment)
+            self.environment.logger.info("\(kind): \(command.displayText)")
+            let outcome: CommandResult
+            do {
+                outcome = try await self.environment.runner.run(command)
+            } catch {
+                throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "run the \(kind) \(hook[0])")
+            }
+            guard outcome.succeeded else {
+                throw ImgBackupError(.copyFailed, "the \(kind) \(command.displayText) failed: \(outcome.failureSummary)")
+            }
+        }
+    }
+}
