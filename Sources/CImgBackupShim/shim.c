@@ -70,3 +70,7 @@ int imgb_set_io_flusher(void) {
 int imgb_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }
+
+int imgb_syncfs(int fd) {
+    return syncfs(fd);
+}

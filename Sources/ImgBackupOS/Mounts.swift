@@ -1,3 +1,5 @@
+import CImgBackupShim
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,6 +34,17 @@ public enum Mounts {
             if status != 0 && errno != EINVAL && errno != ENOENT {
                 throw SystemCallError(call: "umount2", object: mountPoint, errno: errno)
             }
+        }
+    }
+
+    /// Writes the filesystem's dirty data out (syncfs): after it, what the
+    /// copy step wrote has reached the remote.
+    public static func sync(_ mountPoint: String, deadline: Duration) async throws {
+        try await withAbandonableDeadline(deadline, operation: "sync \(mountPoint)") {
+            let fd = open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemCallError(call: "open", object: mountPoint, errno: errno) }
+            defer { close(fd) }
+            if imgb_syncfs(fd) != 0 { throw SystemCallError(call: "syncfs", object: mountPoint, errno: errno) }
         }
     }
 }

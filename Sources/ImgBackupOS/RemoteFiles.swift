@@ -109,6 +109,13 @@ public enum LocalFiles {
         try rename(temporary, to: path)
     }
 
+    /// Size and free space (for unprivileged users) of the filesystem holding `path`.
+    public static func capacity(_ path: String) throws(SystemCallError) -> (total: UInt64, available: UInt64) {
+        var info = statvfs()
+        _ = try checked("statvfs", path) { statvfs(path, &info) }
+        return (UInt64(info.f_blocks) * UInt64(info.f_frsize), UInt64(info.f_bavail) * UInt64(info.f_frsize))
+    }
+
     /// The file's text, or nil when it does not exist or cannot be read.
     public static func contents(_ path: String) -> String? {
         try? String(contentsOfFile: path, encoding: .utf8)

@@ -19,6 +19,9 @@ enum Entry {
         } catch let error as ImgBackupError {
             Terminal.printError(error.description)
             exit(error.code.exitStatus)
+        } catch let status as ExitCode {
+            // A command that printed its own lines (run --all) and only sets the status.
+            exit(status.rawValue)
         } catch {
             let code = ImgBackup.exitCode(for: error)
             let message = ImgBackup.fullMessage(for: error)

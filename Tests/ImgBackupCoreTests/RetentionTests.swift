@@ -66,7 +66,7 @@ import Testing
     @Test func rsyncProgressAndStats() {
         #expect(
             RsyncCopy.progressLine("     32,768,000  45%   31.25MB/s    0:00:10 (xfr#3, ir-chk=10/20)")
-                == "rsync: 31.3 MiB copied, 31.25MB/s, 45% of what it has seen so far")
+                == "rsync: 31.3 MiB copied, 31.25MB/s, 45% of what it has seen so far, ETA 0:00:10")
         #expect(RsyncCopy.progressLine("sending incremental file list") == nil)
         let stats = """
             Number of files: 12 (reg: 10, dir: 2)
@@ -84,6 +84,9 @@ import Testing
         #expect(BorgCopy.originalSize("not json") == nil)
         let date = ISO8601DateFormatter().date(from: "2026-11-22T03:15:09Z")!
         #expect(BorgCopy.borgTimestamp(date) == "2026-11-22T03:15:09")
+        #expect(BorgCopy.segmentSize(filesystemBytes: 60 << 20) == 8 << 20)
+        #expect(BorgCopy.segmentSize(filesystemBytes: 3200 << 20) == 100 << 20)
+        #expect(BorgCopy.segmentSize(filesystemBytes: 50 << 30) == 500 << 20)
     }
 
     @Test func commandSubstitutesMountAndTargetInEveryArgument() {

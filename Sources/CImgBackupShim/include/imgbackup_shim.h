@@ -41,6 +41,9 @@ int imgb_eventfd(void);
 /// pipe2(2) with O_CLOEXEC (glibc declares pipe2 only under _GNU_SOURCE).
 int imgb_pipe_cloexec(int fds[2]);
 
+/// syncfs(2): write out the dirty data of the filesystem holding fd.
+int imgb_syncfs(int fd);
+
 /// prctl(PR_SET_IO_FLUSHER) (Linux 5.6+): marks a process that serves a
 /// block device's I/O, so memory reclaim does not wait on that same I/O
 /// (writeback deadlock). prctl is variadic, hence the wrapper.

@@ -21,6 +21,13 @@ struct BorgCopy: CopyMethod {
             _ = try await context.runChecked(
                 borg(["init", "--encryption=\(encryption)", repository], context, passphrase: passphrase),
                 "create the borg repository")
+            // borg wants a whole segment of free space (500 MiB by default)
+            // before it deletes or compacts; in a small image that never
+            // exists. Segments of a 32nd of the filesystem fit any image.
+            let segment = Self.segmentSize(filesystemBytes: (try? LocalFiles.capacity(context.mountPoint).total) ?? 0)
+            _ = try await context.runChecked(
+                borg(["config", repository, "max_segment_size", String(segment)], context, passphrase: passphrase),
+                "size the borg repository's segments")
         }
         let name = context.pointName
         var arguments = [
@@ -93,6 +100,11 @@ struct BorgCopy: CopyMethod {
         }
         command.environment = environment
         return command
+    }
+
+    /// A 32nd of the filesystem, between 8 MiB and borg's default 500 MiB.
+    static func segmentSize(filesystemBytes: UInt64) -> UInt64 {
+        min(max(filesystemBytes / 32, 8 << 20), 500 << 20)
     }
 
     /// borg's --timestamp format: UTC, yyyy-mm-ddThh:mm:ss.

@@ -81,13 +81,14 @@ struct RsyncCopy: CopyMethod {
     }
 
     /// "  1,234,567  45%   12.34MB/s    0:00:10 (xfr#3, ir-chk=1000/2000)"
-    ///  -> "copied 1234567 bytes (45%), 12.34MB/s"
+    ///  -> "rsync: 1.2 MiB copied, 12.34MB/s, 45% of what it has seen so far, ETA 0:00:10"
     @Sendable static func progressLine(_ line: String) -> String? {
         let fields = line.split(separator: " ")
         guard fields.count >= 3, fields[1].hasSuffix("%"), let bytes = UInt64(fields[0].filter { $0 != "," }) else {
             return nil
         }
-        return "rsync: \(ByteSize.format(bytes)) copied, \(fields[2]), \(fields[1]) of what it has seen so far"
+        let eta = fields.count >= 4 && fields[3].contains(":") ? ", ETA \(fields[3])" : ""
+        return "rsync: \(ByteSize.format(bytes)) copied, \(fields[2]), \(fields[1]) of what it has seen so far\(eta)"
     }
 
     /// From --stats: "Total transferred file size: 1234 bytes".

@@ -89,6 +89,9 @@ public struct RunOperation {
                 outcome.pruned = pruned
                 if !pruned.isEmpty { environment.logger.info("retention pruned \(pruned.joined(separator: ", "))") }
             }
+            // What the copy wrote reaches the remote before the run counts
+            // as done, and before the bytes are counted.
+            try await flush(mountPoint)
         } catch {
             outcome.failure = error
         }
@@ -116,6 +119,18 @@ public struct RunOperation {
             }
         }
         return outcome
+    }
+
+    /// The longest a flush of the copy step's dirty data may take: a large
+    /// copy over a slow link can leave gigabytes in the page cache.
+    static let flushLimit: Duration = .seconds(6 * 3600)
+
+    private func flush(_ mountPoint: String) async throws(ImgBackupError) {
+        do {
+            try await Mounts.sync(mountPoint, deadline: Self.flushLimit)
+        } catch {
+            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "write the backup out to the remote")
+        }
     }
 
     /// Hooks run in order as argv (no shell), with IMGBACKUP_TARGET,
