@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("IMGBACKUP_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "imgbackup"))
 PORT = 2222
 # Named limits for one CLI call: init runs mkfs under software emulation.
-COMMAND_TIMEOUT = {"init": 600, "open": 180, "close": 180, "trim": 600}
+COMMAND_TIMEOUT = {"init": 600, "open": 180, "close": 180, "trim": 600, "run": 600}
 TIMINGS = collections.defaultdict(list)
 
 
@@ -32,8 +32,9 @@ class BackupHost:
         self.state = os.path.join(work, "state")
         self.env = dict(os.environ, IMGBACKUP_RUNTIME_DIR=self.runtime, IMGBACKUP_STATE_DIR=self.state)
 
-    def add_target(self, name, **overrides):
-        """Appends a [target.NAME] table like the demo target, with overrides."""
+    def add_target(self, name, tables=None, **overrides):
+        """Appends a [target.NAME] table like the demo target, with overrides;
+        `tables` adds sub-tables: {"nbd": {"uri": ...}, "copy": {...}}."""
         values = {
             "remote": f"root@127.0.0.1:{self.storage}",
             "port": PORT,
@@ -51,9 +52,20 @@ class BackupHost:
             lines.append(f"{key} = {toml_value(value)}")
         lines += [f"[target.{name}.luks]", 'pbkdf = "pbkdf2"', "pbkdf_iterations = 1000",
                   f"[target.{name}.timeouts]", 'stall = "60s"', 'teardown = "20s"']
+        for table, entries in (tables or {}).items():
+            lines.append(f"[target.{name}.{table}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in entries.items()]
         with open(self.config, "a") as config:
             config.write("\n".join(lines) + "\n")
         return name
+
+    def with_config(self, file_name):
+        """The same backup host and state, with a config file of its own
+        (for `run --all`, which runs every target of its config)."""
+        other = BackupHost(self.work)
+        other.config = os.path.join(self.work, file_name)
+        open(other.config, "w").close()
+        return other
 
     def run(self, *args, timeout=None):
         """Runs `imgbackup --config CONFIG ARGS...` and returns the CompletedProcess."""

@@ -58,22 +58,15 @@ def shared_image(host):
     image = os.path.join(host.storage, "shared.img")
     host.add_target("shared", image="shared.img", size="96M")
     host.ok("init", "shared")
-    host.add_target("shared_nbdkit", image="shared.img", transport="nbd")
-    with open(host.config, "a") as config:
-        config.write('[target.shared_nbdkit.nbd]\n'
-                     f'command = ["nbdkit", "--single", "--exit-with-parent", "file", "{image}"]\n')
-    host.add_target("shared_uri", image="shared.img", transport="nbd")
-    with open(host.config, "a") as config:
-        config.write(f'[target.shared_uri.nbd]\nuri = "nbd://127.0.0.1:{NBD_SERVER_PORT}/shared"\n')
+    host.add_target("shared_nbdkit", image="shared.img", transport="nbd", tables={"nbd": {"command": ["nbdkit", "--single", "--exit-with-parent", "file", image]}})
+    host.add_target("shared_uri", image="shared.img", transport="nbd", tables={"nbd": {"uri": f"nbd://127.0.0.1:{NBD_SERVER_PORT}/shared"}})
     # The same LUKS image: every target may record its UUID.
     server = NBDServer(host)
     server.export("shared", image)
     server.export("notrim", image, trim=False)
     server.export("refused", image, allowed=False)
     server.start()
-    host.add_target("shared_notrim", image="shared.img", transport="nbd")
-    with open(host.config, "a") as config:
-        config.write(f'[target.shared_notrim.nbd]\nuri = "nbd://127.0.0.1:{NBD_SERVER_PORT}/notrim"\n')
+    host.add_target("shared_notrim", image="shared.img", transport="nbd", tables={"nbd": {"uri": f"nbd://127.0.0.1:{NBD_SERVER_PORT}/notrim"}})
     # nbdkit on TCP, reached by URI: nbd-server 3.24 (Debian 12) cannot be the
     # trim reference: its exptrim() clips a request to size - 2 * offset, so
     # trims in the upper half of an export are cut short or dropped while
@@ -81,9 +74,7 @@ def shared_image(host):
     nbdkit_pid = os.path.join(host.work, "nbdkit-tcp.pid")
     subprocess.run(["nbdkit", "--ipaddr", "127.0.0.1", "--port", str(NBDKIT_TCP_PORT), "--pidfile", nbdkit_pid,
                     "file", image], check=True)
-    host.add_target("shared_nbdkit_uri", image="shared.img", transport="nbd")
-    with open(host.config, "a") as config:
-        config.write(f'[target.shared_nbdkit_uri.nbd]\nuri = "nbd://127.0.0.1:{NBDKIT_TCP_PORT}"\n')
+    host.add_target("shared_nbdkit_uri", image="shared.img", transport="nbd", tables={"nbd": {"uri": f"nbd://127.0.0.1:{NBDKIT_TCP_PORT}"}})
     yield image
     server.stop()
     subprocess.run(["kill", open(nbdkit_pid).read().strip()], check=False)
@@ -175,9 +166,7 @@ def test_trim_refuses_a_server_that_cannot_trim(host, shared_image):
 
 
 def test_absent_nbd_server_fails_clearly(host):
-    name = host.add_target("nbd_absent", transport="nbd")
-    with open(host.config, "a") as config:
-        config.write('[target.nbd_absent.nbd]\nuri = "nbd://127.0.0.1:10999/none"\n')
+    name = host.add_target("nbd_absent", transport="nbd", tables={"nbd": {"uri": "nbd://127.0.0.1:10999/none"}})
     result = host.run("open", name)
     assert result.returncode == 6
     assert "NBD" in result.stderr
@@ -186,9 +175,7 @@ def test_absent_nbd_server_fails_clearly(host):
 
 
 def test_nbd_command_that_fails_on_the_remote_fails_clearly(host):
-    name = host.add_target("nbd_badcmd", transport="nbd")
-    with open(host.config, "a") as config:
-        config.write('[target.nbd_badcmd.nbd]\ncommand = ["nbdkit", "--single", "file", "/nonexistent/image"]\n')
+    name = host.add_target("nbd_badcmd", transport="nbd", tables={"nbd": {"command": ["nbdkit", "--single", "file", "/nonexistent/image"]}})
     result = host.run("open", name)
     assert result.returncode == 6
     assert len(result.stderr.strip().splitlines()) == 1
@@ -197,9 +184,7 @@ def test_nbd_command_that_fails_on_the_remote_fails_clearly(host):
 
 def test_nbd_server_refusing_the_client_fails_clearly(host, shared_image):
     digest = sha256_of(shared_image)
-    name = host.add_target("nbd_refused", image="shared.img", transport="nbd")
-    with open(host.config, "a") as config:
-        config.write(f'[target.nbd_refused.nbd]\nuri = "nbd://127.0.0.1:{NBD_SERVER_PORT}/refused"\n')
+    name = host.add_target("nbd_refused", image="shared.img", transport="nbd", tables={"nbd": {"uri": f"nbd://127.0.0.1:{NBD_SERVER_PORT}/refused"}})
     result = host.run("open", name)
     assert result.returncode == 6
     assert "NBD export" in result.stderr
