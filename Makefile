@@ -20,6 +20,7 @@ build:
 # runner seams (no device-mapper needed).
 unit: build
 	$(SWIFT) test
+	tests/units/verify.sh
 
 # Black-box tests of the CLI in a kernel with dm-crypt (a virtme-ng VM here).
 e2e: build
@@ -30,9 +31,16 @@ test: deps unit e2e
 demo: deps build
 	tests/e2e/in-real-kernel.sh scripts/demo.sh
 
+# Binary, systemd units (in the local unit directory, pointing at this
+# binary) and the example config. Then: systemctl daemon-reload;
+# systemctl enable --now imgbackup@TARGET.timer
 install: build
 	$(SWIFT) build -c release
 	install -D -m 755 .build/release/imgbackup $(DESTDIR)$(PREFIX)/bin/imgbackup
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|/usr/local/bin/imgbackup|$(PREFIX)/bin/imgbackup|' configs/imgbackup@.service \
+		> $(DESTDIR)$(PREFIX)/lib/systemd/system/imgbackup@.service
+	install -m 644 configs/imgbackup@.timer $(DESTDIR)$(PREFIX)/lib/systemd/system/imgbackup@.timer
 	install -D -m 644 configs/imgbackup.toml $(DESTDIR)/etc/imgbackup/imgbackup.toml.example
 
 format:
