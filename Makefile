@@ -53,3 +53,4 @@ clean:
 bench:
 	$(SWIFT) build -c release
 	scripts/bench-nbd.sh
+	tests/e2e/in-real-kernel.sh scripts/bench-run.sh
