@@ -169,10 +169,11 @@ def test_borg_runs_prune_and_restore(host):
     name = host.add_target("bg", size="96M", tables={
         "copy": {"method": "borg", "sources": [f"{source}/etc", f"{source}/home"],
                  "exclude": [f"{source}/home/*/.cache"], "borg_passphrase_file": passphrase},
-        "retention": {"keep_daily": 2},
+        "retention": {"keep_daily": 1},
     })
     host.ok("init", name)
-    for generation, day in enumerate(DAY):
+    # Two runs, not three: each borg call costs seconds under emulation.
+    for generation, day in enumerate(DAY[:2]):
         if generation:
             change_source(source, generation)
         result = host.ok("run", name, "--now", day, timeout=600)
@@ -187,12 +188,12 @@ def test_borg_runs_prune_and_restore(host):
         repository = os.path.join(mount, "borg")
         listing = subprocess.run(["borg", "list", "--short", repository], env=borg_env,
                                  capture_output=True, text=True, check=True)
-        assert listing.stdout.split() == [POINT[1], POINT[2]]
+        assert listing.stdout.split() == [POINT[1]]
         info = subprocess.run(["borg", "info", repository], env=borg_env, capture_output=True, text=True, check=True)
         assert "Encrypted: Yes" in info.stdout
         restore = os.path.join(host.work, "restore-borg")
         os.makedirs(restore)
-        subprocess.run(["borg", "extract", "--numeric-ids", f"{repository}::{POINT[2]}"], cwd=restore,
+        subprocess.run(["borg", "extract", "--numeric-ids", f"{repository}::{POINT[1]}"], cwd=restore,
                        env=borg_env, check=True)
         restored = os.path.join(restore, source.lstrip("/"))
         assert tree_digest(restored) == without_excluded(tree_digest(source))
