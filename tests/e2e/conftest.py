@@ -50,9 +50,11 @@ class BackupHost:
         lines = [f"\n[target.{name}]"]
         for key, value in values.items():
             lines.append(f"{key} = {toml_value(value)}")
+        tables = dict(tables or {})
+        timeouts = {"stall": "60s", "teardown": "20s", **tables.pop("timeouts", {})}
         lines += [f"[target.{name}.luks]", 'pbkdf = "pbkdf2"', "pbkdf_iterations = 1000",
-                  f"[target.{name}.timeouts]", 'stall = "60s"', 'teardown = "20s"']
-        for table, entries in (tables or {}).items():
+                  f"[target.{name}.timeouts]"] + [f"{key} = {toml_value(value)}" for key, value in timeouts.items()]
+        for table, entries in tables.items():
             lines.append(f"[target.{name}.{table}]")
             lines += [f"{key} = {toml_value(value)}" for key, value in entries.items()]
         with open(self.config, "a") as config:

@@ -13,12 +13,7 @@ struct CommandCopy: CopyMethod {
         context.logger.info("running the copy command \(executable)")
         var command = Command(executable, Array(argv.dropFirst()), timeout: CopyContext.stepLimit)
         command.environment = Self.environment(mount: context.mountPoint, target: context.target.name)
-        let result: CommandResult
-        do {
-            result = try await context.environment.runner.run(command)
-        } catch {
-            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "run the copy command \(executable)")
-        }
+        let result = try await context.run(command)
         guard result.succeeded else { throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)") }
         return CopyOutcome()
     }

@@ -49,6 +49,19 @@ public struct CopyContext: Sendable {
     /// The run's time: names the backup point; injectable for tests.
     public let now: Date
     public let environment: OperationEnvironment
+    /// Beats on every piece of output a copy tool prints: progress for the
+    /// hang watchdog.
+    let heartbeat: OutputHeartbeat
+
+    init(target: Target, copy: Target.Copy, mountPoint: String, now: Date, environment: OperationEnvironment,
+         heartbeat: OutputHeartbeat = OutputHeartbeat()) {
+        self.target = target
+        self.copy = copy
+        self.mountPoint = mountPoint
+        self.now = now
+        self.environment = environment
+        self.heartbeat = heartbeat
+    }
 
     /// A copy step has no wall-clock limit: a large first backup takes hours.
     /// A stalled one is the hang watchdog's business, not a timeout's.
@@ -65,12 +78,14 @@ public struct CopyContext: Sendable {
         -> CommandResult
     {
         var command = command
-        if let parse, let display = environment.progress {
-            command.observer = { output in
-                // Progress lines end in \r (rsync, borg) or \n.
-                let lines = output.text.split(whereSeparator: { $0 == "\r" || $0 == "\n" })
-                if let line = lines.reversed().lazy.compactMap({ parse(String($0)) }).first { display.update(line) }
-            }
+        let display = parse == nil ? nil : environment.progress
+        let heartbeat = heartbeat
+        command.observer = { output in
+            heartbeat.beat()
+            guard let parse, let display else { return }
+            // Progress lines end in \r (rsync, borg) or \n.
+            let lines = output.text.split(whereSeparator: { $0 == "\r" || $0 == "\n" })
+            if let line = lines.reversed().lazy.compactMap({ parse(String($0)) }).first { display.update(line) }
         }
         defer { if parse != nil { environment.progress?.finish() } }
         do {

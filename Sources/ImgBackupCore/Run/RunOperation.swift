@@ -1,12 +1,13 @@
 import Foundation
 import ImgBackupOS
 import Logging
+import Synchronization
 
 /// `imgbackup run`: the whole cycle under the target lock: open (transport
 /// from config), pre-hooks, the copy step, retention, post-hooks, and close,
 /// which happens however the middle went. Each run is recorded in the
 /// target's run history, failed ones too.
-public struct RunOperation {
+public struct RunOperation: Sendable {
     public let target: Target
     public let environment: OperationEnvironment
     /// The run's time: names the backup point and drives retention. Tests
@@ -80,35 +81,36 @@ public struct RunOperation {
         var outcome = Outcome()
         let device = "/dev/mapper/\(target.mappingName)"
         let before = BlockDeviceStats.read(devicePath: device)
-        let context = CopyContext(target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment)
-        do {
-            try await runHooks(target.hooks.pre, kind: "pre-hook", mountPoint: mountPoint, result: nil)
-            outcome.copy = try await CopyMethods.make(copy.method).copy(context)
-            if let policy = RetentionPolicy(target.retention) {
-                let pruned = try await CopyMethods.make(copy.method).prune(context, policy: policy)
-                outcome.pruned = pruned
-                if !pruned.isEmpty { environment.logger.info("retention pruned \(pruned.joined(separator: ", "))") }
-            }
-            // What the copy wrote reaches the remote before the run counts
-            // as done, and before the bytes are counted.
-            try await flush(mountPoint)
-        } catch {
+        let heartbeat = OutputHeartbeat()
+        let context = CopyContext(
+            target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment, heartbeat: heartbeat)
+        let probe = TransportProbe(target: target, paths: environment.paths)
+        let watchdog = HangWatchdog(device: device, stall: target.timeouts.stall, probe: probe, outputSeen: heartbeat)
+
+        var hung = false
+        switch await Self.race(watchdog, against: { () async throws(ImgBackupError) -> Middle in
+            try await middle(context, copy: copy, mountPoint: mountPoint)
+        }) {
+        case .finished(.success(let middle)):
+            outcome.copy = middle.copy
+            outcome.pruned = middle.pruned
+        case .finished(.failure(let error)):
             outcome.failure = error
+        case .hung(let error, let work):
+            hung = true
+            outcome.failure = error
+            await recoverFromHang(probe, work: work)
         }
         // Bytes that reached the image, whatever the tool says.
-        if let before, let after = BlockDeviceStats.read(devicePath: device) {
+        if let before, let after = BlockDeviceStats.read(devicePath: device), after.bytesWritten >= before.bytesWritten {
             outcome.bytesWritten = after.bytesWritten - before.bytesWritten
         }
-        do {
-            try await runHooks(
-                target.hooks.post, kind: "post-hook", mountPoint: mountPoint,
-                result: outcome.failure == nil ? "success" : "failure")
-        } catch {
-            outcome.failure = outcome.failure ?? error
+        if !hung {
+            await runPostHooks(mountPoint: mountPoint, outcome: &outcome)
         }
 
         do {
-            _ = try await CloseOperation(target: target, environment: environment).tearDown()
+            _ = try await CloseOperation(target: target, environment: environment, force: hung).tearDown()
         } catch {
             if let first = outcome.failure {
                 // Keep the first error for the exit status; the second must not vanish.
@@ -118,7 +120,101 @@ public struct RunOperation {
                 outcome.failure = error
             }
         }
+        if hung {
+            // After a hang the image is gone from under the hooks; they still
+            // run (a stopped service must start again), told what happened.
+            await runPostHooks(mountPoint: mountPoint, outcome: &outcome)
+        }
         return outcome
+    }
+
+    private struct Middle: Sendable {
+        var copy: CopyOutcome
+        var pruned: [String]?
+    }
+
+    /// Pre-hooks, the copy, retention, and the flush to the remote.
+    private func middle(_ context: CopyContext, copy: Target.Copy, mountPoint: String) async throws(ImgBackupError) -> Middle {
+        try await runHooks(target.hooks.pre, kind: "pre-hook", mountPoint: mountPoint, result: nil)
+        var middle = Middle(copy: try await CopyMethods.make(copy.method).copy(context))
+        if let policy = RetentionPolicy(target.retention) {
+            let pruned = try await CopyMethods.make(copy.method).prune(context, policy: policy)
+            middle.pruned = pruned
+            if !pruned.isEmpty { environment.logger.info("retention pruned \(pruned.joined(separator: ", "))") }
+        }
+        // What the copy wrote reaches the remote before the run counts as
+        // done, and before the bytes are counted.
+        try await flush(mountPoint)
+        return middle
+    }
+
+    private func runPostHooks(mountPoint: String, outcome: inout Outcome) async {
+        let result = outcome.failure == nil ? "success" : outcome.failure?.code == .hung ? "hung" : "failure"
+        do {
+            try await runHooks(target.hooks.post, kind: "post-hook", mountPoint: mountPoint, result: result)
+        } catch {
+            outcome.failure = outcome.failure ?? error
+        }
+    }
+
+    private enum RaceResult: Sendable {
+        case finished(Result<Middle, ImgBackupError>)
+        /// The watchdog fired; `work` is the copy step, still running (perhaps
+        /// stuck in the kernel on the dead transport).
+        case hung(ImgBackupError, Task<Middle, any Error>)
+    }
+
+    /// Runs `body` with the watchdog beside it. Unlike a task group, this
+    /// does not wait for a body stuck on a dead transport to return.
+    private static func race(
+        _ watchdog: HangWatchdog, against body: @escaping @Sendable () async throws(ImgBackupError) -> Middle
+    ) async -> RaceResult {
+        let work = Task { () async throws -> Middle in try await body() }
+        let first = FirstResume<RaceResult>()
+        return await withCheckedContinuation { continuation in
+            first.set(continuation)
+            let dog = Task {
+                do {
+                    try await watchdog.watch()
+                } catch {
+                    guard let error = error as? ImgBackupError, error.code == .hung else { return }
+                    first.resume(returning: .hung(error, work))
+                }
+            }
+            Task {
+                let result = await work.result
+                dog.cancel()
+                let finished: Result<Middle, ImgBackupError> = result.mapError {
+                    ImgBackupError.wrapping($0, .copyFailed, failedTo: "run the copy step")
+                }
+                first.resume(returning: .finished(finished))
+            }
+        }
+    }
+
+    /// After a hang: abort the transport's FUSE connection, so everything
+    /// waiting on the remote fails at once instead of waiting forever; stop
+    /// the copy step (its process group, TERM then KILL); give it the
+    /// teardown deadline to let go of the image.
+    private func recoverFromHang(_ probe: TransportProbe, work: Task<Middle, any Error>) async {
+        environment.logger.notice("\(probe.layerName) stopped answering: aborting its FUSE connection and tearing down")
+        do {
+            try FUSEConnection.abort(mountPoint: probe.fuseMount)
+        } catch {
+            environment.logger.error("could not abort the FUSE connection of \(probe.fuseMount): \(error)")
+        }
+        work.cancel()
+        let finished = Flag()
+        Task {
+            _ = await work.result
+            finished.set()
+        }
+        let deadline = ContinuousClock.now.advanced(by: target.timeouts.teardown)
+        while ContinuousClock.now < deadline {
+            if finished.isSet { return }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        environment.logger.error("the copy step did not stop within \(target.timeouts.teardown.secondsText): tearing down around it")
     }
 
     /// The longest a flush of the copy step's dirty data may take: a large
@@ -153,4 +249,17 @@ public struct RunOperation {
             }
         }
     }
+}
+
+/// Resumes a continuation once, from whichever of several tasks comes first.
+private final class FirstResume<T: Sendable>: Sendable {
+    private let continuation = Mutex<CheckedContinuation<T, Never>?>(nil)
+    func set(_ value: CheckedContinuation<T, Never>) { continuation.withLock { $0 = value } }
+    func resume(returning value: T) { continuation.withLock { $0.take() }?.resume(returning: value) }
+}
+
+private final class Flag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
 }

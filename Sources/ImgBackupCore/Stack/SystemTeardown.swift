@@ -125,6 +125,18 @@ public struct SystemTeardown: LayerTeardown {
             await ProcessTable.terminate(strays, grace: .seconds(2))
         }
         try await unmountFUSE(mountPoint, force: force, what: "the remote directory")
+        // sshfs normally exits once unmounted; one stuck on a dead server
+        // (its connection aborted after a hang) is stopped.
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(2))
+        while clock.now < deadline, !ProcessTable.processes(named: "sshfs", withArgument: mountPoint).isEmpty {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let left = ProcessTable.processes(named: "sshfs", withArgument: mountPoint)
+        if !left.isEmpty {
+            logger.notice("sshfs (pid \(left.map(String.init).joined(separator: ", "))) did not exit after unmounting: stopping it")
+            await ProcessTable.terminate(left, grace: .seconds(2))
+        }
     }
 
     private func unmountFUSE(_ mountPoint: String, force: Bool, what: String) async throws {

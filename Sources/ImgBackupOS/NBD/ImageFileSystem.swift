@@ -14,6 +14,9 @@ public final class ImageFileSystem: @unchecked Sendable {
     public static let fileName = "image"
     /// getxattr on the image returns the export's allocated bytes (decimal).
     public static let allocatedAttribute = "user.imgbackup.allocated"
+    /// getxattr on the image reads one sector from the server and answers
+    /// "ok": a liveness probe that only the remote can answer.
+    public static let pingAttribute = "user.imgbackup.ping"
     /// The FUSE subtype: mounts show as "fuse.imgbackup-nbd".
     public static let subtype = "imgbackup-nbd"
 
@@ -171,17 +174,27 @@ public final class ImageFileSystem: @unchecked Sendable {
             }
         }
         operations.getxattr = { path, name, value, size in
-            guard ImageFileSystem.isImage(path), let name, strcmp(name, ImageFileSystem.allocatedAttribute) == 0 else { return -ENODATA }
+            guard ImageFileSystem.isImage(path), let name else { return -ENODATA }
             let filesystem = ImageFileSystem.current()
-            switch filesystem.export.allocatedBytes(size: filesystem.size) {
-            case .failure(let error): return -error.errno
-            case .success(let allocated):
-                let text = Array(String(allocated).utf8)
-                if size == 0 { return Int32(text.count) }
-                guard size >= text.count, let value else { return -ERANGE }
-                text.withUnsafeBytes { _ = memcpy(value, $0.baseAddress!, text.count) }
-                return Int32(text.count)
+            let answer: String
+            if strcmp(name, ImageFileSystem.allocatedAttribute) == 0 {
+                switch filesystem.export.allocatedBytes(size: filesystem.size) {
+                case .failure(let error): return -error.errno
+                case .success(let allocated): answer = String(allocated)
+                }
+            } else if strcmp(name, ImageFileSystem.pingAttribute) == 0 {
+                var sector = [UInt8](repeating: 0, count: 512)
+                let error = sector.withUnsafeMutableBytes { filesystem.export.read(into: $0.baseAddress!, count: 512, offset: 0) }
+                if error != 0 { return -error }
+                answer = "ok"
+            } else {
+                return -ENODATA
             }
+            let text = Array(answer.utf8)
+            if size == 0 { return Int32(text.count) }
+            guard size >= text.count, let value else { return -ERANGE }
+            text.withUnsafeBytes { _ = memcpy(value, $0.baseAddress!, text.count) }
+            return Int32(text.count)
         }
         operations.statfs = { _, info in
             guard let info else { return -EINVAL }
