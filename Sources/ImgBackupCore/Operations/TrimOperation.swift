@@ -33,23 +33,34 @@ public struct TrimOperation {
         let image = "\(environment.paths.nbdMount(target.name))/\(ImageFileSystem.fileName)"
         var report: Report?
         var failure: ImgBackupError?
-        do {
-            let before = await allocated(image)
-            let result = try await environment.runner.run(
-                Command("fstrim", ["-v", mountPoint], timeout: .seconds(24 * 3600)))
-            guard result.succeeded else {
-                throw ImgBackupError(.system, "failed to trim \(mountPoint): \(result.failureSummary)")
+        var hung = false
+        let before = await allocated(image)
+        // fstrim sends discards through the bridge: a server that freezes
+        // meanwhile is a hang like any other (exit 3, stack torn down).
+        let runner = environment.runner
+        switch await HangGuard(target: target, environment: environment).run({ () async throws(ImgBackupError) -> CommandResult in
+            do {
+                return try await runner.run(Command("fstrim", ["-v", mountPoint], timeout: .seconds(24 * 3600)))
+            } catch {
+                throw ImgBackupError.wrapping(error, .system, failedTo: "run fstrim on \(mountPoint)")
             }
+        }) {
+        case .finished(.success(let result)) where result.succeeded:
             let after = await allocated(image)
             report = Report(
                 trimmedBytes: Self.trimmedBytes(fromFstrim: result.standardOutput), allocatedBefore: before,
                 allocatedAfter: after)
-        } catch {
-            failure = ImgBackupError.wrapping(error, .system, failedTo: "trim \(target.name)")
+        case .finished(.success(let result)):
+            failure = ImgBackupError(.system, "failed to trim \(mountPoint): \(result.failureSummary)")
+        case .finished(.failure(let error)):
+            failure = error
+        case .hung(let error):
+            failure = error
+            hung = true
         }
-        // Always close, also when fstrim failed.
+        // Always close, also when fstrim failed or hung.
         do {
-            _ = try await CloseOperation(target: target, environment: environment).run()
+            _ = try await CloseOperation(target: target, environment: environment, force: hung).run()
         } catch {
             throw failure ?? error
         }

@@ -1,7 +1,6 @@
 import Foundation
 import ImgBackupOS
 import Logging
-import Synchronization
 
 /// `imgbackup run`: the whole cycle under the target lock: open (transport
 /// from config), pre-hooks, the copy step, retention, post-hooks, and close,
@@ -14,7 +13,11 @@ public struct RunOperation: Sendable {
     /// inject one to simulate weeks of runs in minutes.
     public let now: Date
 
-    public init(target: Target, environment: OperationEnvironment, now: Date = Date()) {
+    /// Take the remote lock even if someone else's lock file is there.
+    public var breakLock = false
+
+    public init(target: Target, environment: OperationEnvironment, now: Date = Date(), breakLock: Bool = false) {
+        self.breakLock = breakLock
         self.target = target
         self.environment = environment
         self.now = now
@@ -61,6 +64,9 @@ public struct RunOperation: Sendable {
         return Report(record: record)
     }
 
+    /// How a run names itself in the state record.
+    static let operationName = "run"
+
     private struct Outcome {
         var copy = CopyOutcome()
         var pruned: [String]?
@@ -75,8 +81,8 @@ public struct RunOperation: Sendable {
         let key = try KeyLoader.load(target.key)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
-        let open = OpenOperation(target: target, environment: environment)
-        let mountPoint = try await open.bringUp(key: key)
+        let open = OpenOperation(target: target, environment: environment, breakLock: breakLock)
+        let mountPoint = try await open.bringUp(key: key, operation: Self.operationName)
 
         var outcome = Outcome()
         let device = "/dev/mapper/\(target.mappingName)"
@@ -84,11 +90,10 @@ public struct RunOperation: Sendable {
         let heartbeat = OutputHeartbeat()
         let context = CopyContext(
             target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment, heartbeat: heartbeat)
-        let probe = TransportProbe(target: target, paths: environment.paths)
-        let watchdog = HangWatchdog(device: device, stall: target.timeouts.stall, probe: probe, outputSeen: heartbeat)
+        let guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
 
         var hung = false
-        switch await Self.race(watchdog, against: { () async throws(ImgBackupError) -> Middle in
+        switch await guarded.run({ () async throws(ImgBackupError) -> Middle in
             try await middle(context, copy: copy, mountPoint: mountPoint)
         }) {
         case .finished(.success(let middle)):
@@ -96,10 +101,9 @@ public struct RunOperation: Sendable {
             outcome.pruned = middle.pruned
         case .finished(.failure(let error)):
             outcome.failure = error
-        case .hung(let error, let work):
+        case .hung(let error):
             hung = true
             outcome.failure = error
-            await recoverFromHang(probe, work: work)
         }
         // Bytes that reached the image, whatever the tool says.
         if let before, let after = BlockDeviceStats.read(devicePath: device), after.bytesWritten >= before.bytesWritten {
@@ -157,66 +161,6 @@ public struct RunOperation: Sendable {
         }
     }
 
-    private enum RaceResult: Sendable {
-        case finished(Result<Middle, ImgBackupError>)
-        /// The watchdog fired; `work` is the copy step, still running (perhaps
-        /// stuck in the kernel on the dead transport).
-        case hung(ImgBackupError, Task<Middle, any Error>)
-    }
-
-    /// Runs `body` with the watchdog beside it. Unlike a task group, this
-    /// does not wait for a body stuck on a dead transport to return.
-    private static func race(
-        _ watchdog: HangWatchdog, against body: @escaping @Sendable () async throws(ImgBackupError) -> Middle
-    ) async -> RaceResult {
-        let work = Task { () async throws -> Middle in try await body() }
-        let first = FirstResume<RaceResult>()
-        return await withCheckedContinuation { continuation in
-            first.set(continuation)
-            let dog = Task {
-                do {
-                    try await watchdog.watch()
-                } catch {
-                    guard let error = error as? ImgBackupError, error.code == .hung else { return }
-                    first.resume(returning: .hung(error, work))
-                }
-            }
-            Task {
-                let result = await work.result
-                dog.cancel()
-                let finished: Result<Middle, ImgBackupError> = result.mapError {
-                    ImgBackupError.wrapping($0, .copyFailed, failedTo: "run the copy step")
-                }
-                first.resume(returning: .finished(finished))
-            }
-        }
-    }
-
-    /// After a hang: abort the transport's FUSE connection, so everything
-    /// waiting on the remote fails at once instead of waiting forever; stop
-    /// the copy step (its process group, TERM then KILL); give it the
-    /// teardown deadline to let go of the image.
-    private func recoverFromHang(_ probe: TransportProbe, work: Task<Middle, any Error>) async {
-        environment.logger.notice("\(probe.layerName) stopped answering: aborting its FUSE connection and tearing down")
-        do {
-            try FUSEConnection.abort(mountPoint: probe.fuseMount)
-        } catch {
-            environment.logger.error("could not abort the FUSE connection of \(probe.fuseMount): \(error)")
-        }
-        work.cancel()
-        let finished = Flag()
-        Task {
-            _ = await work.result
-            finished.set()
-        }
-        let deadline = ContinuousClock.now.advanced(by: target.timeouts.teardown)
-        while ContinuousClock.now < deadline {
-            if finished.isSet { return }
-            try? await Task.sleep(for: .milliseconds(200))
-        }
-        environment.logger.error("the copy step did not stop within \(target.timeouts.teardown.secondsText): tearing down around it")
-    }
-
     /// The longest a flush of the copy step's dirty data may take: a large
     /// copy over a slow link can leave gigabytes in the page cache.
     static let flushLimit: Duration = .seconds(6 * 3600)
@@ -249,17 +193,4 @@ public struct RunOperation: Sendable {
             }
         }
     }
-}
-
-/// Resumes a continuation once, from whichever of several tasks comes first.
-private final class FirstResume<T: Sendable>: Sendable {
-    private let continuation = Mutex<CheckedContinuation<T, Never>?>(nil)
-    func set(_ value: CheckedContinuation<T, Never>) { continuation.withLock { $0 = value } }
-    func resume(returning value: T) { continuation.withLock { $0.take() }?.resume(returning: value) }
-}
-
-private final class Flag: Sendable {
-    private let value = Mutex(false)
-    var isSet: Bool { value.withLock { $0 } }
-    func set() { value.withLock { $0 = true } }
 }

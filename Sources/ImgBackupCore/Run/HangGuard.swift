@@ -1,0 +1,86 @@
+import Foundation
+import ImgBackupOS
+import Synchronization
+
+/// Runs a step that works through the transport (the copy step of `run`,
+/// fstrim in `trim`) with the hang watchdog beside it. On a hang it aborts
+/// the transport's FUSE connection, so everything waiting on the remote gets
+/// an error at once instead of waiting forever; cancels the step (a command's
+/// process group gets TERM, then KILL); gives it the teardown deadline to let
+/// go of the image; and reports the hang. The caller then closes with force.
+struct HangGuard: Sendable {
+    let target: Target
+    let environment: OperationEnvironment
+    /// Output of the step's tools, as progress.
+    var heartbeat = OutputHeartbeat()
+
+    enum Outcome<T: Sendable>: Sendable {
+        case finished(Result<T, ImgBackupError>)
+        case hung(ImgBackupError)
+    }
+
+    var probe: TransportProbe { TransportProbe(target: target, paths: environment.paths) }
+
+    func run<T: Sendable>(_ body: @escaping @Sendable () async throws(ImgBackupError) -> T) async -> Outcome<T> {
+        let watchdog = HangWatchdog(
+            device: "/dev/mapper/\(target.mappingName)", stall: target.timeouts.stall, probe: probe, outputSeen: heartbeat)
+        let work = Task { () async throws -> T in try await body() }
+        let first = FirstResume<Outcome<T>>()
+        // Not a task group: a group would wait for a step stuck on the dead
+        // transport before returning.
+        let outcome = await withCheckedContinuation { continuation in
+            first.set(continuation)
+            let dog = Task {
+                do {
+                    try await watchdog.watch()
+                } catch {
+                    guard let error = error as? ImgBackupError, error.code == .hung else { return }
+                    first.resume(returning: .hung(error))
+                }
+            }
+            Task {
+                let result = await work.result
+                dog.cancel()
+                first.resume(returning: .finished(result.mapError { ImgBackupError.wrapping($0, .copyFailed, failedTo: "run the copy step") }))
+            }
+        }
+        if case .hung = outcome { await recover(work) }
+        return outcome
+    }
+
+    private func recover<T>(_ work: Task<T, any Error>) async {
+        let probe = self.probe
+        environment.logger.notice("\(probe.layerName) stopped answering: aborting its FUSE connection and tearing down")
+        do {
+            try FUSEConnection.abort(mountPoint: probe.fuseMount)
+        } catch {
+            environment.logger.error("could not abort the FUSE connection of \(probe.fuseMount): \(error)")
+        }
+        work.cancel()
+        let finished = Flag()
+        Task {
+            _ = await work.result
+            finished.set()
+        }
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: target.timeouts.teardown)
+        while clock.now < deadline {
+            if finished.isSet { return }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        environment.logger.error("the step did not stop within \(target.timeouts.teardown.secondsText): tearing down around it")
+    }
+}
+
+/// Resumes a continuation once, from whichever of several tasks comes first.
+private final class FirstResume<T: Sendable>: Sendable {
+    private let continuation = Mutex<CheckedContinuation<T, Never>?>(nil)
+    func set(_ value: CheckedContinuation<T, Never>) { continuation.withLock { $0 = value } }
+    func resume(returning value: T) { continuation.withLock { $0.take() }?.resume(returning: value) }
+}
+
+private final class Flag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
