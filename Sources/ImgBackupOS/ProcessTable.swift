@@ -23,6 +23,32 @@ public enum ProcessTable {
         }
     }
 
+    /// PIDs with their working directory, root, or an open file under `path`
+    /// (what `fuser -m` finds). Reads /proc links only: never touches the
+    /// filesystem at `path`, so it works when that filesystem hangs.
+    public static func processes(using path: String) -> [pid_t] {
+        let prefix = path.hasSuffix("/") ? path : path + "/"
+        let isUnder = { (link: String) in link == path || link.hasPrefix(prefix) }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry), pid != getpid() else { return nil }
+            for name in ["cwd", "root"] {
+                if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/\(name)"), isUnder(link) {
+                    return pid
+                }
+            }
+            let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(entry)/fd")) ?? []
+            for descriptor in descriptors {
+                if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/fd/\(descriptor)"),
+                    isUnder(link)
+                {
+                    return pid
+                }
+            }
+            return nil
+        }
+    }
+
     /// SIGTERM, up to `grace` for them to go, then SIGKILL.
     public static func terminate(_ pids: [pid_t], grace: Duration) async {
         for pid in pids { kill(pid, SIGTERM) }

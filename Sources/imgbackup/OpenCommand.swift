@@ -17,6 +17,14 @@ struct OpenCommand: AsyncParsableCommand {
     @Flag(help: "Open dm-crypt with discards allowed (for fstrim).")
     var discard = false
 
+    @Flag(help: ArgumentHelp(
+        "Mount without checking the filesystem after an unclean session (to check it by hand).",
+        discussion: "After a hang or a forced close, open runs e2fsck -f -p (btrfs: btrfs check --readonly) before mounting."))
+    var skipCheck = false
+
+    @Flag(help: "Take the remote lock even if another machine's or target's lock file is there (when that holder is gone for good).")
+    var breakLock = false
+
     func run() async throws {
         let config = try global.load()
         var resolved = try config.target(named: target)
@@ -27,7 +35,8 @@ struct OpenCommand: AsyncParsableCommand {
             resolved.transport = parsed
         }
         let mountPoint = try await OpenOperation(
-            target: resolved, environment: global.environment(config), allowDiscards: discard
+            target: resolved, environment: global.environment(config), allowDiscards: discard, skipCheck: skipCheck,
+            breakLock: breakLock
         ).run()
         print(mountPoint)
     }

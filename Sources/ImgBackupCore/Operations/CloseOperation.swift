@@ -37,6 +37,19 @@ public struct CloseOperation {
         ]
     }
 
+    /// A `run` killed mid-copy leaves its copy step running (in its own
+    /// process group) with files open in the image. When the run that owned
+    /// the stack is gone, stop whatever still uses the mount: only a run's
+    /// mount, never one a person opened and may be working in.
+    private func stopOrphanedCopyStep(_ record: StateRecord) async {
+        guard record.operation == RunOperation.operationName, record.pid != getpid(), kill(record.pid, 0) != 0 else { return }
+        let users = ProcessTable.processes(using: target.mountPoint)
+        guard !users.isEmpty else { return }
+        environment.logger.notice(
+            "stopping what the interrupted run (pid \(record.pid)) left using \(target.mountPoint): pid \(users.map(String.init).joined(separator: ", "))")
+        await ProcessTable.terminate(users, grace: .seconds(5))
+    }
+
     public func run() async throws(ImgBackupError) -> Outcome {
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
@@ -47,6 +60,7 @@ public struct CloseOperation {
     func tearDown() async throws(ImgBackupError) -> Outcome {
         let store = environment.stateStore
         let record = try store.load(target: target.name)
+        if let record { await stopOrphanedCopyStep(record) }
         let layers = record?.layers ?? possibleLayers()
         let stack = LayerStack(
             records: layers,
@@ -62,6 +76,14 @@ public struct CloseOperation {
                 "failed to close target '\(target.name)': \(failure.error.message); still up: \(left)",
                 hint: failure.error.hint ?? "run 'imgbackup close \(target.name)' again")
         }
+        // A forced close may have cut the filesystem off mid-write: leave the
+        // dirty marker, and the next open checks it.
+        // Closing what was not open says nothing about the filesystem.
+        if !force && record != nil { FilesystemCheck(target: target, environment: environment).clear() }
         return record == nil ? .wasNotOpen : .closed(layers: layers.count)
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -9,8 +9,17 @@ public struct OpenOperation {
     public var allowDiscards = false
     /// Refuse an NBD server that cannot trim (for `trim`).
     public var requireTrim = false
+    /// Mount without the check the dirty marker calls for (to check by hand).
+    public var skipCheck = false
+    /// Take the remote lock even if someone else's lock file is there.
+    public var breakLock = false
 
-    public init(target: Target, environment: OperationEnvironment, allowDiscards: Bool = false, requireTrim: Bool = false) {
+    public init(
+        target: Target, environment: OperationEnvironment, allowDiscards: Bool = false, requireTrim: Bool = false,
+        skipCheck: Bool = false, breakLock: Bool = false
+    ) {
+        self.skipCheck = skipCheck
+        self.breakLock = breakLock
         self.target = target
         self.environment = environment
         self.allowDiscards = allowDiscards
@@ -25,14 +34,16 @@ public struct OpenOperation {
         return try await bringUp(key: key)
     }
 
-    /// The stack going up, for a caller that holds the target lock (`run`).
-    func bringUp(key: SecureBytes) async throws(ImgBackupError) -> String {
+    /// The stack going up, for a caller that holds the target lock (`run`,
+    /// which records itself as the operation, so a `close` after it crashed
+    /// knows its copy step may still hold the mount).
+    func bringUp(key: SecureBytes, operation: String = "open") async throws(ImgBackupError) -> String {
         try TargetLock.requireClosed(target, store: environment.stateStore)
 
-        let builder = StackBuilder(target: target, environment: environment, operation: "open")
+        let builder = StackBuilder(target: target, environment: environment, operation: operation)
         let identity = LUKSIdentity(paths: environment.paths)
         return try await builder.unwindingOnFailure { () throws(ImgBackupError) -> String in
-            let image = try await builder.pushTransport(requireTrim: requireTrim)
+            let image = try await builder.pushTransport(requireTrim: requireTrim, breakLock: breakLock)
             let exists: Bool
             do {
                 exists = try await RemoteFiles.exists(image, deadline: builder.deadlines.remoteCall)
@@ -63,6 +74,9 @@ public struct OpenOperation {
                 try identity.record(uuid, for: target.name)
             }
 
+            let check = FilesystemCheck(target: target, environment: environment)
+            if !skipCheck { try await check.checkIfMarked(device: crypt.mappedDevice) }
+            try check.mark(operation: operation)
             environment.logger.info("mounting \(target.filesystem.rawValue) at \(target.mountPoint)")
             try await builder.push(
                 FilesystemLayer(

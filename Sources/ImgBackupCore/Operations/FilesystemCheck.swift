@@ -1,0 +1,66 @@
+import Foundation
+import ImgBackupOS
+
+/// The dirty marker and the check it calls for. `open` sets the marker
+/// (`/var/lib/imgbackup/TARGET/dirty`) before mounting; only a `close` that
+/// went down cleanly, without force, removes it. So after a hang, a forced
+/// close, or a crash whose leftovers needed force, the next `open` checks
+/// the filesystem before mounting it (ext4: `e2fsck -f -p`; btrfs: `btrfs
+/// check --readonly`) and says what it found.
+struct FilesystemCheck {
+    let target: Target
+    let environment: OperationEnvironment
+
+    /// A filesystem check of an image over a slow link may take long.
+    static let checkLimit: Duration = .seconds(6 * 3600)
+
+    var markerPath: String { "\(environment.paths.targetStateDirectory(target.name))/dirty" }
+    var isMarked: Bool { FileManager.default.fileExists(atPath: markerPath) }
+
+    func mark(operation: String) throws(ImgBackupError) {
+        do {
+            try LocalFiles.makeDirectories(environment.paths.targetStateDirectory(target.name))
+            let stamp = ISO8601DateFormatter().string(from: Date())
+            try LocalFiles.writeAtomically(markerPath, "\(operation) pid \(getpid()) at \(stamp)\n")
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "set the dirty marker of \(target.name)")
+        }
+    }
+
+    func clear() { _ = unlink(markerPath) }
+
+    /// Checks `device` if the marker says the last session did not end
+    /// cleanly. Repairs what preen mode may repair; refuses to mount a
+    /// filesystem with errors it could not fix.
+    func checkIfMarked(device: String) async throws(ImgBackupError) {
+        guard isMarked else { return }
+        let since = LocalFiles.contents(markerPath)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
+        environment.logger.notice(
+            "the last session of '\(target.name)' did not end cleanly (\(since)): checking its \(target.filesystem.rawValue) filesystem")
+        let command: Command
+        switch target.filesystem {
+        case .ext4: command = Command("e2fsck", ["-f", "-p", device], timeout: Self.checkLimit)
+        case .btrfs: command = Command("btrfs", ["check", "--readonly", device], timeout: Self.checkLimit)
+        }
+        let result: CommandResult
+        do {
+            result = try await environment.runner.run(command)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "check the filesystem of \(target.name)")
+        }
+        switch (target.filesystem, result.termination) {
+        case (_, .exited(0)):
+            environment.logger.notice("\(command.executable): the filesystem of '\(target.name)' is clean")
+        case (.ext4, .exited(let status)) where status == 1 || status == 2:
+            environment.logger.notice("e2fsck repaired the filesystem of '\(target.name)': \(result.outputTail(lines: 3))")
+        default:
+            throw ImgBackupError(
+                .system, "the filesystem of '\(target.name)' has errors the check did not fix: \(result.failureSummary)",
+                hint: "run 'imgbackup open --skip-check \(target.name)', unmount \(target.mountPoint), and check /dev/mapper/\(target.mappingName) by hand")
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
