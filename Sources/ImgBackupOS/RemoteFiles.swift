@@ -23,6 +23,34 @@ public enum RemoteFiles {
         }
     }
 
+    /// Creates `path` holding `contents`; fails with EEXIST if it exists
+    /// (SFTP's exclusive create), which is what makes it a lock.
+    public static func createExclusive(_ path: String, contents: String, deadline: Duration) async throws {
+        try await withAbandonableDeadline(deadline, operation: "create \(path)") {
+            let fd = try checked("open", path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
+            defer { close(fd) }
+            let bytes = Array(contents.utf8)
+            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            guard written == bytes.count else {
+                throw SystemCallError(call: "write", object: path, errno: written < 0 ? errno : EIO)
+            }
+        }
+    }
+
+    /// The text of a small remote file, or nil if it does not exist.
+    public static func read(_ path: String, deadline: Duration) async throws -> String? {
+        try await withAbandonableDeadline(deadline, operation: "read \(path)") {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            if fd < 0 && errno == ENOENT { return nil }
+            guard fd >= 0 else { throw SystemCallError(call: "open", object: path, errno: errno) }
+            defer { close(fd) }
+            var bytes = [UInt8](repeating: 0, count: 4096)
+            let got = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            guard got >= 0 else { throw SystemCallError(call: "read", object: path, errno: errno) }
+            return String(decoding: bytes[0..<got], as: UTF8.self)
+        }
+    }
+
     /// Renames within the remote directory (SFTP rename).
     public static func rename(_ from: String, to: String, deadline: Duration) async throws {
         try await withAbandonableDeadline(deadline, operation: "rename \(from)") {

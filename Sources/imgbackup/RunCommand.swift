@@ -22,6 +22,9 @@ struct RunCommand: AsyncParsableCommand {
     @Flag(help: "Run every target that has a [copy] table.")
     var all = false
 
+    @Flag(help: "Take the remote lock even if another machine's or target's lock file is there.")
+    var breakLock = false
+
     /// Tests run weeks of backups in minutes: the run's time, ISO 8601.
     @Option(help: .hidden)
     var now: String?
@@ -43,7 +46,7 @@ struct RunCommand: AsyncParsableCommand {
         var firstFailure: ImgBackupError?
         for target in targets {
             do {
-                let report = try await RunOperation(target: target, environment: environment, now: time).run()
+                let report = try await RunOperation(target: target, environment: environment, now: time, breakLock: breakLock).run()
                 print(Self.summary(report.record))
             } catch {
                 if !all { throw error }

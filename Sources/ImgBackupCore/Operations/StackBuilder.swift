@@ -30,18 +30,35 @@ struct StackBuilder {
         }
     }
 
-    /// sshfs mount of the remote directory; returns the image's local path.
-    func pushRemote() async throws(ImgBackupError) -> String {
+    /// sshfs mount of the remote directory, and the lock beside the image;
+    /// returns the image's local path.
+    func pushRemote(breakLock: Bool = false) async throws(ImgBackupError) -> String {
         environment.logger.info("mounting \(target.remote) over sshfs")
         try await push(SSHFSLayer(target: target, mountPoint: remoteDirectory, runner: environment.runner, deadline: deadlines.transportUp))
-        return "\(remoteDirectory)/\(target.image)"
+        let image = "\(remoteDirectory)/\(target.image)"
+        try await pushLock(RemoteLockLayer(
+            path: RemoteLockLayer.lockPath(imagePath: image), target: target, paths: environment.paths, breakLock: breakLock,
+            deadline: deadlines.remoteCall, logger: environment.logger))
+        return image
+    }
+
+    /// A lock held by someone else is their error (exit 4), not a failure to
+    /// bring a layer up.
+    private func pushLock(_ layer: RemoteLockLayer) async throws(ImgBackupError) {
+        do {
+            try await stack.push(layer)
+        } catch let error as ImgBackupError {
+            throw error
+        } catch {
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "lock \(layer.path)")
+        }
     }
 
     /// The transport of `target.transport`; returns the image's local path.
-    func pushTransport(requireTrim: Bool = false) async throws(ImgBackupError) -> String {
+    func pushTransport(requireTrim: Bool = false, breakLock: Bool = false) async throws(ImgBackupError) -> String {
         switch target.transport {
         case .sshfs:
-            return try await pushRemote()
+            return try await pushRemote(breakLock: breakLock)
         case .nbd:
             environment.logger.info("starting the NBD bridge for \(target.remote.host)")
             let bridge = NBDBridgeLayer(

@@ -24,12 +24,30 @@ public struct SystemTeardown: LayerTeardown {
             try await deactivate(name: name, force: force)
         case .loop(let backingFile, _):
             try await detachLoops(backingFile: backingFile)
+        case .remoteLock(let path, let token):
+            await removeLock(path, token: token)
         case .partialImage(let path):
             try await RemoteFiles.remove(path, deadline: stepDeadline)
         case .sshfs(_, let mountPoint):
             try await unmountSSHFS(mountPoint, force: force)
         case .nbdBridge(let mountPoint, let pid):
             try await stopBridge(mountPoint: mountPoint, pid: pid, force: force)
+        }
+    }
+
+    /// Removes the remote lock if it is still ours. Best effort: after a hang
+    /// the remote cannot be reached, and the lock must not keep the rest of
+    /// the stack up; the next open from this machine knows it as its own.
+    private func removeLock(_ path: String, token: String) async {
+        do {
+            guard let text = try await RemoteFiles.read(path, deadline: stepDeadline) else { return }
+            guard text.contains("token=\(token)") else {
+                logger.notice("\(path) is not this session's lock any more: leaving it")
+                return
+            }
+            try await RemoteFiles.remove(path, deadline: stepDeadline)
+        } catch {
+            logger.notice("could not remove the remote lock \(path) (\(ImgBackupError.reason(of: error))): the next open from this machine replaces it")
         }
     }
 
@@ -99,7 +117,9 @@ public struct SystemTeardown: LayerTeardown {
         try await unmountFUSE(mountPoint, force: force, what: "the NBD bridge")
         guard let pid, DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) else { return }
         let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: stepDeadline)
+        // Forced (after a hang, or close --force): the bridge's last flush
+        // waits on the server that stopped answering; do not wait it out.
+        let deadline = clock.now.advanced(by: force ? min(stepDeadline, .seconds(2)) : stepDeadline)
         while clock.now < deadline, DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) {
             try await Task.sleep(for: .milliseconds(50))
         }

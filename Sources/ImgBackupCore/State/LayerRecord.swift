@@ -6,6 +6,9 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
     case sshfs(source: String, mountPoint: String)
     /// The NBD bridge process serving the export as a FUSE file at mountPoint/image.
     case nbdBridge(mountPoint: String, pid: Int32?)
+    /// The lock file beside the image naming this machine; removed on close
+    /// if it still holds `token` (never someone else's lock).
+    case remoteLock(path: String, token: String)
     /// An image file being created by `init`; removed unless `init` finished.
     case partialImage(path: String)
     /// A loop device on the image file (device nil until it is attached).
@@ -19,6 +22,7 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .sshfs(let source, let mountPoint): return "sshfs mount of \(source) at \(mountPoint)"
         case .nbdBridge(let mountPoint, let pid): return "NBD bridge\(pid.map { " (pid \($0))" } ?? "") at \(mountPoint)"
+        case .remoteLock(let path, _): return "remote lock \(path)"
         case .partialImage(let path): return "partial image \(path)"
         case .loop(let backingFile, let device): return "loop device \(device ?? "(not yet attached)") on \(backingFile)"
         case .crypt(let name): return "dm-crypt mapping /dev/mapper/\(name)"
@@ -31,6 +35,7 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .sshfs: return "sshfs"
         case .nbdBridge: return "nbd"
+        case .remoteLock: return "lock"
         case .partialImage: return "image"
         case .loop: return "loop"
         case .crypt: return "dm-crypt"

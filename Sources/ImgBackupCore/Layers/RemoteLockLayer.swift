@@ -1,0 +1,114 @@
+import Foundation
+import ImgBackupOS
+
+/// What a remote lock file says: who holds the image.
+public struct RemoteLockHolder: Sendable, Equatable {
+    public var host: String
+    public var pid: Int32
+    public var target: String
+    public var since: String
+    public var token: String
+
+    var text: String { "host=\(host)\npid=\(pid)\ntarget=\(target)\nsince=\(since)\ntoken=\(token)\n" }
+
+    static func parse(_ text: String) -> RemoteLockHolder? {
+        var fields: [String: String] = [:]
+        for line in text.split(whereSeparator: \.isNewline) {
+            guard let equals = line.firstIndex(of: "=") else { continue }
+            fields[String(line[..<equals])] = String(line[line.index(after: equals)...])
+        }
+        guard let host = fields["host"], let pid = fields["pid"].flatMap({ Int32($0) }), let token = fields["token"] else {
+            return nil
+        }
+        return RemoteLockHolder(host: host, pid: pid, target: fields["target"] ?? "?", since: fields["since"] ?? "?", token: token)
+    }
+
+    var description: String { "target '\(target)' on \(host) (pid \(pid)) since \(since)" }
+}
+
+/// A lock file beside the image (`IMAGE.lock`, created with SFTP's exclusive
+/// create) naming the host, pid and time, so two machines, or two targets
+/// pointing at one image, never open it at once. Removed on close.
+///
+/// A lock this machine took and could not remove (the remote hung during
+/// teardown) is recognised by its token, recorded locally, and replaced with
+/// a notice. Any other lock is reported with its holder, and broken only
+/// with `--break-lock`.
+public struct RemoteLockLayer: Layer {
+    public let path: String
+    public let target: Target
+    public let paths: RuntimePaths
+    public let breakLock: Bool
+    public let deadline: Duration
+    public let logger: Logger
+    let token = UUID().uuidString
+
+    public var intent: LayerRecord { .remoteLock(path: path, token: token) }
+
+    static func lockPath(imagePath: String) -> String { imagePath + ".lock" }
+
+    var tokenFile: String { "\(paths.targetStateDirectory(target.name))/remote-lock-token" }
+
+    public func up() async throws -> LayerRecord {
+        let holder = RemoteLockHolder(
+            host: ProcessInfo.processInfo.hostName, pid: getpid(), target: target.name,
+            since: ISO8601DateFormatter().string(from: Date()), token: token)
+        let previousToken = LocalFiles.contents(tokenFile)?.trimmingCharacters(in: .whitespacesAndNewlines)
+        do {
+            try await RemoteFiles.createExclusive(path, contents: holder.text, deadline: deadline)
+        } catch let error as SystemCallError where error.errno == EEXIST {
+            try await replaceIfAllowed(with: holder, previousToken: previousToken)
+        } catch {
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "lock the image (\(path))")
+        }
+        // Remembered only once the lock is ours: how the next open knows a
+        // lock it finds is this machine's own, left by a teardown that could
+        // not reach the remote.
+        do {
+            try LocalFiles.makeDirectories(paths.targetStateDirectory(target.name))
+            try LocalFiles.writeAtomically(tokenFile, token + "\n")
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "record the remote lock of \(target.name)")
+        }
+        return intent
+    }
+
+    private func replaceIfAllowed(with ours: RemoteLockHolder, previousToken: String?) async throws {
+        let existing = RemoteLockHolder.parse(try await RemoteFiles.read(path, deadline: deadline) ?? "")
+        if breakLock {
+            logger.notice("breaking the lock on \(target.image) held by \(existing?.description ?? "an unreadable lock file") (--break-lock)")
+        } else if let existing {
+            let here = existing.host == ours.host
+            if here && existing.token == previousToken {
+                // This target's own lock from an earlier session on this
+                // machine (that session is over: we hold the target lock and
+                // there is no state record).
+                logger.notice(
+                    "replacing this machine's own stale lock on \(target.image) (\(existing.description)), left by a teardown that could not reach the remote")
+            } else if here, (try? StateStore(paths: paths).load(target: existing.target)) ?? nil != nil {
+                throw ImgBackupError(
+                    .locked, "the image \(target.image) is in use: target '\(existing.target)' has it open on this machine",
+                    hint: "close it first: imgbackup close \(existing.target)")
+            } else {
+                throw ImgBackupError(
+                    .locked,
+                    "the image \(target.image) is locked by \(existing.description)\(here ? ", which is not open on this machine any more" : "")",
+                    hint: here
+                        ? "run again with --break-lock to take it over"
+                        : "wait for it to close; if that machine is gone for good, run again with --break-lock")
+            }
+        } else {
+            throw ImgBackupError(
+                .locked, "the image \(target.image) is locked: \(path) exists but does not say by whom",
+                hint: "if nothing uses the image, run again with --break-lock")
+        }
+        try await RemoteFiles.remove(path, deadline: deadline)
+        try await RemoteFiles.createExclusive(path, contents: ours.text, deadline: deadline)
+    }
+}
+
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
