@@ -171,12 +171,17 @@ def bridge_processes():
     return found
 
 
-def assert_nothing_left(host, target):
+def assert_nothing_left(host, target, stale_lock=False):
+    """No mount, bridge, mapping, loop device or state record of `target`;
+    and no lock file beside its image, unless `stale_lock` (a teardown after a
+    hang cannot reach the remote to remove it)."""
     assert mounts_under(host.work, host.runtime) == [], "a mount was left behind"
     assert bridge_processes() == [], "an NBD bridge process was left behind"
     assert imgbackup_mappings() == [], "a dm-crypt mapping was left behind"
     assert loop_devices_on(host.runtime) == [] and loop_devices_on(host.work) == [], "a loop device was left behind"
     assert not os.path.exists(host.state_record(target)), "the state record was left behind"
+    if not stale_lock:
+        assert glob.glob(os.path.join(host.storage, "*.lock")) == [], "a remote lock file was left behind"
 
 
 def sha256_of(path, limit=None):

@@ -47,7 +47,7 @@ def test_open_write_close_reopen_compares_equal(host, initialized):
         assert mount_point in mounts_under(mount_point)
         assert imgbackup_mappings() == [f"imgbackup-{initialized}"]
         record = json.load(open(host.state_record(initialized)))
-        assert [list(layer)[0] for layer in record["layers"]] == ["sshfs", "loop", "crypt", "filesystem"]
+        assert [list(layer)[0] for layer in record["layers"]] == ["sshfs", "remoteLock", "loop", "crypt", "filesystem"]
 
         os.makedirs(os.path.join(mount_point, "dir", "sub"))
         with open(os.path.join(mount_point, "dir", "sub", "random.bin"), "wb") as out:
@@ -175,7 +175,11 @@ def test_close_cleans_up_after_open_killed_at_any_point(host, initialized):
     host.ok("close", initialized)
     killed_midway = 0
     stages_seen = set()
-    for fraction in (0.2, 0.6, 0.85, 0.93, 0.97):
+    # Later points only while the kills have not yet landed in two stages: on
+    # a loaded machine the stages' share of an open moves around.
+    for fraction in (0.2, 0.6, 0.85, 0.93, 0.97, 0.9, 0.95, 0.99):
+        if fraction in (0.9, 0.95, 0.99) and len(stages_seen) >= 2:
+            break
         delay = fraction * full_open
         process = subprocess.Popen([BIN, "--config", host.config, "open", initialized], env=host.env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -44,53 +44,194 @@ def wait_until_copying(host, target, timeout=120):
     raise AssertionError("the copy never started writing into the image")
 
 
-def test_sftp_server_frozen_mid_copy_exits_3_and_leaves_nothing(host):
-    source = os.path.join(host.work, "src-frozen")
-    write_random_files(source, 2, MiB)
-    name = host.add_target("frozen", size="96M", tables={
-        "copy": {"method": "rsync", "sources": [source]},
-        "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
-    })
-    host.ok("init", name)
-    host.ok("run", name)  # an earlier backup that must survive
-    with_earlier = tree_digest(source)
-
-    write_random_files(os.path.join(source, "big"), 12, 4 * MiB)  # 48 MiB: minutes at sshfs speed here
-    run = start_run(host, name)
-    stopped = []
+def freeze_until_exit(process, name):
+    """SIGSTOPs every process called `name`, waits for `process` (imgbackup)
+    to exit, then lets them go on. Returns (stderr, seconds from the freeze
+    to the exit)."""
+    stopped = processes_named(name)
+    assert stopped, f"no {name} to freeze"
     try:
-        wait_until_copying(host, name)
-        # sshd stays up and answers keepalives; only the SFTP server freezes.
-        stopped = processes_named("sftp-server")
-        assert stopped, "no sftp-server to freeze"
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
-        stdout, stderr = run.communicate(timeout=STALL + 120)
-        to_exit = time.monotonic() - frozen_at
+        _, stderr = process.communicate(timeout=STALL + 120)
+        return stderr, time.monotonic() - frozen_at
     finally:
         for pid in stopped:
             try:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        if run.poll() is None:
-            run.kill()
-    print(f"sftp-server frozen -> imgbackup exited {run.returncode} after {to_exit:.1f}s (stall {STALL}s)")
+        if process.poll() is None:
+            process.kill()
+
+
+def freeze_mid_copy(host, name, source, frozen):
+    """One good run (the earlier backup), then a 48 MiB run during which every
+    process called `frozen` is SIGSTOPped. Asserts exit 3 within the stall
+    plus 30 s and nothing left behind; returns (stderr, the earlier backup's
+    digest)."""
+    host.ok("init", name)
+    host.ok("run", name)
+    earlier = tree_digest(source)
+    write_random_files(os.path.join(source, "big"), 12, 4 * MiB)  # minutes at this VM's transport speed
+    run = start_run(host, name)
+    wait_until_copying(host, name)
+    stderr, to_exit = freeze_until_exit(run, frozen)
+    print(f"{frozen} frozen -> imgbackup exited {run.returncode} after {to_exit:.1f}s (stall {STALL}s)")
     print(stderr)
     assert run.returncode == 3
-    assert "sshfs to 127.0.0.1 did not answer" in stderr
     assert stderr.strip().splitlines()[-1].startswith("imgbackup: error: the backup hung")
     assert to_exit <= STALL + 30
-    assert_nothing_left(host, name)
-    assert processes_named("sshfs") == [], "sshfs was left running"
+    assert_nothing_left(host, name, stale_lock=True)
+    return stderr, earlier
 
-    # The next open works and the earlier backup is intact.
-    mount = host.ok("open", name).stdout.strip()
+
+def assert_earlier_backup_intact(host, name, source, digest, stale_lock=False):
+    """The next open checks the filesystem (the hang left the dirty marker),
+    replaces this machine's own stale remote lock if the hang left one,
+    works, and the one complete snapshot matches `digest`."""
+    opened = host.ok("open", name)
+    mount = opened.stdout.strip()
+    assert f"the last session of '{name}' did not end cleanly" in opened.stderr
+    assert "is clean" in opened.stderr or "repaired the filesystem" in opened.stderr
+    if stale_lock:
+        assert "replacing this machine's own stale lock" in opened.stderr
     try:
         snapshots = sorted(p for p in os.listdir(os.path.join(mount, "snapshots")) if p[0].isdigit())
         assert len(snapshots) == 1
-        assert tree_digest(os.path.join(mount, "snapshots", snapshots[0]) + source) == with_earlier
+        assert tree_digest(os.path.join(mount, "snapshots", snapshots[0]) + source) == digest
+    finally:
+        host.ok("close", name)
+    assert_nothing_left(host, name)
+
+
+def add_nbd_run_target(host, name, source):
+    """A target over NBD (nbdkit run over ssh) that backs `source` up with rsync."""
+    image = os.path.join(host.storage, f"{name}.img")
+    return host.add_target(name, size="96M", transport="nbd", tables={
+        "nbd": {"command": ["nbdkit", "--single", "--exit-with-parent", "file", image]},
+        "copy": {"method": "rsync", "sources": [source]},
+        "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
+    })
+
+
+def test_sftp_server_frozen_mid_copy_exits_3_and_leaves_nothing(host):
+    """sshd stays up and answers keepalives; only the SFTP server freezes."""
+    source = os.path.join(host.work, "src-frozen")
+    write_random_files(source, 2, MiB)
+    name = host.add_target("frozen", size="96M", tables={
+        "copy": {"method": "rsync", "sources": [source]},
+        "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
+    })
+    stderr, earlier = freeze_mid_copy(host, name, source, "sftp-server")
+    assert "sshfs to 127.0.0.1 did not answer" in stderr
+    assert processes_named("sshfs") == [], "sshfs was left running"
+    # The remote froze during teardown: its lock file could not be removed.
+    assert os.path.exists(host.image(name) + ".lock")
+    assert_earlier_backup_intact(host, name, source, earlier, stale_lock=True)
+
+
+def test_nbdkit_frozen_mid_copy_exits_3_and_leaves_nothing(host):
+    """The NBD transport: nbdkit (run over ssh, the reference server) is
+    SIGSTOPped while the copy writes through the bridge."""
+    source = os.path.join(host.work, "src-nbd-frozen")
+    write_random_files(source, 2, MiB)
+    name = add_nbd_run_target(host, "nbdfrozen", source)
+    stderr, earlier = freeze_mid_copy(host, name, source, "nbdkit")
+    assert "the NBD export of nbdfrozen did not answer" in stderr
+    deadline = time.monotonic() + 10
+    while processes_named("nbdkit") and time.monotonic() < deadline:
+        time.sleep(0.2)  # --exit-with-parent: it follows its ssh session out
+    assert processes_named("nbdkit") == [], "nbdkit was left running"
+    assert_earlier_backup_intact(host, name, source, earlier)
+
+
+def test_imgbackup_killed_mid_run_then_close_cleans_up_and_the_next_run_works(host):
+    source = os.path.join(host.work, "src-killed")
+    write_random_files(source, 12, 2 * MiB)
+    name = host.add_target("killed", size="96M", tables={"copy": {"method": "rsync", "sources": [source]}})
+    host.ok("init", name)
+    run = start_run(host, name)
+    wait_until_copying(host, name)
+    run.kill()  # SIGKILL: no teardown at all
+    run.wait()
+    # rsync, in its own process group, outlives imgbackup; close must cope.
+    result = host.ok("close", name)
+    assert "stopping what the interrupted run" in result.stderr
+    assert_nothing_left(host, name)
+    assert processes_named("sshfs") == []
+    # close unmounted cleanly: no check needed on the next open.
+    result = host.ok("run", name)
+    assert f"{name}: backed up snapshots/" in result.stdout
+    assert "did not end cleanly" not in result.stderr
+    assert_nothing_left(host, name)
+    records = [line for line in open(os.path.join(host.state, name, "runs.jsonl")) if line.strip()]
+    assert len(records) == 1, "the killed run left no record; the good one did"
+
+
+def test_bridge_killed_mid_run_fails_the_run_and_leaves_nothing(host):
+    source = os.path.join(host.work, "src-bridge-killed")
+    write_random_files(source, 12, 2 * MiB)
+    name = add_nbd_run_target(host, "bridgekilled", source)
+    host.ok("init", name)
+    run = start_run(host, name)
+    wait_until_copying(host, name)
+    bridges = [int(p) for p in subprocess.run(["pgrep", "-f", "nbd-bridge bridgekilled"], capture_output=True,
+                                              text=True).stdout.split()]
+    assert bridges
+    for pid in bridges:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    stdout, stderr = run.communicate(timeout=STALL + 120)
+    to_exit = time.monotonic() - killed_at
+    print(f"bridge killed -> imgbackup exited {run.returncode} after {to_exit:.1f}s")
+    print(stderr)
+    assert run.returncode in (2, 3), "the copy failed or the watchdog saw the dead transport"
+    assert stderr.strip().splitlines()[-1].startswith("imgbackup: error: ")
+    assert to_exit <= STALL + 30
+    host.ok("close", name)  # whatever is left, close finishes it
+    assert_nothing_left(host, name)
+    host.ok("run", name)
+    assert_nothing_left(host, name)
+
+
+def test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing(host):
+    """trim: nbdkit (with 5 s per trim request, so fstrim is caught in the
+    act) is SIGSTOPped while fstrim sends discards through the bridge."""
+    image = os.path.join(host.storage, "trimfrozen.img")
+    name = host.add_target("trimfrozen", size="96M", transport="nbd", tables={
+        "nbd": {"command": ["nbdkit", "--single", "--exit-with-parent", "--filter=delay", "file", image,
+                            "delay-trim=5"]},
+        "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
+    })
+    host.ok("init", name)
+    mount = host.ok("open", name).stdout.strip()
+    write_random_files(os.path.join(mount, "keep"), 1, MiB)
+    kept = tree_digest(os.path.join(mount, "keep"))
+    write_random_files(os.path.join(mount, "gone"), 8, 4 * MiB)
+    host.ok("close", name)
+    mount = host.ok("open", name).stdout.strip()
+    subprocess.run(["rm", "-rf", os.path.join(mount, "gone")], check=True)
+    host.ok("close", name)
+
+    trim = subprocess.Popen([BIN, "--config", host.config, "trim", name], env=host.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not processes_named("fstrim") and time.monotonic() < deadline and trim.poll() is None:
+        time.sleep(0.1)
+    assert processes_named("fstrim"), "fstrim never ran"
+    stderr, to_exit = freeze_until_exit(trim, "nbdkit")
+    print(f"nbdkit frozen mid-trim -> imgbackup exited {trim.returncode} after {to_exit:.1f}s (stall {STALL}s)")
+    print(stderr)
+    assert trim.returncode == 3
+    assert "the NBD export of trimfrozen did not answer" in stderr
+    assert to_exit <= STALL + 30
+    assert_nothing_left(host, name)
+
+    mount = host.ok("open", name).stdout.strip()
+    try:
+        assert tree_digest(os.path.join(mount, "keep")) == kept
     finally:
         host.ok("close", name)
     assert_nothing_left(host, name)
