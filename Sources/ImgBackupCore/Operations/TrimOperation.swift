@@ -38,7 +38,7 @@ public struct TrimOperation {
         // fstrim sends discards through the bridge: a server that freezes
         // meanwhile is a hang like any other (exit 3, stack torn down).
         let runner = environment.runner
-        switch await HangGuard(target: target, environment: environment).run({ () async throws(ImgBackupError) -> CommandResult in
+        switch await HangGuard(target: target, environment: environment, step: "the trim").run({ () async throws(ImgBackupError) -> CommandResult in
             do {
                 return try await runner.run(Command("fstrim", ["-v", mountPoint], timeout: .seconds(24 * 3600)))
             } catch {

@@ -13,6 +13,8 @@ struct HangGuard: Sendable {
     let environment: OperationEnvironment
     /// Output of the step's tools, as progress.
     var heartbeat = OutputHeartbeat()
+    /// What is guarded, for the message: "the backup", "the trim".
+    var step = "the backup"
 
     enum Outcome<T: Sendable>: Sendable {
         case finished(Result<T, ImgBackupError>)
@@ -23,7 +25,8 @@ struct HangGuard: Sendable {
 
     func run<T: Sendable>(_ body: @escaping @Sendable () async throws(ImgBackupError) -> T) async -> Outcome<T> {
         let watchdog = HangWatchdog(
-            device: "/dev/mapper/\(target.mappingName)", stall: target.timeouts.stall, probe: probe, outputSeen: heartbeat)
+            device: "/dev/mapper/\(target.mappingName)", stall: target.timeouts.stall, probe: probe, outputSeen: heartbeat,
+            step: step)
         let work = Task { () async throws -> T in try await body() }
         let first = FirstResume<Outcome<T>>()
         // Not a task group: a group would wait for a step stuck on the dead

@@ -48,6 +48,8 @@ struct HangWatchdog: Sendable {
     let probe: TransportProbe
     /// Bumped by the copy tool's output observer.
     let outputSeen: OutputHeartbeat
+    /// What is being watched, for the message: "the backup", "the trim".
+    var step = "the backup"
 
     var interval: Duration { min(.seconds(5), stall / 4) }
     var probeDeadline: Duration { min(.seconds(10), stall / 2) }
@@ -78,7 +80,7 @@ struct HangWatchdog: Sendable {
             if now - lastProgress >= stall && now - lastAnswer >= stall {
                 throw ImgBackupError(
                     .hung,
-                    "the backup hung: \(probe.layerName) did not answer for \(stall.secondsText) and nothing was written; the stack was torn down",
+                    "\(step) hung: \(probe.layerName) did not answer for \(stall.secondsText) and nothing was written; the stack was torn down",
                     hint: "check the remote; earlier backups are untouched, the next run continues")
             }
         }

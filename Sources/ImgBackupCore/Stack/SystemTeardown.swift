@@ -42,7 +42,8 @@ public struct SystemTeardown: LayerTeardown {
         do {
             guard let text = try await RemoteFiles.read(path, deadline: stepDeadline) else { return }
             guard text.contains("token=\(token)") else {
-                logger.notice("\(path) is not this session's lock any more: leaving it")
+                // Also the unwind after failing to take a lock someone else holds.
+                logger.info("\(path) is not this session's lock: leaving it")
                 return
             }
             try await RemoteFiles.remove(path, deadline: stepDeadline)
