@@ -10,7 +10,7 @@ def test_two_targets_on_one_image_cannot_both_open_it(host):
     first = host.add_target("lock_a", image="locked.img")
     second = host.add_target("lock_b", image="locked.img")
     host.ok("init", first)
-    lock = host.image(first) + ".lock"
+    lock = os.path.join(host.storage, "locked.img.lock")
     mount = host.ok("open", first).stdout.strip()
     try:
         with open(lock) as holder:
