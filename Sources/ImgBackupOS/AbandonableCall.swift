@@ -25,19 +25,24 @@ extension Duration {
     }
 }
 
-/// Resolves a continuation exactly once, whichever side (work or deadline) comes first.
-private final class FirstResult<T: Sendable>: Sendable {
-    private let continuation: Mutex<CheckedContinuation<T, any Error>?>
-    init(_ continuation: CheckedContinuation<T, any Error>) {
+/// Resolves a continuation exactly once, whichever of several racing tasks
+/// (work or deadline; a step or its hang watchdog) comes first.
+public final class FirstResult<T: Sendable, Failure: Error>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<T, Failure>?>
+    public init(_ continuation: CheckedContinuation<T, Failure>) {
         self.continuation = Mutex(continuation)
     }
-    func resume(with result: Result<T, any Error>) {
+    public func resume(with result: Result<T, Failure>) {
         let pending = continuation.withLock { slot in
             defer { slot = nil }
             return slot
         }
         pending?.resume(with: result)
     }
+}
+
+extension FirstResult where Failure == Never {
+    public func resume(returning value: T) { resume(with: .success(value)) }
 }
 
 /// Runs `body` on a thread of its own and waits at most `deadline` for it.
@@ -79,7 +84,7 @@ public func withDeadline<T: Sendable>(
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
     let work = Task { try await body() }
-    let pending = Mutex<FirstResult<T>?>(nil)
+    let pending = Mutex<FirstResult<T, any Error>?>(nil)
     do {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in

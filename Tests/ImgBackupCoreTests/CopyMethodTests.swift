@@ -93,7 +93,7 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: mount + "/snapshots/.incomplete"))
     }
 
-    @Test func borgWithAPassphraseFromAFileKeepsItOutOfArgvAndPrunes() async throws {
+    @Test func borgWithAPassphraseFileEncryptsTheRepositoryAndPrunes() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let passphrase = root + "/borg.pass"
         try "correct horse battery staple\n".write(toFile: passphrase, atomically: false, encoding: .utf8)

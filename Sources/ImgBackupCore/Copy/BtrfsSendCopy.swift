@@ -64,17 +64,11 @@ struct BtrfsSendCopy: CopyMethod {
     }
 
     func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {
-        let received = "\(context.mountPoint)/\(Self.snapshotsDirectory)"
-        let points = context.backupPoints(in: received)
-        let pruned = Set(policy.pruned(points.map(\.date)))
-        var removed: [String] = []
-        for point in points where pruned.contains(point.date) {
-            _ = try await context.runChecked(
-                Command("btrfs", ["subvolume", "delete", "\(received)/\(point.name)"], timeout: CopyContext.housekeepingLimit),
-                "delete the received snapshot \(point.name)")
-            removed.append(point.name)
+        try await context.prune(
+            in: "\(context.mountPoint)/\(Self.snapshotsDirectory)", policy: policy, what: "received snapshot"
+        ) { path in
+            Command("btrfs", ["subvolume", "delete", path], timeout: CopyContext.housekeepingLimit)
         }
-        return removed
     }
 
     private func localDirectory(_ context: CopyContext) -> String {

@@ -102,6 +102,23 @@ public struct CopyContext: Sendable {
         return result
     }
 
+    /// Deletes the backup points in `directory` that `policy` does not keep,
+    /// each with `deleteCommand(path)`; returns their names. For methods whose
+    /// points are entries of a directory (rsync snapshots, received btrfs
+    /// snapshots).
+    func prune(
+        in directory: String, policy: RetentionPolicy, what: String, deleteCommand: (String) -> Command
+    ) async throws(ImgBackupError) -> [String] {
+        let points = backupPoints(in: directory)
+        let pruned = Set(policy.pruned(points.map(\.date)))
+        var removed: [String] = []
+        for point in points where pruned.contains(point.date) {
+            _ = try await runChecked(deleteCommand("\(directory)/\(point.name)"), "delete the \(what) \(point.name)")
+            removed.append(point.name)
+        }
+        return removed
+    }
+
     /// Names in `directory` that are backup points, with their times.
     func backupPoints(in directory: String) -> [(name: String, date: Date)] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []

@@ -67,17 +67,11 @@ struct RsyncCopy: CopyMethod {
     }
 
     func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {
-        let snapshots = "\(context.mountPoint)/\(Self.snapshotsDirectory)"
-        let points = context.backupPoints(in: snapshots)
-        let pruned = Set(policy.pruned(points.map(\.date)))
-        var removed: [String] = []
-        for point in points where pruned.contains(point.date) {
-            _ = try await context.runChecked(
-                Command("rm", ["-rf", "--one-file-system", "--", "\(snapshots)/\(point.name)"], timeout: CopyContext.housekeepingLimit),
-                "delete the snapshot \(point.name)")
-            removed.append(point.name)
+        try await context.prune(
+            in: "\(context.mountPoint)/\(Self.snapshotsDirectory)", policy: policy, what: "snapshot"
+        ) { path in
+            Command("rm", ["-rf", "--one-file-system", "--", path], timeout: CopyContext.housekeepingLimit)
         }
-        return removed
     }
 
     /// "  1,234,567  45%   12.34MB/s    0:00:10 (xfr#3, ir-chk=1000/2000)"

@@ -1,5 +1,6 @@
 import Foundation
 import ImgBackupOS
+import Logging
 
 /// What a remote lock file says: who holds the image.
 public struct RemoteLockHolder: Sendable, Equatable {
@@ -106,8 +107,6 @@ public struct RemoteLockLayer: Layer {
         try await RemoteFiles.createExclusive(path, contents: ours.text, deadline: deadline)
     }
 }
-
-import Logging
 
 #if canImport(Glibc)
 import Glibc

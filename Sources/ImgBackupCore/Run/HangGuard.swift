@@ -28,11 +28,10 @@ struct HangGuard: Sendable {
             device: "/dev/mapper/\(target.mappingName)", stall: target.timeouts.stall, probe: probe, outputSeen: heartbeat,
             step: step)
         let work = Task { () async throws -> T in try await body() }
-        let first = FirstResume<Outcome<T>>()
         // Not a task group: a group would wait for a step stuck on the dead
         // transport before returning.
-        let outcome = await withCheckedContinuation { continuation in
-            first.set(continuation)
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Outcome<T>, Never>) in
+            let first = FirstResult(continuation)
             let dog = Task {
                 do {
                     try await watchdog.watch()
@@ -73,13 +72,6 @@ struct HangGuard: Sendable {
         }
         environment.logger.error("the step did not stop within \(target.timeouts.teardown.secondsText): tearing down around it")
     }
-}
-
-/// Resumes a continuation once, from whichever of several tasks comes first.
-private final class FirstResume<T: Sendable>: Sendable {
-    private let continuation = Mutex<CheckedContinuation<T, Never>?>(nil)
-    func set(_ value: CheckedContinuation<T, Never>) { continuation.withLock { $0 = value } }
-    func resume(returning value: T) { continuation.withLock { $0.take() }?.resume(returning: value) }
 }
 
 private final class Flag: Sendable {

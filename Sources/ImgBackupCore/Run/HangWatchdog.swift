@@ -74,6 +74,9 @@ struct HangWatchdog: Sendable {
                 lastBytes = bytes
                 lastOutput = output
                 lastProgress = clock.now
+                // Moving: no hang can be declared this round, so no need to
+                // ask the remote. Every round of a stall window is probed.
+                continue
             }
             if await probe.answers(within: probeDeadline) { lastAnswer = clock.now }
             let now = clock.now

@@ -116,17 +116,12 @@ public struct SystemTeardown: LayerTeardown {
     /// disconnects from the server and exits. One that does not is stopped.
     private func stopBridge(mountPoint: String, pid: Int32?, force: Bool) async throws {
         try await unmountFUSE(mountPoint, force: force, what: "the NBD bridge")
-        guard let pid, DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) else { return }
-        let clock = ContinuousClock()
-        // Forced (after a hang, or close --force): the bridge's last flush
-        // waits on the server that stopped answering; do not wait it out.
-        let deadline = clock.now.advanced(by: force ? min(stepDeadline, .seconds(2)) : stepDeadline)
-        while clock.now < deadline, DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) {
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        if DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) {
-            logger.notice("the NBD bridge (pid \(pid)) did not exit: stopping it")
-            await ProcessTable.terminate([pid], grace: .seconds(2))
+        if let pid {
+            // Forced (after a hang, or close --force): the bridge's last flush
+            // waits on the server that stopped answering; do not wait it out.
+            try await stopLingering(
+                "the NBD bridge", within: force ? min(stepDeadline, .seconds(2)) : stepDeadline
+            ) { DetachedProcess.isRunning(pid: pid, withArgument: NBDBridgeLayer.subcommand) ? [pid] : [] }
         }
         LocalFiles.removeDirectoryIfEmpty(mountPoint)
     }
@@ -148,16 +143,23 @@ public struct SystemTeardown: LayerTeardown {
         try await unmountFUSE(mountPoint, force: force, what: "the remote directory")
         // sshfs normally exits once unmounted; one stuck on a dead server
         // (its connection aborted after a hang) is stopped.
+        try await stopLingering("sshfs", within: .seconds(2)) {
+            ProcessTable.processes(named: "sshfs", withArgument: mountPoint)
+        }
+    }
+
+    /// Waits up to `deadline` for the processes `find` returns to exit after
+    /// their mount went away; stops (TERM, then KILL) those that do not.
+    private func stopLingering(_ what: String, within deadline: Duration, find: () -> [pid_t]) async throws {
         let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: .seconds(2))
-        while clock.now < deadline, !ProcessTable.processes(named: "sshfs", withArgument: mountPoint).isEmpty {
-            try await Task.sleep(for: .milliseconds(100))
+        let end = clock.now.advanced(by: deadline)
+        while clock.now < end, !find().isEmpty {
+            try await Task.sleep(for: .milliseconds(50))
         }
-        let left = ProcessTable.processes(named: "sshfs", withArgument: mountPoint)
-        if !left.isEmpty {
-            logger.notice("sshfs (pid \(left.map(String.init).joined(separator: ", "))) did not exit after unmounting: stopping it")
-            await ProcessTable.terminate(left, grace: .seconds(2))
-        }
+        let left = find()
+        guard !left.isEmpty else { return }
+        logger.notice("\(what) (pid \(left.map(String.init).joined(separator: ", "))) did not exit: stopping it")
+        await ProcessTable.terminate(left, grace: .seconds(2))
     }
 
     private func unmountFUSE(_ mountPoint: String, force: Bool, what: String) async throws {
