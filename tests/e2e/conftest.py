@@ -171,8 +171,25 @@ def bridge_processes():
     return found
 
 
+def orphaned_fuse_connections():
+    """FUSE connections with no mounted filesystem: what a lazy unmount of a
+    hung sshfs or bridge leaves while something still holds it. The
+    connection's number under /sys/fs/fuse/connections is its superblock's
+    device number, which mountinfo shows as major:minor."""
+    assert os.path.ismount("/sys/fs/fuse/connections"), "fusectl is not mounted (kernel-setup.sh mounts it)"
+    mounted = set()
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if fstype.startswith("fuse"):
+                major, minor = (int(n) for n in fields[2].split(":"))
+                mounted.add(os.makedev(major, minor))
+    return [name for name in os.listdir("/sys/fs/fuse/connections") if int(name) not in mounted]
+
+
 def assert_nothing_left(host, target, stale_lock=False):
-    """No mount, bridge, mapping, loop device or state record of `target`;
+    """No mount, bridge, mapping, loop device, FUSE connection or state record of `target`;
     and no lock file beside its image, unless `stale_lock` (a teardown after a
     hang cannot reach the remote to remove it)."""
     assert mounts_under(host.work, host.runtime) == [], "a mount was left behind"
@@ -180,6 +197,7 @@ def assert_nothing_left(host, target, stale_lock=False):
     assert imgbackup_mappings() == [], "a dm-crypt mapping was left behind"
     assert loop_devices_on(host.runtime) == [] and loop_devices_on(host.work) == [], "a loop device was left behind"
     assert not os.path.exists(host.state_record(target)), "the state record was left behind"
+    assert orphaned_fuse_connections() == [], "a FUSE connection was left behind"
     if not stale_lock:
         assert glob.glob(os.path.join(host.storage, "*.lock")) == [], "a remote lock file was left behind"
 

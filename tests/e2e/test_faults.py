@@ -2,9 +2,12 @@
 tears down, and says which layer hung (issue 5). Each asserts the exit
 status, the time from the fault to the exit, that nothing is left behind,
 and that the next open finds the earlier backups intact."""
+import glob
+import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 from conftest import BIN, assert_nothing_left, tree_digest
@@ -241,4 +244,147 @@ def test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing(host):
         assert tree_digest(os.path.join(mount, "keep")) == kept
     finally:
         host.ok("close", name)
+    assert_nothing_left(host, name)
+
+
+def sshd_sessions():
+    """The backup host's per-connection sshd processes (the listener aside)."""
+    found = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            argv = open(path, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].startswith(b"sshd: root@"):
+            found.append(int(path.split("/")[2]))
+    return found
+
+
+def kill_mid_copy(host, name, source, victims):
+    """One good run (the earlier backup), then a 48 MiB run during which
+    every pid `victims()` returns gets SIGKILL. The writes in flight fail
+    (exit 2, the write-out failed) or the watchdog sees the transport go
+    (exit 3): either way within the stall plus 30 s, closed, and the next
+    open checks the filesystem and finds the earlier backup."""
+    host.ok("init", name)
+    host.ok("run", name)
+    earlier = tree_digest(source)
+    write_random_files(os.path.join(source, "big"), 12, 4 * MiB)
+    run = start_run(host, name)
+    wait_until_copying(host, name)
+    killed = victims()
+    assert killed, "nothing to kill"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, stderr = run.communicate(timeout=STALL + 120)
+    to_exit = time.monotonic() - killed_at
+    print(f"{name}: killed {killed} -> imgbackup exited {run.returncode} after {to_exit:.1f}s (stall {STALL}s)")
+    print(stderr)
+    assert run.returncode in (2, 3)
+    assert stderr.strip().splitlines()[-1].startswith("imgbackup: error: ")
+    assert to_exit <= STALL + 30
+    host.ok("close", name)  # nothing to do, or whatever a hang left
+    assert_nothing_left(host, name)
+    assert processes_named("sshfs") == []
+    assert_earlier_backup_intact(host, name, source, earlier)
+
+
+def test_ssh_connection_killed_mid_copy_ends_the_run_cleanly(host):
+    """The server side of sshfs's ssh connection dies mid-copy (a rebooted or
+    disconnected backup host). sshfs reconnects, but the writes in flight
+    are lost: the run must fail and not count as a backup."""
+    source = os.path.join(host.work, "src-ssh-killed")
+    write_random_files(source, 2, MiB)
+    name = host.add_target("sshkilled", size="96M", tables={
+        "copy": {"method": "rsync", "sources": [source]},
+        "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
+    })
+    kill_mid_copy(host, name, source, sshd_sessions)
+
+
+def test_nbdkit_killed_mid_write_ends_the_run_cleanly(host):
+    source = os.path.join(host.work, "src-nbdkit-killed")
+    write_random_files(source, 2, MiB)
+    name = add_nbd_run_target(host, "nbdkilled", source)
+    kill_mid_copy(host, name, source, lambda: processes_named("nbdkit"))
+    assert processes_named("nbdkit") == []
+
+
+def test_remote_filesystem_full_mid_copy_says_so_and_keeps_earlier_backups(host):
+    """The remote directory is a 40 MiB tmpfs under a 96 MiB sparse image:
+    the second run fills it. The run must fail with a line that says the
+    remote is full; once there is space again, the next open checks the
+    filesystem and the first backup is intact."""
+    storage = tempfile.mkdtemp(prefix="imgbackup-small-remote.")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", storage], check=True)
+    try:
+        source = os.path.join(host.work, "src-full")
+        write_random_files(source, 2, MiB)
+        name = host.add_target("full", size="96M", remote=f"root@127.0.0.1:{storage}", tables={
+            "copy": {"method": "rsync", "sources": [source]},
+            "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
+        })
+        host.ok("init", name)
+        host.ok("run", name)
+        earlier = tree_digest(source)
+        write_random_files(os.path.join(source, "big"), 12, 4 * MiB)
+        started = time.monotonic()
+        result = host.run("run", name)
+        print(f"remote full -> exit {result.returncode} after {time.monotonic() - started:.1f}s")
+        assert result.returncode == 2
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("imgbackup: error: the remote filesystem is full: writing the backup out to full.img "
+                               f"failed with ")
+        assert f"free in root@127.0.0.1:{storage}" in last
+        assert_nothing_left(host, name)
+        records = [json.loads(line) for line in open(os.path.join(host.state, name, "runs.jsonl"))]
+        assert [r["result"] for r in records] == ["success", "failure"] and records[1]["exitCode"] == 2
+
+        # The admin makes room; the next open checks and finds the first backup.
+        subprocess.run(["mount", "-o", "remount,size=256M", storage], check=True)
+        opened = host.ok("open", name)
+        assert f"the last session of '{name}' did not end cleanly" in opened.stderr
+        mount = opened.stdout.strip()
+        try:
+            snapshots = sorted(p for p in os.listdir(os.path.join(mount, "snapshots")) if p[0].isdigit())
+            assert len(snapshots) == 1
+            assert tree_digest(os.path.join(mount, "snapshots", snapshots[0]) + source) == earlier
+        finally:
+            host.ok("close", name)
+        assert_nothing_left(host, name)
+        host.ok("run", name)  # with room, the whole backup fits
+        assert_nothing_left(host, name)
+    finally:
+        subprocess.run(["umount", "-l", storage], check=False)
+        os.rmdir(storage)
+
+
+def test_sftp_server_frozen_during_init_exits_3_and_the_next_init_works(host):
+    """init writes every block group through the transport while mkfs runs:
+    the SFTP server freezing then is a hang like in a run."""
+    name = host.add_target("initfrozen", size="512M", tables={"timeouts": {"stall": f"{STALL}s", "teardown": "10s"}})
+    init = subprocess.Popen([BIN, "--config", host.config, "init", name], env=host.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not processes_named("mkfs.ext4") and time.monotonic() < deadline and init.poll() is None:
+        time.sleep(0.05)
+    assert processes_named("mkfs.ext4"), "mkfs never ran"
+    stderr, to_exit = freeze_until_exit(init, "sftp-server")
+    print(f"sftp-server frozen during init -> imgbackup exited {init.returncode} after {to_exit:.1f}s (stall {STALL}s)")
+    print(stderr)
+    assert init.returncode == 3
+    assert stderr.strip().splitlines()[-1].startswith(
+        f"imgbackup: error: making the filesystem hung: sshfs to 127.0.0.1 did not answer")
+    assert to_exit <= STALL + 30
+    assert_nothing_left(host, name, stale_lock=True)
+    assert processes_named("sshfs") == [] and processes_named("mkfs.ext4") == []
+    assert not os.path.exists(host.image(name)), "a half-made image got the real name"
+
+    result = host.ok("init", name)
+    assert "replacing this machine's own stale lock" in result.stderr
+    assert "left by an earlier init that did not finish" in result.stderr
+    assert_nothing_left(host, name)
+    host.ok("open", name)
+    host.ok("close", name)
     assert_nothing_left(host, name)

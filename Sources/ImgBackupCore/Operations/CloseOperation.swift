@@ -9,6 +9,9 @@ public struct CloseOperation {
     public let target: Target
     public let environment: OperationEnvironment
     public let force: Bool
+    /// Writes to the image failed while it was open (a run's write-out):
+    /// keep the dirty marker, so the next open checks the filesystem.
+    var imageWritesFailed = false
 
     public enum Outcome: Sendable, Equatable {
         case closed(layers: Int)
@@ -76,10 +79,11 @@ public struct CloseOperation {
                 "failed to close target '\(target.name)': \(failure.error.message); still up: \(left)",
                 hint: failure.error.hint ?? "run 'imgbackup close \(target.name)' again")
         }
-        // A forced close may have cut the filesystem off mid-write: leave the
-        // dirty marker, and the next open checks it.
+        // A forced close may have cut the filesystem off mid-write, and a
+        // failed write-out may have lost writes: leave the dirty marker, and
+        // the next open checks it.
         // Closing what was not open says nothing about the filesystem.
-        if !force && record != nil { FilesystemCheck(target: target, environment: environment).clear() }
+        if !force && !imageWritesFailed && record != nil { FilesystemCheck(target: target, environment: environment).clear() }
         return record == nil ? .wasNotOpen : .closed(layers: layers.count)
     }
 }

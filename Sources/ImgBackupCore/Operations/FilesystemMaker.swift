@@ -5,9 +5,8 @@ import Logging
 /// off (so no background writes happen later over the network), or btrfs.
 ///
 /// mkfs is the slow step of `init` (every inode table crosses the network).
-/// While it runs, a watcher samples the bytes written to the dm device: that
-/// is the progress line on a terminal, and no progress for `timeouts.stall`
-/// is a hang.
+/// While it runs, the bytes written to the dm device are the progress line
+/// on a terminal, and the hang watchdog guards it as it guards a backup.
 struct FilesystemMaker {
     let target: Target
     let device: String
@@ -30,61 +29,53 @@ struct FilesystemMaker {
         let command = self.command
         let runner = environment.runner
         let watcher = ProgressWatcher(
-            device: device, stall: target.timeouts.stall, progress: environment.progress,
-            label: "making \(target.filesystem.rawValue)")
-        do {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    let result = try await runner.run(command)
-                    guard result.succeeded else {
-                        throw ImgBackupError(.system, "failed to make the \(target.filesystem.rawValue) filesystem: \(result.failureSummary)")
-                    }
-                }
-                group.addTask { try await watcher.watch() }
-                try await group.next()
-                group.cancelAll()
-            }
-        } catch {
+            device: device, progress: environment.progress, label: "making \(target.filesystem.rawValue)")
+        let display = Task { await watcher.show() }
+        defer {
+            display.cancel()
             environment.progress?.finish()
-            throw ImgBackupError.wrapping(error, .system, failedTo: "make the filesystem on \(device)")
         }
-        environment.progress?.finish()
+        // mkfs writes every block group through the transport: a remote that
+        // freezes meanwhile is a hang like in `run` (exit 3, torn down).
+        let outcome = await HangGuard(target: target, environment: environment, step: "making the filesystem").run {
+            () async throws(ImgBackupError) -> CommandResult in
+            do {
+                return try await runner.run(command)
+            } catch {
+                throw ImgBackupError.wrapping(error, .system, failedTo: "run \(command.executable)")
+            }
+        }
+        switch outcome {
+        case .finished(.success(let result)) where result.succeeded:
+            return
+        case .finished(.success(let result)):
+            throw ImgBackupError(.system, "failed to make the \(target.filesystem.rawValue) filesystem on \(device): \(result.failureSummary)")
+        case .finished(.failure(let error)), .hung(let error):
+            throw error
+        }
     }
 }
 
-/// Watches the bytes written to a block device: shows them as progress, and
-/// declares a hang when they stop moving for `stall`.
+/// Shows the bytes written to a block device as progress. Hangs are the
+/// HangGuard's to declare.
 struct ProgressWatcher: Sendable {
     let device: String
-    let stall: Duration
     let progress: (any ProgressDisplay)?
     let label: String
     var interval: Duration = .seconds(1)
 
-    func watch() async throws {
+    func show() async {
+        guard let progress else { return }
         let clock = ContinuousClock()
         let start = clock.now
         let initial = BlockDeviceStats.read(devicePath: device)?.bytesWritten ?? 0
-        var last = initial
-        var lastChange = start
-        while true {
-            try await Task.sleep(for: interval)
-            let now = clock.now
-            let written = BlockDeviceStats.read(devicePath: device)?.bytesWritten ?? last
-            if written != last {
-                last = written
-                lastChange = now
-            } else if now - lastChange >= stall {
-                throw ImgBackupError(
-                    .hung,
-                    "\(label) stopped: nothing was written to \(device) for \(stall.secondsText); the remote looks hung")
-            }
-            let elapsed = now - start
+        while (try? await Task.sleep(for: interval)) != nil {
+            let written = BlockDeviceStats.read(devicePath: device)?.bytesWritten ?? initial
+            let elapsed = clock.now - start
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            let bytes = last - initial
+            let bytes = written - initial
             let rate = seconds > 0 ? UInt64(Double(bytes) / seconds) : 0
-            progress?.update(
-                "\(label): \(ByteSize.format(bytes)) written, \(ByteSize.format(rate))/s, \(Int(seconds))s")
+            progress.update("\(label): \(ByteSize.format(bytes)) written, \(ByteSize.format(rate))/s, \(Int(seconds))s")
         }
     }
 }

@@ -75,7 +75,8 @@ struct StackBuilder {
         do {
             return try await body()
         } catch {
-            let report = await stack.unwind()
+            // After a hang the transport is gone: escalate at once.
+            let report = await stack.unwind(force: error.code == .hung)
             guard let failure = report.firstFailure else { throw error }
             throw ImgBackupError(
                 error.code,

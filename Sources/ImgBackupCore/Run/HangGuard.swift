@@ -74,7 +74,8 @@ struct HangGuard: Sendable {
     }
 }
 
-private final class Flag: Sendable {
+/// A fact one task learns and another reads afterwards.
+final class Flag: Sendable {
     private let value = Mutex(false)
     var isSet: Bool { value.withLock { $0 } }
     func set() { value.withLock { $0 = true } }

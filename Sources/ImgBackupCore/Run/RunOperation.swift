@@ -93,14 +93,15 @@ public struct RunOperation: Sendable {
         let guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
 
         var hung = false
+        let writeOutFailed = Flag()
         switch await guarded.run({ () async throws(ImgBackupError) -> Middle in
-            try await middle(context, copy: copy, mountPoint: mountPoint)
+            try await middle(context, copy: copy, mountPoint: mountPoint, writeOutFailed: writeOutFailed)
         }) {
         case .finished(.success(let middle)):
             outcome.copy = middle.copy
             outcome.pruned = middle.pruned
         case .finished(.failure(let error)):
-            outcome.failure = error
+            outcome.failure = writeOutFailed.isSet ? await RemoteSpace(target: target, environment: environment).explain(error) : error
         case .hung(let error):
             hung = true
             outcome.failure = error
@@ -114,7 +115,9 @@ public struct RunOperation: Sendable {
         }
 
         do {
-            _ = try await CloseOperation(target: target, environment: environment, force: hung).tearDown()
+            var close = CloseOperation(target: target, environment: environment, force: hung)
+            close.imageWritesFailed = writeOutFailed.isSet
+            _ = try await close.tearDown()
         } catch {
             if let first = outcome.failure {
                 // Keep the first error for the exit status; the second must not vanish.
@@ -137,18 +140,39 @@ public struct RunOperation: Sendable {
         var pruned: [String]?
     }
 
-    /// Pre-hooks, the copy, retention, and the flush to the remote.
-    private func middle(_ context: CopyContext, copy: Target.Copy, mountPoint: String) async throws(ImgBackupError) -> Middle {
-        try await runHooks(target.hooks.pre, kind: "pre-hook", mountPoint: mountPoint, result: nil)
-        var middle = Middle(copy: try await CopyMethods.make(copy.method).copy(context))
-        if let policy = RetentionPolicy(target.retention) {
-            let pruned = try await CopyMethods.make(copy.method).prune(context, policy: policy)
-            middle.pruned = pruned
-            if !pruned.isEmpty { environment.logger.info("retention pruned \(pruned.joined(separator: ", "))") }
+    /// Pre-hooks, the copy, retention, and the flush to the remote. The
+    /// flush also follows a failed copy: what the copy left in the page
+    /// cache goes out now, under the watchdog, so lost writes are known
+    /// (and the next open checks the filesystem) instead of dropped at close.
+    private func middle(
+        _ context: CopyContext, copy: Target.Copy, mountPoint: String, writeOutFailed: Flag
+    ) async throws(ImgBackupError) -> Middle {
+        let middle: Middle
+        do {
+            try await runHooks(target.hooks.pre, kind: "pre-hook", mountPoint: mountPoint, result: nil)
+            var copied = Middle(copy: try await CopyMethods.make(copy.method).copy(context))
+            if let policy = RetentionPolicy(target.retention) {
+                let pruned = try await CopyMethods.make(copy.method).prune(context, policy: policy)
+                copied.pruned = pruned
+                if !pruned.isEmpty { environment.logger.info("retention pruned \(pruned.joined(separator: ", "))") }
+            }
+            middle = copied
+        } catch {
+            do {
+                try await flush(mountPoint)
+            } catch {
+                writeOutFailed.set()
+            }
+            throw error
         }
         // What the copy wrote reaches the remote before the run counts as
         // done, and before the bytes are counted.
-        try await flush(mountPoint)
+        do {
+            try await flush(mountPoint)
+        } catch {
+            writeOutFailed.set()
+            throw error
+        }
         return middle
     }
 

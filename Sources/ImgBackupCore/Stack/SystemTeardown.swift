@@ -27,7 +27,13 @@ public struct SystemTeardown: LayerTeardown {
         case .remoteLock(let path, let token):
             await removeLock(path, token: token)
         case .partialImage(let path):
-            try await RemoteFiles.remove(path, deadline: stepDeadline)
+            do {
+                try await RemoteFiles.remove(path, deadline: stepDeadline)
+            } catch where force {
+                // After a hang the remote cannot be reached. The half-made
+                // image never had the real name, and the next init removes it.
+                logger.notice("could not remove the unfinished image \(path) (\(error)): the next init removes it")
+            }
         case .sshfs(_, let mountPoint):
             try await unmountSSHFS(mountPoint, force: force)
         case .nbdBridge(let mountPoint, let pid):
