@@ -45,6 +45,32 @@ extension FirstResult where Failure == Never {
     public func resume(returning value: T) { resume(with: .success(value)) }
 }
 
+/// Deadlines fire from a queue of their own, not from a task: the
+/// cooperative pool has one thread per core, and code blocked on a dead
+/// remote (or a busy machine) could hold every one of them, and with them
+/// the timer that was to end the wait. A private serial queue always gets a
+/// thread.
+final class DeadlineTimer: @unchecked Sendable {
+    // Safe to share: DispatchWorkItem's cancel is thread-safe, and the item
+    // is never changed after init.
+    private static let queue = DispatchQueue(label: "imgbackup.deadlines")
+    private let item: DispatchWorkItem
+
+    /// Calls `fire` after `delay` unless cancelled first.
+    @discardableResult
+    static func after(_ delay: Duration, _ fire: @escaping @Sendable () -> Void) -> DeadlineTimer {
+        DeadlineTimer(delay, fire)
+    }
+
+    private init(_ delay: Duration, _ fire: @escaping @Sendable () -> Void) {
+        item = DispatchWorkItem(block: fire)
+        let nanoseconds = delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
+        Self.queue.asyncAfter(deadline: .now() + .nanoseconds(Int(clamping: nanoseconds)), execute: item)
+    }
+
+    func cancel() { item.cancel() }
+}
+
 /// Runs `body` on a thread of its own and waits at most `deadline` for it.
 ///
 /// A task timeout cannot interrupt a blocking syscall: an `umount`, `fsync` or
@@ -58,8 +84,7 @@ public func withAbandonableDeadline<T: Sendable>(
 ) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
         let first = FirstResult(continuation)
-        let timer = Task.detached {
-            try await Task.sleep(for: deadline)
+        let timer = DeadlineTimer.after(deadline) {
             first.resume(with: .failure(DeadlineExceeded(operation: operation, deadline: deadline)))
         }
         let worker = Thread {
@@ -90,8 +115,7 @@ public func withDeadline<T: Sendable>(
             try await withCheckedThrowingContinuation { continuation in
                 let first = FirstResult(continuation)
                 pending.withLock { $0 = first }
-                let timer = Task.detached {
-                    try await Task.sleep(for: deadline)
+                let timer = DeadlineTimer.after(deadline) {
                     first.resume(with: .failure(DeadlineExceeded(operation: operation, deadline: deadline)))
                 }
                 Task.detached {
@@ -110,10 +134,7 @@ public func withDeadline<T: Sendable>(
         // Wait for the teardown, but never longer than the grace.
         _ = try? await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let first = FirstResult(continuation)
-            Task.detached {
-                try? await Task.sleep(for: cancellationGrace)
-                first.resume(with: .success(()))
-            }
+            DeadlineTimer.after(cancellationGrace) { first.resume(with: .success(())) }
             Task.detached {
                 _ = await work.result
                 first.resume(with: .success(()))
