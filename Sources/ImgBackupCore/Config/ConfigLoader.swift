@@ -30,6 +30,9 @@ public enum ConfigLoader {
     }
 
     public static func parse(_ text: String, path: String) throws(ImgBackupError) -> Configuration {
+        if let problem = TOMLPreflight.firstProblem(in: text) {
+            throw ImgBackupError(.config, "\(path):\(problem.line): invalid TOML: \(problem.reason)")
+        }
         let root: TOMLTable
         do {
             root = try TOMLTable(string: text)

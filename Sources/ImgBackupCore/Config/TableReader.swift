@@ -32,7 +32,26 @@ final class TableReader {
         let path = keyPath + (key.map { [$0] } ?? [])
         let line = context.lines.line(for: path) ?? context.lines.line(for: keyPath)
         let location = line.map { "\(context.path):\($0)" } ?? context.path
-        return ImgBackupError(.config, "\(location): \(path.joined(separator: ".")): \(message)")
+        // Values quoted in the message may hold newlines or other control
+        // characters: escaped, the error stays one line.
+        let text = "\(location): \(path.joined(separator: ".")): \(message)"
+        return ImgBackupError(.config, Self.escapingControlCharacters(text))
+    }
+
+    static func escapingControlCharacters(_ text: String) -> String {
+        var escaped = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": escaped += "\\n"
+            case "\r": escaped += "\\r"
+            case "\t": escaped += "\\t"
+            case _ where scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .lineSeparator
+                || scalar.properties.generalCategory == .paragraphSeparator:
+                escaped += "\\u{\(String(scalar.value, radix: 16))}"
+            default: escaped.unicodeScalars.append(scalar)
+            }
+        }
+        return escaped
     }
 
     private func value(_ key: String) -> TOMLValueConvertible? {
@@ -157,26 +176,36 @@ struct LineLocator {
 
     init(_ text: String) {
         var current: [String] = []
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespaces)
+        // By scalars, not Characters: "\r\n" is one Character, and a CRLF
+        // file would otherwise be one long line.
+        for (index, raw) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = Self.trimmed(String(String.UnicodeScalarView(raw)), dropping: " \t\r")
             let number = index + 1
             if line.hasPrefix("[") {
-                let inner = line.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-                    .split(separator: "#").first.map(String.init) ?? ""
-                current = Self.splitDotted(inner.trimmingCharacters(in: CharacterSet(charactersIn: "[] ")))
+                let inner = Self.trimmed(line, dropping: "[]").split(separator: "#").first.map(String.init) ?? ""
+                current = Self.splitDotted(Self.trimmed(inner, dropping: "[] \t"))
                 let joined = current.joined(separator: ".")
                 for depth in 1...max(current.count, 1) where lines[current.prefix(depth).joined(separator: ".")] == nil {
                     lines[current.prefix(depth).joined(separator: ".")] = number
                 }
                 lines[joined] = lines[joined] ?? number
             } else if let equals = line.firstIndex(of: "="), !line.hasPrefix("#") {
-                let keyPart = String(line[..<equals]).trimmingCharacters(in: .whitespaces)
-                let key = Self.splitDotted(keyPart)
+                let key = Self.splitDotted(Self.trimmed(String(line[..<equals]), dropping: " \t"))
                 guard !key.isEmpty else { continue }
                 let full = (current + key).joined(separator: ".")
                 lines[full] = lines[full] ?? number
             }
         }
+    }
+
+    /// `text` without leading and trailing scalars from `set`. (Foundation's
+    /// trimmingCharacters crashed on some malformed input the fuzz test made.)
+    static func trimmed(_ text: String, dropping set: String) -> String {
+        let drop = Set(set.unicodeScalars)
+        let scalars = text.unicodeScalars
+        guard let first = scalars.firstIndex(where: { !drop.contains($0) }) else { return "" }
+        let last = scalars.lastIndex(where: { !drop.contains($0) })!
+        return String(String.UnicodeScalarView(scalars[first...last]))
     }
 
     func line(for keyPath: [String]) -> Int? {
