@@ -118,6 +118,41 @@ public final class CryptDevice {
         if status < 0 { throw fail("crypt_keyslot_add_by_volume_key", status) }
     }
 
+    /// Adds a keyslot for `newKey`, unlocked by `existingKey` (a second key,
+    /// e.g. an offline recovery key). Needs ``load()`` first. Returns the slot.
+    @discardableResult
+    public func addKeyslot(existingKey: SecureBytes, newKey: SecureBytes, pbkdf: PBKDFSettings = .strong) throws(CryptSetupError) -> Int {
+        try applyPBKDF(pbkdf)
+        let status = existingKey.withUnsafeBytes { old in
+            old.withMemoryRebound(to: CChar.self) { oldChars in
+                newKey.withUnsafeBytes { new in
+                    new.withMemoryRebound(to: CChar.self) { newChars in
+                        crypt_keyslot_add_by_passphrase(
+                            handle, imgb_crypt_any_slot, oldChars.baseAddress, oldChars.count, newChars.baseAddress, newChars.count)
+                    }
+                }
+            }
+        }
+        if status < 0 { throw fail("crypt_keyslot_add_by_passphrase", status) }
+        return Int(status)
+    }
+
+    /// The keyslots that hold a key. Needs ``load()`` first.
+    public var activeKeyslots: [Int] {
+        let slots = crypt_keyslot_max(CRYPT_LUKS2)
+        guard slots > 0 else { return [] }
+        return (0..<Int(slots)).filter { slot in
+            let status = crypt_keyslot_status(handle, Int32(slot))
+            return status == CRYPT_SLOT_ACTIVE || status == CRYPT_SLOT_ACTIVE_LAST
+        }
+    }
+
+    /// Wipes one keyslot: the key it held no longer opens the image.
+    public func destroyKeyslot(_ slot: Int) throws(CryptSetupError) {
+        let status = crypt_keyslot_destroy(handle, Int32(slot))
+        if status < 0 { throw fail("crypt_keyslot_destroy", status) }
+    }
+
     private func applyPBKDF(_ settings: PBKDFSettings) throws(CryptSetupError) {
         var status: Int32 = 0
         settings.kind.rawValue.withCString { type in

@@ -61,3 +61,60 @@ public enum KeyFile {
         return SecureBytes(consuming: &bytes)
     }
 }
+
+extension KeyFile {
+    /// The most a key read from a stream (stdin, `--key-fd`, a key
+    /// command's output) may be. One buffer of this size is filled, so the
+    /// key is never copied by a growing array and left behind in freed memory.
+    public static let streamLimit = 64 * 1024
+
+    /// Reads a key from an open descriptor until end of file, every byte as
+    /// `cryptsetup --key-file -` does (a trailing newline included).
+    public static func read(descriptor fd: Int32, name: String) throws(KeyFileProblem) -> SecureBytes {
+        var bytes = [UInt8](repeating: 0, count: streamLimit + 1)
+        var filled = 0
+        while filled < bytes.count {
+            let got = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            if got < 0 && errno == EINTR { continue }
+            if got < 0 {
+                let error = SystemCallError(call: "read", object: name, errno: errno)
+                _ = SecureBytes(consuming: &bytes)
+                throw .unreadable(error)
+            }
+            if got == 0 { break }
+            filled += got
+        }
+        guard filled <= streamLimit else {
+            _ = SecureBytes(consuming: &bytes)
+            throw .tooLarge(limit: streamLimit)
+        }
+        bytes.removeLast(bytes.count - filled)
+        guard !bytes.isEmpty else { throw .empty }
+        return SecureBytes(consuming: &bytes)
+    }
+}
+
+/// Where a key command writes the key: an in-memory file handed to the
+/// child as stdout, read back into ``SecureBytes`` and emptied. The key
+/// never passes through a pipe buffer the runner would turn into text.
+public final class KeyCapture: Sendable {
+    private let file: MemoryFile
+
+    public init() throws(SystemCallError) {
+        file = try MemoryFile(name: "key")
+    }
+
+    /// A descriptor for the child's stdout (``Command/outputDescriptor``; the runner closes it).
+    public func childDescriptor() throws(SystemCallError) -> Int32 {
+        try checkedNegative("dup", "key memfd") { fcntl(file.descriptor, F_DUPFD_CLOEXEC, 0) }
+    }
+
+    /// What the child wrote, and the file emptied.
+    public func take(name: String) throws(KeyFileProblem) -> SecureBytes {
+        defer { file.empty() }
+        guard lseek(file.descriptor, 0, SEEK_SET) == 0 else {
+            throw .unreadable(SystemCallError(call: "lseek", object: name, errno: errno))
+        }
+        return try KeyFile.read(descriptor: file.descriptor, name: name)
+    }
+}

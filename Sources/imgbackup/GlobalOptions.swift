@@ -15,6 +15,9 @@ struct GlobalOptions: ParsableArguments {
     /// design.md's command line is `imgbackup [--config FILE] COMMAND ...`:
     /// global options may come before the subcommand. argument-parser reads
     /// options per subcommand, so move leading ones to just after it.
+    /// Subcommands that only hold subcommands.
+    static let commandGroups: Set<String> = ["key"]
+
     static func movingLeadingGlobals(_ arguments: [String]) -> [String] {
         var globals: [String] = []
         var index = 0
@@ -33,7 +36,12 @@ struct GlobalOptions: ParsableArguments {
             }
         }
         guard !globals.isEmpty, index < arguments.count else { return arguments }
-        return [arguments[index]] + globals + arguments[(index + 1)...]
+        // A command group (`key add`): the options belong to the leaf.
+        var command = [arguments[index]]
+        if commandGroups.contains(arguments[index]), index + 1 < arguments.count, !arguments[index + 1].hasPrefix("-") {
+            command.append(arguments[index + 1])
+        }
+        return command + globals + arguments[(index + command.count)...]
     }
 
     /// Sets up logging and loads the configuration.
@@ -44,10 +52,17 @@ struct GlobalOptions: ParsableArguments {
     }
 
     func environment(_ config: Configuration) -> OperationEnvironment {
-        OperationEnvironment(
+        var environment = OperationEnvironment(
             paths: RuntimePaths.fromEnvironment(ProcessInfo.processInfo.environment),
             logger: Logger(label: "imgbackup"),
             progress: Terminal.progressDisplay(),
             configPath: config.path)
+        environment.processEnvironment = ProcessInfo.processInfo.environment
+        return environment
+    }
+
+    /// The named target, its key source resolved from `keys`.
+    func target(_ name: String, in config: Configuration, keys: KeyOptions) throws(ImgBackupError) -> Target {
+        try keys.resolve(try config.target(named: name), environment: ProcessInfo.processInfo.environment)
     }
 }

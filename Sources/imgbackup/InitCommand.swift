@@ -13,6 +13,7 @@ struct InitCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var keys: KeyOptions
 
     @Argument(help: "The target, a [target.NAME] table of the config.")
     var target: String
@@ -30,7 +31,7 @@ struct InitCommand: AsyncParsableCommand {
             sizeOverride = parsed
         }
         let operation = try InitOperation(
-            target: try config.target(named: target), environment: global.environment(config), size: sizeOverride)
+            target: try global.target(target, in: config, keys: keys), environment: global.environment(config), size: sizeOverride)
         let report = try await operation.run()
         print("created \(report.image): \(report.size), LUKS2 \(report.luksUUID)")
     }

@@ -49,7 +49,8 @@ struct ImgBackup: AsyncParsableCommand {
             7 local system error; 8 teardown left something up.
             """,
         subcommands: [
-            InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, NBDBridgeCommand.self,
+            InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, KeyCommand.self,
+            NBDBridgeCommand.self,
         ]
     )
 }

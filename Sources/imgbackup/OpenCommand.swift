@@ -7,6 +7,7 @@ struct OpenCommand: AsyncParsableCommand {
         abstract: "Bring the image up and print its mount point; it stays up until 'close'.")
 
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var keys: KeyOptions
 
     @Argument(help: "The target, a [target.NAME] table of the config.")
     var target: String
@@ -27,7 +28,7 @@ struct OpenCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try global.load()
-        var resolved = try config.target(named: target)
+        var resolved = try global.target(target, in: config, keys: keys)
         if let transport {
             guard let parsed = Target.Transport(rawValue: transport) else {
                 throw ImgBackupError(.usage, "--transport '\(transport)' is not one of sshfs, nbd")

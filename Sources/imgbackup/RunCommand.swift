@@ -15,6 +15,7 @@ struct RunCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var keys: KeyOptions
 
     @Argument(help: "The target, a [target.NAME] table of the config.")
     var target: String?
@@ -33,13 +34,20 @@ struct RunCommand: AsyncParsableCommand {
         if all == (target != nil) {
             throw ValidationError("give a TARGET or --all, not both and not neither")
         }
+        if all && keys.isGiven {
+            throw ValidationError("--key-file and --key-fd give one target's key: not with --all")
+        }
     }
 
     func run() async throws {
         let config = try global.load()
         let environment = global.environment(config)
         let time = try now.map(Self.parseTime) ?? Date()
-        let targets = all ? config.targets.filter { $0.copy != nil } : [try config.target(named: target!)]
+        let targets = all
+            ? try config.targets.filter { $0.copy != nil }.map { (target) throws(ImgBackupError) in
+                try keys.resolve(target, environment: ProcessInfo.processInfo.environment)
+            }
+            : [try global.target(target!, in: config, keys: keys)]
         if all && targets.isEmpty {
             throw ImgBackupError(.config, "no target in \(config.path) has a [copy] table", hint: "nothing to run")
         }

@@ -12,6 +12,7 @@ struct TrimCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var global: GlobalOptions
+    @OptionGroup var keys: KeyOptions
 
     @Argument(help: "The target, a [target.NAME] table of the config.")
     var target: String
@@ -19,7 +20,7 @@ struct TrimCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try global.load()
         let report = try await TrimOperation(
-            target: try config.target(named: target), environment: global.environment(config)
+            target: try global.target(target, in: config, keys: keys), environment: global.environment(config)
         ).run()
         let format = { (bytes: UInt64?) in bytes.map { "\(ByteSize.format($0)) (\($0) bytes)" } ?? "unknown" }
         print("trimmed: \(format(report.trimmedBytes))")

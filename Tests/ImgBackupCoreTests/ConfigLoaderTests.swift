@@ -75,6 +75,12 @@ let designExample = """
         #expect(target.timeouts == Target.Timeouts())
     }
 
+    /// A key from a systemd credential or the command line needs none in the config.
+    @Test func aTargetWithNoKeySourceLoadsAndAsksForOneWhenUsed() throws {
+        let config = try ConfigLoader.parse("[target.cred]\nremote = \"host:/backups\"\n", path: "c.toml")
+        #expect(try config.target(named: "cred").key == .unset)
+    }
+
     @Test func targetsKeepFileOrder() throws {
         let config = try ConfigLoader.parse(
             """
@@ -128,7 +134,16 @@ let designExample = """
         ("[target.t]\nremote = \"h:backups\"\nkey_file = \"/k\"\n",
          "c.toml:2: target.t.remote: 'h:backups' is not [user@]host:/directory"),
         ("[target.t]\nkey_file = \"/k\"\n", "c.toml:1: target.t: missing required key 'remote'"),
-        ("[target.t]\nremote = \"h:/b\"\n", "c.toml:1: target.t: needs key_file or key_command"),
+        ("[target.t]\nremote = \"h:/b\"\nkey_command = []\n", "c.toml:3: target.t.key_command: must be a non-empty argv"),
+        // The TOML parser underneath asserts on these instead of reporting them.
+        ("[=target.t]\nremote = \"h:/b\"\n", "c.toml:1: invalid TOML: '[' must be followed by a table name"),
+        ("[[[target.t]\n", "c.toml:1: invalid TOML: '[' must be followed by a table name"),
+        ("[target.t]\nremote = \"h:/b\"\nssh_options = [}\"a=b\"]\n", "c.toml:3: invalid TOML: expected a value before '}'"),
+        // A value with a newline in it stays one line in the message.
+        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\nssh_options = [\"A=b\\nProxyCommand=x\"]\n",
+         "c.toml:4: target.t.ssh_options: 'A=b\\nProxyCommand=x' is not an ssh option"),
+        // CRLF line ends: the line number is still right.
+        ("[target.t]\r\nremote = \"h:/b\"\r\nkey_file = \"/k\"\r\nport = 0\r\n", "c.toml:4: target.t.port: 0 is not a TCP port"),
         ("[targets.t]\nremote = \"h:/b\"\n", "c.toml:1: targets: unknown key"),
         ("[target.\"bad name\"]\nremote = \"h:/b\"\nkey_file = \"/k\"\n", "c.toml:1: target.bad name: target name 'bad name'"),
         ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\nport = \n", "c.toml:4: invalid TOML"),

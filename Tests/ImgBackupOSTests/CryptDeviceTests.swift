@@ -28,6 +28,31 @@ import Testing
         #expect(error?.isWrongKey == true, "a key missing its trailing newline is a different key")
     }
 
+    @Test func aSecondKeyOpensTheImageAndDestroyingASlotRevokesItsKey() throws {
+        let scratch = ScratchDirectory()
+        let image = scratch.file("image", size: 32 << 20)
+        _ = try CryptDevice(devicePath: image).formatLUKS2(key: key("first"), pbkdf: cheap)
+
+        let crypt = try CryptDevice(devicePath: image)
+        try crypt.load()
+        #expect(crypt.activeKeyslots == [0])
+        #expect(try crypt.addKeyslot(existingKey: key("first"), newKey: key("recovery"), pbkdf: cheap) == 1)
+        #expect(crypt.activeKeyslots == [0, 1])
+        let wrong = #expect(throws: CryptSetupError.self) {
+            try crypt.addKeyslot(existingKey: key("not a key"), newKey: key("third"), pbkdf: cheap)
+        }
+        #expect(wrong?.call == "crypt_keyslot_add_by_passphrase")
+
+        let reloaded = try CryptDevice(devicePath: image)
+        try reloaded.load()
+        #expect(try reloaded.activate(name: nil, key: key("recovery")) == 1)
+        try reloaded.destroyKeyslot(0)
+        #expect(reloaded.activeKeyslots == [1])
+        let revoked = #expect(throws: CryptSetupError.self) { try reloaded.activate(name: nil, key: key("first")) }
+        #expect(revoked?.isWrongKey == true)
+        #expect(try reloaded.activate(name: nil, key: key("recovery")) == 1)
+    }
+
     @Test func aFileWithoutAHeaderIsNotLUKS() throws {
         let scratch = ScratchDirectory()
         let image = scratch.file("zeros", size: 32 << 20)

@@ -31,3 +31,47 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+
+@Suite struct KeyStreamTests {
+    /// A pipe holding `bytes`, its write end closed: what `--key-fd` reads.
+    private func pipe(holding bytes: [UInt8]) -> Int32 {
+        var ends: [Int32] = [-1, -1]
+        #expect(Glibc.pipe(&ends) == 0)
+        bytes.withUnsafeBytes { _ = Glibc.write(ends[1], $0.baseAddress, $0.count) }
+        close(ends[1])
+        return ends[0]
+    }
+
+    @Test func readsADescriptorToTheEndEveryByteIncluded() throws {
+        let fd = pipe(holding: Array("passphrase\n".utf8))
+        defer { close(fd) }
+        let key = try KeyFile.read(descriptor: fd, name: "the key on descriptor \(fd)")
+        key.withUnsafeBytes { #expect(Array($0) == Array("passphrase\n".utf8)) }
+    }
+
+    @Test func refusesAnEmptyStream() {
+        let fd = pipe(holding: [])
+        defer { close(fd) }
+        #expect(throws: KeyFileProblem.empty) { try KeyFile.read(descriptor: fd, name: "stdin") }
+    }
+
+    @Test func refusesMoreThanTheStreamLimit() throws {
+        let scratch = ScratchDirectory()
+        let path = scratch.file("big", size: 0, mode: 0o600, contents: [UInt8](repeating: 7, count: KeyFile.streamLimit + 1))
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        #expect(throws: KeyFileProblem.tooLarge(limit: KeyFile.streamLimit)) { try KeyFile.read(descriptor: fd, name: "big") }
+    }
+
+    @Test func aCaptureHandsBackWhatTheChildWroteAndEmptiesItself() async throws {
+        let capture = try KeyCapture()
+        var command = Command("printf", ["%s", "k3y-bytes"], timeout: .seconds(10))
+        command.outputDescriptor = try capture.childDescriptor()
+        let result = try await SubprocessCommandRunner().run(command)
+        #expect(result.succeeded)
+        #expect(result.standardOutput.isEmpty, "the key went to the capture, not the runner's output")
+        let key = try capture.take(name: "printf")
+        key.withUnsafeBytes { #expect(Array($0) == Array("k3y-bytes".utf8)) }
+        #expect(throws: KeyFileProblem.empty) { try capture.take(name: "printf") }
+    }
+}

@@ -82,7 +82,7 @@ public enum ConfigLoader {
                 throw table.error("key_command", "must be a non-empty argv whose first element is a program name or absolute path")
             }
             key = .command(command)
-        case (nil, nil): throw table.error(nil, "needs key_file or key_command")
+        case (nil, nil): key = .unset
         case (_?, _?): throw table.error("key_command", "give key_file or key_command, not both")
         }
 

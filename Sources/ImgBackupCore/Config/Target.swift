@@ -8,8 +8,17 @@ public struct Target: Sendable, Equatable {
 
     /// Where the key comes from. The bytes themselves are read only when needed.
     public enum KeySource: Sendable, Equatable {
+        /// `key_file` (or `--key-file PATH`): refused if group or others can read it.
         case file(String)
+        /// `key_command`: its stdout is the key (`pass show ...`).
         case command([String])
+        /// `--key-fd N`, `--key-file -` (0): read to end of file.
+        case descriptor(Int32)
+        /// A systemd credential: `$CREDENTIALS_DIRECTORY/imgbackup.TARGET`.
+        case credential(String)
+        /// Neither key_file nor key_command: the key must come from the
+        /// command line or a systemd credential.
+        case unset
     }
 
     public enum NBDExport: Sendable, Equatable {

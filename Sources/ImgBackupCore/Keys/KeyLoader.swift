@@ -1,19 +1,79 @@
 import ImgBackupOS
 
-/// Loads a target's key into wiped-after-use memory, or says in one line why not.
+/// Loads a target's key into wiped-after-use memory, or says in one line why
+/// not. The key reaches libcryptsetup from that memory only: never argv, the
+/// environment, a log line or a file of ours.
 public enum KeyLoader {
-    public static func load(_ source: Target.KeySource) throws(ImgBackupError) -> SecureBytes {
+    /// A key command may wait for a person (a pinentry) or an agent.
+    static let commandLimit: Duration = .seconds(120)
+    /// What a key command sees of our environment: what `pass`, gpg and
+    /// secret-tool need to find their agent and store. Never key material.
+    static let commandEnvironmentNames = [
+        "HOME", "USER", "LOGNAME", "GNUPGHOME", "GPG_TTY", "PASSWORD_STORE_DIR", "XDG_RUNTIME_DIR",
+        "DBUS_SESSION_BUS_ADDRESS", "CREDENTIALS_DIRECTORY",
+    ]
+
+    public static func load(
+        _ source: Target.KeySource, target: String, runner: any CommandRunning,
+        environment: [String: String] = [:]
+    ) async throws(ImgBackupError) -> SecureBytes {
         switch source {
         case .file(let path):
             do {
                 return try KeyFile.read(path: path)
             } catch {
-                throw message(for: error, path: path)
+                throw message(for: error, what: "key file \(path)", fix: "chmod 600 \(path)")
             }
-        case .command:
+        case .credential(let path):
+            do {
+                return try KeyFile.read(path: path)
+            } catch {
+                throw message(for: error, what: "systemd credential \(path)", fix: "check LoadCredential= in the service unit")
+            }
+        case .descriptor(let fd):
+            let name = fd == 0 ? "the key on standard input" : "the key on descriptor \(fd)"
+            do {
+                return try KeyFile.read(descriptor: fd, name: name)
+            } catch {
+                throw message(for: error, what: name, fix: "")
+            }
+        case .command(let argv):
+            return try await runKeyCommand(argv, runner: runner, environment: environment)
+        case .unset:
             throw ImgBackupError(
-                .config, "key_command is not supported yet",
-                hint: "use key_file for now")
+                .config, "target '\(target)' has no key",
+                hint: "set key_file or key_command in [target.\(target)], pass --key-file or --key-fd, or give the service the credential imgbackup.\(target)")
+        }
+    }
+
+    private static func runKeyCommand(
+        _ argv: [String], runner: any CommandRunning, environment: [String: String]
+    ) async throws(ImgBackupError) -> SecureBytes {
+        let display = argv.joined(separator: " ")
+        let capture: KeyCapture
+        var command = Command(
+            argv[0], Array(argv.dropFirst()), timeout: commandLimit,
+            environment: environment.filter { commandEnvironmentNames.contains($0.key) })
+        do {
+            capture = try KeyCapture()
+            command.outputDescriptor = try capture.childDescriptor()
+        } catch {
+            throw ImgBackupError(.system, "failed to run key_command \(display): \(error)")
+        }
+        let result: CommandResult
+        do {
+            result = try await runner.run(command)
+        } catch {
+            throw ImgBackupError.wrapping(error, .badKey, failedTo: "run key_command \(display)")
+        }
+        guard result.succeeded else {
+            // Only stderr: stdout was the key's place.
+            throw ImgBackupError(.badKey, "key_command \(display) failed: \(result.failureSummary)")
+        }
+        do {
+            return try capture.take(name: "the output of key_command \(display)")
+        } catch {
+            throw message(for: error, what: "the output of key_command \(display)", fix: "")
         }
     }
 
@@ -28,21 +88,14 @@ public enum KeyLoader {
         }
     }
 
-    static func message(for problem: KeyFileProblem, path: String) -> ImgBackupError {
+    static func message(for problem: KeyFileProblem, what: String, fix: String) -> ImgBackupError {
         switch problem {
-        case .loosePermissions(let mode):
-            return ImgBackupError(
-                .badKey,
-                "refusing key file \(path): group or others can access it (mode \(String(mode, radix: 8)))",
-                hint: "chmod 600 \(path)")
-        case .notRegularFile:
-            return ImgBackupError(.badKey, "refusing key file \(path): not a regular file")
-        case .empty:
-            return ImgBackupError(.badKey, "refusing key file \(path): it is empty")
-        case .tooLarge(let limit):
-            return ImgBackupError(.badKey, "refusing key file \(path): larger than \(ByteSize.format(UInt64(limit)))")
-        case .unreadable(let error):
-            return ImgBackupError(.badKey, "failed to read key file \(path): \(error.reason)")
+        case .loosePermissions:
+            return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))", hint: fix.isEmpty ? nil : fix)
+        case .unreadable:
+            return ImgBackupError(.badKey, "failed to read \(what): \(describe(problem))")
+        case .notRegularFile, .empty, .tooLarge:
+            return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))")
         }
     }
 }

@@ -34,7 +34,7 @@ public struct InitOperation {
     public var partialImageName: String { "\(target.image).imgbackup-partial" }
 
     public func run() async throws(ImgBackupError) -> Report {
-        let key = try KeyLoader.load(target.key)
+        let key = try await environment.key(for: target)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
         try TargetLock.requireClosed(target, store: environment.stateStore)

@@ -28,7 +28,7 @@ public struct OpenOperation {
 
     /// Returns the mount point.
     public func run() async throws(ImgBackupError) -> String {
-        let key = try KeyLoader.load(target.key)
+        let key = try await environment.key(for: target)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
         return try await bringUp(key: key)

@@ -15,6 +15,9 @@ public struct OperationEnvironment: Sendable {
     public var progress: (any ProgressDisplay)?
     /// The config file, for helpers started from this one (the NBD bridge).
     public var configPath: String
+    /// This process's environment, of which a key command sees the few
+    /// variables it needs to find its agent (``KeyLoader``).
+    public var processEnvironment: [String: String] = [:]
 
     public init(
         paths: RuntimePaths, runner: any CommandRunning = SubprocessCommandRunner(), logger: Logger,
@@ -41,5 +44,12 @@ struct UpDeadlines {
     init(_ target: Target) {
         transportUp = .seconds(60)
         remoteCall = target.timeouts.stall
+    }
+}
+
+extension OperationEnvironment {
+    /// The target's key, from wherever the config or command line says.
+    func key(for target: Target) async throws(ImgBackupError) -> SecureBytes {
+        try await KeyLoader.load(target.key, target: target.name, runner: runner, environment: processEnvironment)
     }
 }

@@ -78,7 +78,7 @@ public struct RunOperation: Sendable {
     /// image was open; a failure after that is in the outcome, and the
     /// stack is closed either way.
     private func cycle(_ copy: Target.Copy) async throws(ImgBackupError) -> Outcome {
-        let key = try KeyLoader.load(target.key)
+        let key = try await environment.key(for: target)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
         let open = OpenOperation(target: target, environment: environment, breakLock: breakLock)
