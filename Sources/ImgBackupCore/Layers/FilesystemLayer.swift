@@ -10,6 +10,21 @@ public struct FilesystemLayer: Layer {
 
     public var intent: LayerRecord { .filesystem(device: device, mountPoint: mountPoint) }
 
+    /// Refuses a mount point something is mounted on, or that holds files
+    /// the mount would hide. A missing one is fine (it gets created).
+    static func requireUsableMountPoint(_ mountPoint: String) throws(ImgBackupError) {
+        if MountTable.isMountPoint(mountPoint) {
+            throw ImgBackupError(
+                .system, "refusing mount_point \(mountPoint): something is already mounted there",
+                hint: "unmount it or choose another mount_point")
+        }
+        if access(mountPoint, F_OK) == 0 && !LocalFiles.isEmptyDirectory(mountPoint) {
+            throw ImgBackupError(
+                .system, "refusing mount_point \(mountPoint): it is not empty",
+                hint: "files there would be hidden by the mount; move them or choose another mount_point")
+        }
+    }
+
     public func up() async throws -> LayerRecord {
         let found: FilesystemProbe.Found
         do {
@@ -28,21 +43,20 @@ public struct FilesystemLayer: Layer {
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "create the mount point \(mountPoint)")
         }
-        if MountTable.isMountPoint(mountPoint) {
-            throw ImgBackupError(
-                .system, "failed to mount \(device): something is already mounted at \(mountPoint)",
-                hint: "unmount it or choose another mount_point")
-        }
-        if !LocalFiles.isEmptyDirectory(mountPoint) {
-            throw ImgBackupError(
-                .system, "failed to mount \(device): the mount point \(mountPoint) is not empty",
-                hint: "files there would be hidden by the mount; move them or choose another mount_point")
-        }
+        try Self.requireUsableMountPoint(mountPoint)
         do {
             try await Mounts.mount(device: device, at: mountPoint, type: filesystem.rawValue, deadline: deadline)
+        } catch let error as SystemCallError where error.errno == EINVAL {
+            throw ImgBackupError(
+                .system, "failed to mount \(device) at \(mountPoint): the kernel refused the \(filesystem.rawValue) filesystem in it",
+                hint: "the image may be truncated (compare the remote file's size with the target's size) or its filesystem damaged")
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "mount \(device) at \(mountPoint)")
         }
         return intent
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif

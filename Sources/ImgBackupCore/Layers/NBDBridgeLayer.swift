@@ -27,6 +27,12 @@ public struct NBDBridgeLayer: Layer {
     public var intent: LayerRecord { .nbdBridge(mountPoint: mountPoint, pid: nil) }
     public var imagePath: String { "\(mountPoint)/\(ImageFileSystem.fileName)" }
 
+    /// What `flock --nonblock --verbose` prints on the remote when another
+    /// session holds the image: an NBD command wrapped in flock is the NBD
+    /// transport's remote lock (the kernel drops it when the session ends,
+    /// so it can never go stale). See docs/usage.md, "The remote lock".
+    static let remoteLockRefusal = "flock: failed to get lock"
+
     public func up() async throws -> LayerRecord {
         guard target.nbd != nil else {
             throw ImgBackupError(
@@ -55,6 +61,11 @@ public struct NBDBridgeLayer: Layer {
         while clock.now < until {
             if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(ImageFileSystem.subtype)" { return record }
             if process.exitStatusIfEnded() != nil {
+                if ((try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "").contains(Self.remoteLockRefusal) {
+                    throw ImgBackupError(
+                        .locked, "the image \(target.image) is in use: another NBD client holds the remote's lock on it",
+                        hint: "wait for it to close; the remote releases the lock when that connection ends")
+                }
                 // The bridge's own error line already says what failed.
                 let line = lastLine(of: logFile)
                 throw ImgBackupError(.remote, line.hasPrefix("failed to") || line.hasPrefix("the NBD") ? line : "failed to connect to the NBD export: \(line)")

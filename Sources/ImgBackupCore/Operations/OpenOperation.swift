@@ -39,6 +39,8 @@ public struct OpenOperation {
     /// knows its copy step may still hold the mount).
     func bringUp(key: SecureBytes, operation: String = "open") async throws(ImgBackupError) -> String {
         try TargetLock.requireClosed(target, store: environment.stateStore)
+        // Before anything touches the remote (the filesystem layer checks again).
+        try FilesystemLayer.requireUsableMountPoint(target.mountPoint)
 
         let builder = StackBuilder(target: target, environment: environment, operation: operation)
         let identity = LUKSIdentity(paths: environment.paths)
@@ -69,10 +71,6 @@ public struct OpenOperation {
                 expectedUUID: expected, allowDiscards: allowDiscards, deadline: builder.deadlines.remoteCall)
             try await builder.push(crypt)
             loop.release()
-            if expected == nil, let uuid = crypt.observedUUID {
-                environment.logger.notice("recording LUKS UUID \(uuid) for target '\(target.name)' (first open on this machine)")
-                try identity.record(uuid, for: target.name)
-            }
 
             let check = FilesystemCheck(target: target, environment: environment)
             if !skipCheck { try await check.checkIfMarked(device: crypt.mappedDevice) }
@@ -82,6 +80,11 @@ public struct OpenOperation {
                 FilesystemLayer(
                     device: crypt.mappedDevice, mountPoint: target.mountPoint, filesystem: target.filesystem,
                     deadline: builder.deadlines.remoteCall))
+            // Only once it opened: a failed open says one thing, its error.
+            if expected == nil, let uuid = crypt.observedUUID {
+                environment.logger.notice("recording LUKS UUID \(uuid) for target '\(target.name)' (first open on this machine)")
+                try identity.record(uuid, for: target.name)
+            }
             return target.mountPoint
         }
     }
