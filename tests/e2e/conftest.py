@@ -31,10 +31,11 @@ class BackupHost:
         self.runtime = os.path.join(work, "run")
         self.state = os.path.join(work, "state")
         self.env = dict(os.environ, IMGBACKUP_RUNTIME_DIR=self.runtime, IMGBACKUP_STATE_DIR=self.state)
+        self.template = None
 
     def add_target(self, name, tables=None, **overrides):
-        """Appends a [target.NAME] table like the demo target, with overrides;
-        `tables` adds sub-tables: {"nbd": {"uri": ...}, "copy": {...}}."""
+        """Appends a [target.NAME] table like the demo target, with overrides
+        (None leaves a key out); `tables` adds sub-tables: {"nbd": {"uri": ...}, "copy": {...}}."""
         values = {
             "remote": f"root@127.0.0.1:{self.storage}",
             "port": PORT,
@@ -46,9 +47,13 @@ class BackupHost:
             "key_file": f"{self.work}/keys/demo.key",
             "mount_point": f"{self.work}/mnt/{name}",
         }
+        if "key_command" in overrides and "key_file" not in overrides:
+            del values["key_file"]
         values.update(overrides)
         lines = [f"\n[target.{name}]"]
         for key, value in values.items():
+            if value is None:  # left out
+                continue
             lines.append(f"{key} = {toml_value(value)}")
         tables = dict(tables or {})
         timeouts = {"stall": "60s", "teardown": "20s", **tables.pop("timeouts", {})}
@@ -61,10 +66,22 @@ class BackupHost:
             config.write("\n".join(lines) + "\n")
         return name
 
+    def clone_image(self, target, image=None, directory=None):
+        """Gives `target` a ready image: a sparse copy of one image initialised
+        once per session (ext4, 96 MiB, the demo key). init is the slowest
+        command under emulation; tests that are not about init start here."""
+        if self.template is None:
+            self.add_target("template", size="96M")
+            self.ok("init", "template")
+            self.template = self.image("template")
+        destination = os.path.join(directory or self.storage, image or f"{target}.img")
+        subprocess.run(["cp", "--sparse=always", self.template, destination], check=True)
+
     def with_config(self, file_name):
         """The same backup host and state, with a config file of its own
         (for `run --all`, which runs every target of its config)."""
         other = BackupHost(self.work)
+        other.template = self.template
         other.config = os.path.join(self.work, file_name)
         open(other.config, "w").close()
         return other
@@ -102,7 +119,7 @@ def toml_value(value):
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 @pytest.fixture(scope="session")

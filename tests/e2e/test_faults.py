@@ -74,7 +74,7 @@ def freeze_mid_copy(host, name, source, frozen):
     process called `frozen` is SIGSTOPped. Asserts exit 3 within the stall
     plus 30 s and nothing left behind; returns (stderr, the earlier backup's
     digest)."""
-    host.ok("init", name)
+    host.clone_image(name)
     host.ok("run", name)
     earlier = tree_digest(source)
     write_random_files(os.path.join(source, "big"), 12, 4 * MiB)  # minutes at this VM's transport speed
@@ -157,7 +157,7 @@ def test_imgbackup_killed_mid_run_then_close_cleans_up_and_the_next_run_works(ho
     mount until stopped, so the test does not depend on timing."""
     name = host.add_target("killed", tables={"copy": {"method": "command", "command": [
         "sh", "-c", "[ -e {mount}/first-run-done ] && exit 0; touch {mount}/first-run-done; cd {mount} && exec sleep 600"]}})
-    host.ok("init", name)
+    host.clone_image(name)
     run = start_run(host, name)
     deadline = time.monotonic() + 120
     while not processes_named("sleep") and time.monotonic() < deadline:
@@ -183,7 +183,7 @@ def test_bridge_killed_mid_run_fails_the_run_and_leaves_nothing(host):
     source = os.path.join(host.work, "src-bridge-killed")
     write_random_files(source, 12, 2 * MiB)
     name = add_nbd_run_target(host, "bridgekilled", source)
-    host.ok("init", name)
+    host.clone_image(name)
     run = start_run(host, name)
     wait_until_copying(host, name)
     bridges = [int(p) for p in subprocess.run(["pgrep", "-f", "nbd-bridge bridgekilled"], capture_output=True,
@@ -214,7 +214,7 @@ def test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing(host):
                             "delay-trim=5"]},
         "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
     })
-    host.ok("init", name)
+    host.clone_image(name)
     mount = host.ok("open", name).stdout.strip()
     write_random_files(os.path.join(mount, "keep"), 1, MiB)
     kept = tree_digest(os.path.join(mount, "keep"))
@@ -266,7 +266,7 @@ def kill_mid_copy(host, name, source, victims):
     (exit 2, the write-out failed) or the watchdog sees the transport go
     (exit 3): either way within the stall plus 30 s, closed, and the next
     open checks the filesystem and finds the earlier backup."""
-    host.ok("init", name)
+    host.clone_image(name)
     host.ok("run", name)
     earlier = tree_digest(source)
     write_random_files(os.path.join(source, "big"), 12, 4 * MiB)
@@ -325,7 +325,7 @@ def test_remote_filesystem_full_mid_copy_says_so_and_keeps_earlier_backups(host)
             "copy": {"method": "rsync", "sources": [source]},
             "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
         })
-        host.ok("init", name)
+        host.clone_image(name, directory=storage)
         host.ok("run", name)
         earlier = tree_digest(source)
         write_random_files(os.path.join(source, "big"), 12, 4 * MiB)

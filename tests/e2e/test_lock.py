@@ -9,7 +9,7 @@ from conftest import assert_nothing_left
 def test_two_targets_on_one_image_cannot_both_open_it(host):
     first = host.add_target("lock_a", image="locked.img")
     second = host.add_target("lock_b", image="locked.img")
-    host.ok("init", first)
+    host.clone_image(first, image="locked.img")
     lock = os.path.join(host.storage, "locked.img.lock")
     mount = host.ok("open", first).stdout.strip()
     try:
@@ -36,7 +36,7 @@ def test_two_targets_on_one_image_cannot_both_open_it(host):
 
 def test_a_lock_from_another_machine_is_reported_and_only_broken_on_request(host):
     name = host.add_target("lock_foreign")
-    host.ok("init", name)
+    host.clone_image(name)
     lock = host.image(name) + ".lock"
     foreign = "host=backup-laptop\npid=4242\ntarget=offsite\nsince=2026-11-20T03:00:00Z\ntoken=not-ours\n"
     with open(lock, "w") as out:
@@ -55,3 +55,28 @@ def test_a_lock_from_another_machine_is_reported_and_only_broken_on_request(host
     host.ok("close", name)
     assert not os.path.exists(lock)
     assert_nothing_left(host, name)
+
+
+def test_an_nbd_command_wrapped_in_flock_refuses_a_second_client(host):
+    """The NBD transport's remote lock: flock on the image around nbdkit.
+    The second target gets exit 4 while the first is open, and gets in once
+    the first has closed (the lock went with its session)."""
+    image = os.path.join(host.storage, "nbdlocked.img")
+    command = ["flock", "--nonblock", "--verbose", image, "nbdkit", "--single", "--exit-with-parent", "file", image]
+    first = host.add_target("nbdlock_a", image="nbdlocked.img", transport="nbd", tables={"nbd": {"command": command}})
+    second = host.add_target("nbdlock_b", image="nbdlocked.img", transport="nbd", tables={"nbd": {"command": command}})
+    host.clone_image(first, image="nbdlocked.img")
+    host.ok("open", first)
+    try:
+        result = host.run("open", second)
+        assert result.returncode == 4
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith("imgbackup: error: the image nbdlocked.img is in use: another NBD client holds")
+        assert_nothing_left(host, second)
+    finally:
+        host.ok("close", first)
+    assert_nothing_left(host, first)
+    host.ok("open", second)
+    host.ok("close", second)
+    assert_nothing_left(host, second)

@@ -83,7 +83,7 @@ def test_rsync_runs_make_incremental_snapshots_and_retention_prunes(host):
         "hooks": {"pre": [["sh", "-c", f'echo "pre $IMGBACKUP_TARGET $IMGBACKUP_MOUNT" >> {hook_log}']],
                   "post": [["sh", "-c", f'echo "post $IMGBACKUP_RESULT" >> {hook_log}']]},
     })
-    host.ok("init", name)
+    host.clone_image(name)
     for generation, day in enumerate(DAY):
         if generation:
             change_source(source, generation)
@@ -130,7 +130,7 @@ def test_a_failing_copy_step_exits_2_closes_and_is_recorded(host):
         "copy": {"method": "rsync", "sources": [f"{source}/etc", f"{host.work}/no-such-directory"]},
         "hooks": {"post": [["sh", "-c", f'echo "post $IMGBACKUP_RESULT" >> {hook_log}']]},
     })
-    host.ok("init", name)
+    host.clone_image(name)
     result = host.run("run", name, "--now", DAY[0])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -151,7 +151,7 @@ def test_a_failing_pre_hook_stops_the_copy(host):
         "copy": {"method": "rsync", "sources": [f"{source}/etc"]},
         "hooks": {"pre": [["sh", "-c", "echo database would not stop >&2; exit 3"]]},
     })
-    host.ok("init", name)
+    host.clone_image(name)
     result = host.run("run", name)
     assert result.returncode == 2
     assert "pre-hook sh -c" in result.stderr and "database would not stop" in result.stderr
@@ -171,7 +171,7 @@ def test_borg_runs_prune_and_restore(host):
                  "exclude": [f"{source}/home/*/.cache"], "borg_passphrase_file": passphrase},
         "retention": {"keep_daily": 1},
     })
-    host.ok("init", name)
+    host.clone_image(name)
     # Two runs, not three: each borg call costs seconds under emulation.
     for generation, day in enumerate(DAY[:2]):
         if generation:
@@ -271,7 +271,7 @@ def test_command_method_gets_mount_and_target(host):
                              'cp -a "$1/." "$IMGBACKUP_MOUNT/copy/" && echo "$IMGBACKUP_TARGET" > {mount}/by-{target}',
                              "sh", f"{source}/etc"]},
     })
-    host.ok("init", name)
+    host.clone_image(name)
     result = host.run("run", name)
     assert result.returncode == 2
     mount_point = os.path.join(host.work, "mnt", name)
@@ -294,7 +294,7 @@ def test_run_all_runs_each_target_and_reports_each(host):
     other.add_target("all_ok2", tables={"copy": {"method": "rsync", "sources": [f"{source}/home"]}})
     other.add_target("all_no_copy")
     for name in ["all_ok", "all_broken", "all_ok2"]:
-        other.ok("init", name)
+        other.clone_image(name)
     result = other.run("run", "--all", timeout=900)
     assert result.returncode == 2, "the first failure's status"
     assert "all_ok: backed up snapshots/" in result.stdout
