@@ -5,6 +5,7 @@ and that the next open finds the earlier backups intact."""
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -107,6 +108,7 @@ def assert_earlier_backup_intact(host, name, source, digest, stale_lock=False):
     finally:
         host.ok("close", name)
     assert_nothing_left(host, name)
+    host.discard(name, source)
 
 
 def add_nbd_run_target(host, name, source):
@@ -203,6 +205,7 @@ def test_bridge_killed_mid_run_fails_the_run_and_leaves_nothing(host):
     assert_nothing_left(host, name)
     host.ok("run", name)
     assert_nothing_left(host, name)
+    host.discard(name, source)
 
 
 def test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing(host):
@@ -355,6 +358,7 @@ def test_remote_filesystem_full_mid_copy_says_so_and_keeps_earlier_backups(host)
         assert_nothing_left(host, name)
         host.ok("run", name)  # with room, the whole backup fits
         assert_nothing_left(host, name)
+        shutil.rmtree(source)
     finally:
         subprocess.run(["umount", "-l", storage], check=False)
         os.rmdir(storage)

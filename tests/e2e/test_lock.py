@@ -73,7 +73,9 @@ def test_an_nbd_command_wrapped_in_flock_refuses_a_second_client(host):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1
         assert lines[0].startswith("imgbackup: error: the image nbdlocked.img is in use: another NBD client holds")
-        assert_nothing_left(host, second)
+        # The refused target left nothing (the first is still open).
+        assert not os.path.exists(host.state_record(second))
+        assert not os.path.ismount(os.path.join(host.runtime, second, "nbd"))
     finally:
         host.ok("close", first)
     assert_nothing_left(host, first)
