@@ -188,16 +188,21 @@ def loop_devices_on(prefix):
     return found
 
 
-def bridge_processes():
+def processes_whose_argv(matches):
+    """Pids (as text) of the processes whose argv (a list of bytes) `matches`."""
     found = []
     for path in glob.glob("/proc/[0-9]*/cmdline"):
         try:
             argv = open(path, "rb").read().split(b"\0")
         except OSError:
             continue
-        if b"nbd-bridge" in argv:
+        if argv and matches(argv):
             found.append(path.split("/")[2])
     return found
+
+
+def bridge_processes():
+    return processes_whose_argv(lambda argv: b"nbd-bridge" in argv)
 
 
 def orphaned_fuse_connections():

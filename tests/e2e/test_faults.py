@@ -2,7 +2,6 @@
 tears down, and says which layer hung (issue 5). Each asserts the exit
 status, the time from the fault to the exit, that nothing is left behind,
 and that the next open finds the earlier backups intact."""
-import glob
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ import subprocess
 import tempfile
 import time
 
-from conftest import BIN, assert_nothing_left, tree_digest
+from conftest import BIN, assert_nothing_left, processes_whose_argv, tree_digest
 
 STALL = 15
 MiB = 1 << 20
@@ -29,9 +28,22 @@ def write_random_files(directory, count, size):
             out.write(os.urandom(size))
 
 
+def start(host, command, target):
+    """`imgbackup COMMAND TARGET` in the background, output captured."""
+    return subprocess.Popen([BIN, "--config", host.config, command, target], env=host.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def start_run(host, target):
-    command = [BIN, "--config", host.config, "run", target]
-    return subprocess.Popen(command, env=host.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start(host, "run", target)
+
+
+def wait_for_process(name, imgbackup, timeout=120):
+    """Until a process called `name` runs (or `imgbackup` ended without one)."""
+    deadline = time.monotonic() + timeout
+    while not processes_named(name) and time.monotonic() < deadline and imgbackup.poll() is None:
+        time.sleep(0.05)
+    assert processes_named(name), f"{name} never ran"
 
 
 def wait_until_copying(host, target, timeout=120):
@@ -161,10 +173,7 @@ def test_imgbackup_killed_mid_run_then_close_cleans_up_and_the_next_run_works(ho
         "sh", "-c", "[ -e {mount}/first-run-done ] && exit 0; touch {mount}/first-run-done; cd {mount} && exec sleep 600"]}})
     host.clone_image(name)
     run = start_run(host, name)
-    deadline = time.monotonic() + 120
-    while not processes_named("sleep") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_named("sleep"), "the copy step never started"
+    wait_for_process("sleep", run)  # the copy step
     run.kill()  # SIGKILL: no teardown at all
     run.wait()
     result = host.ok("close", name)
@@ -227,12 +236,8 @@ def test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing(host):
     subprocess.run(["rm", "-rf", os.path.join(mount, "gone")], check=True)
     host.ok("close", name)
 
-    trim = subprocess.Popen([BIN, "--config", host.config, "trim", name], env=host.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not processes_named("fstrim") and time.monotonic() < deadline and trim.poll() is None:
-        time.sleep(0.1)
-    assert processes_named("fstrim"), "fstrim never ran"
+    trim = start(host, "trim", name)
+    wait_for_process("fstrim", trim)
     stderr, to_exit = freeze_until_exit(trim, "nbdkit")
     print(f"nbdkit frozen mid-trim -> imgbackup exited {trim.returncode} after {to_exit:.1f}s (stall {STALL}s)")
     print(stderr)
@@ -252,15 +257,7 @@ def test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing(host):
 
 def sshd_sessions():
     """The backup host's per-connection sshd processes (the listener aside)."""
-    found = []
-    for path in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            argv = open(path, "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].startswith(b"sshd: root@"):
-            found.append(int(path.split("/")[2]))
-    return found
+    return [int(pid) for pid in processes_whose_argv(lambda argv: argv[0].startswith(b"sshd: root@"))]
 
 
 def kill_mid_copy(host, name, source, victims):
@@ -368,12 +365,8 @@ def test_sftp_server_frozen_during_init_exits_3_and_the_next_init_works(host):
     """init writes every block group through the transport while mkfs runs:
     the SFTP server freezing then is a hang like in a run."""
     name = host.add_target("initfrozen", size="512M", tables={"timeouts": {"stall": f"{STALL}s", "teardown": "10s"}})
-    init = subprocess.Popen([BIN, "--config", host.config, "init", name], env=host.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not processes_named("mkfs.ext4") and time.monotonic() < deadline and init.poll() is None:
-        time.sleep(0.05)
-    assert processes_named("mkfs.ext4"), "mkfs never ran"
+    init = start(host, "init", name)
+    wait_for_process("mkfs.ext4", init)
     stderr, to_exit = freeze_until_exit(init, "sftp-server")
     print(f"sftp-server frozen during init -> imgbackup exited {init.returncode} after {to_exit:.1f}s (stall {STALL}s)")
     print(stderr)
