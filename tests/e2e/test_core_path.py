@@ -45,6 +45,9 @@ def test_open_write_close_reopen_compares_equal(host, initialized):
     try:
         assert mount_point == os.path.join(host.work, "mnt", initialized)
         assert mount_point in mounts_under(mount_point)
+        # A failed write-back (remote full) must stop ext4 at once, so the
+        # journal still holds what did not land (see test_faults).
+        assert "errors=remount-ro" in open("/proc/self/mounts").read().split(f" {mount_point} ")[1].split()[1]
         assert imgbackup_mappings() == [f"imgbackup-{initialized}"]
         record = json.load(open(host.state_record(initialized)))
         assert [list(layer)[0] for layer in record["layers"]] == ["sshfs", "remoteLock", "loop", "crypt", "filesystem"]

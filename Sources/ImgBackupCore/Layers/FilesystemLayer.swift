@@ -45,7 +45,9 @@ public struct FilesystemLayer: Layer {
         }
         try Self.requireUsableMountPoint(mountPoint)
         do {
-            try await Mounts.mount(device: device, at: mountPoint, type: filesystem.rawValue, deadline: deadline)
+            try await Mounts.mount(
+                device: device, at: mountPoint, type: filesystem.rawValue, options: Self.mountOptions(filesystem),
+                deadline: deadline)
         } catch let error as SystemCallError where error.errno == EINVAL {
             throw ImgBackupError(
                 .system, "failed to mount \(device) at \(mountPoint): the kernel refused the \(filesystem.rawValue) filesystem in it",
@@ -54,6 +56,19 @@ public struct FilesystemLayer: Layer {
             throw ImgBackupError.wrapping(error, .system, failedTo: "mount \(device) at \(mountPoint)")
         }
         return intent
+    }
+
+    /// ext4's default after a write error is to carry on: later commits then
+    /// move the journal's tail past metadata whose write-back failed (a full
+    /// remote), and the damage is only repairable by hand. remount-ro aborts
+    /// the journal at the first failed write-back, so it still holds those
+    /// blocks and the next open's check replays them. btrfs turns read-only
+    /// on a failed write by itself, and its old tree stays whole.
+    static func mountOptions(_ filesystem: Target.Filesystem) -> String {
+        switch filesystem {
+        case .ext4: "errors=remount-ro"
+        case .btrfs: ""
+        }
     }
 }
 

@@ -43,6 +43,13 @@ public struct SSHFSLayer: Layer {
     public static func arguments(for target: Target, mountPoint: String) -> [String] {
         var options = [
             "reconnect",
+            // Each write waits for the server's answer. By default sshfs
+            // acknowledges a write before it lands and reports a failure
+            // only at the next flush, then forgets it: a journal can then
+            // believe a block is on the remote that never got there (a full
+            // remote left ext4 needing a manual fsck). With this, the write
+            // that failed is the write that reports it.
+            "sshfs_sync",
             // Keepalives detect a dead connection; a frozen sftp-server behind a
             // live sshd is the watchdog's job (sshd still answers keepalives).
             "ServerAliveInterval=15",
