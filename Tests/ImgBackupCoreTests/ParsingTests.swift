@@ -60,6 +60,8 @@ import Testing
         #expect(arguments.contains("IdentityFile=/keys/id\\,with\\,commas"))
         #expect(arguments.contains("UserKnownHostsFile=/a b/known_hosts"))
         #expect(arguments.contains("BatchMode=yes"))
+        // A failed write must fail that write, not a later flush (remote full).
+        #expect(arguments.contains("sshfs_sync"))
         // Every option is preceded by its own -o.
         for (index, argument) in arguments.enumerated().dropFirst(2) where index % 2 == 0 {
             #expect(argument == "-o")
