@@ -16,7 +16,7 @@ public struct BlockDeviceStats: Sendable, Equatable {
     /// resolved to its dm-N name through the device numbers).
     public static func read(devicePath: String) -> BlockDeviceStats? {
         guard let name = kernelName(of: devicePath),
-            let text = try? String(contentsOfFile: "/sys/block/\(name)/stat", encoding: .utf8)
+            let text = KernelFile.text("/sys/block/\(name)/stat")
         else { return nil }
         let fields = text.split(separator: " ").compactMap { UInt64($0) }
         // Field 3 is sectors read, field 7 sectors written (Documentation/block/stat.rst).

@@ -49,7 +49,7 @@ public struct DetachedProcess: Sendable {
     /// Whether `pid` is alive and its command line contains `argument`
     /// (guards against a reused pid after a crash).
     public static func isRunning(pid: pid_t, withArgument argument: String) -> Bool {
-        guard kill(pid, 0) == 0, let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else {
+        guard kill(pid, 0) == 0, let data = KernelFile.data("/proc/\(pid)/cmdline") else {
             return false
         }
         return data.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == argument }

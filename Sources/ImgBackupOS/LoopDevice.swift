@@ -106,8 +106,7 @@ public final class LoopDevice: Sendable {
     }
 
     private static func sysfsValue(_ number: Int, _ attribute: String) -> String? {
-        guard let text = try? String(contentsOfFile: "/sys/block/loop\(number)/loop/\(attribute)", encoding: .utf8)
-        else { return nil }
+        guard let text = KernelFile.text("/sys/block/loop\(number)/loop/\(attribute)") else { return nil }
         return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 }

@@ -16,7 +16,7 @@ public struct MountEntry: Sendable, Equatable {
 /// mount point of a frozen FUSE filesystem would not.
 public enum MountTable {
     public static func entries(mountinfo: String = "/proc/self/mountinfo") -> [MountEntry] {
-        guard let text = try? String(contentsOfFile: mountinfo, encoding: .utf8) else { return [] }
+        guard let text = KernelFile.text(mountinfo) else { return [] }
         return parse(text)
     }
 

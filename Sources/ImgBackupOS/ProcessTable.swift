@@ -15,7 +15,7 @@ public enum ProcessTable {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap { entry -> pid_t? in
             guard let pid = pid_t(entry), pid != getpid(),
-                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"), !data.isEmpty
+                let data = KernelFile.data("/proc/\(entry)/cmdline"), !data.isEmpty
             else { return nil }
             let argv = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
             guard let first = argv.first, first == name || first.hasSuffix("/\(name)") else { return nil }
