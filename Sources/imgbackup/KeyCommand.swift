@@ -38,7 +38,7 @@ struct KeyAddCommand: AsyncParsableCommand {
         if (newKeyFile == nil) == (newKeyDescriptor == nil) {
             throw ValidationError("give the key to add with --new-key-file FILE or --new-key-fd N")
         }
-        if newKeyFile == "-" && keys.keyFile == "-" {
+        if (newKeyFile == "-" || newKeyDescriptor == 0) && keys.readsStandardInput {
             throw ValidationError("only one key can come from standard input")
         }
         if let newKeyDescriptor, newKeyDescriptor < 0 || newKeyDescriptor == 1 || newKeyDescriptor == 2 {

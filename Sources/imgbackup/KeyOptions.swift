@@ -18,6 +18,9 @@ struct KeyOptions: ParsableArguments {
 
     var isGiven: Bool { keyFile != nil || keyDescriptor != nil }
 
+    /// Whether the key comes from standard input (`--key-file -` or `--key-fd 0`).
+    var readsStandardInput: Bool { keyFile == "-" || keyDescriptor == 0 }
+
     func validate() throws {
         if keyFile != nil && keyDescriptor != nil {
             throw ValidationError("give --key-file or --key-fd, not both")

@@ -111,6 +111,9 @@ def test_key_add_and_remove_manage_keyslots_and_never_remove_the_last(host):
     assert_nothing_left(host, name)
 
     digest = header_digest(host, name)
+    for both_from_stdin in (["--key-file", "-", "--new-key-fd", "0"], ["--key-fd", "0", "--new-key-file", "-"]):
+        result = host.run("key", "add", name, *both_from_stdin)
+        assert result.returncode == 1 and "only one key can come from standard input" in result.stderr
     result = host.run("key", "remove", name, "--key-file", recovery)
     assert result.returncode == 1
     assert "refusing to remove the last key of 'slots'" in result.stderr
