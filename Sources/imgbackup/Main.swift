@@ -40,7 +40,7 @@ struct ImgBackup: AsyncParsableCommand {
         commandName: "imgbackup",
         abstract: "Encrypted block images on storage you don't trust.",
         discussion: """
-            imgbackup keeps a LUKS2 image on a remote host (reached over sshfs), opens it \
+            imgbackup keeps a LUKS2 image on a remote host (reached over sshfs or NBD), opens it \
             locally with dm-crypt and mounts the filesystem inside. The remote only ever \
             sees ciphertext; the key never leaves this machine.
 
@@ -50,7 +50,7 @@ struct ImgBackup: AsyncParsableCommand {
             """,
         subcommands: [
             InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, KeyCommand.self,
-            NBDBridgeCommand.self,
+            AuthorizedKeysCommand.self, NBDBridgeCommand.self,
         ]
     )
 }

@@ -104,12 +104,17 @@ public enum NBDEndpointBuilder {
             if let identity = target.identityFile { options += ["IdentityFile=\(identity)", "IdentitiesOnly=yes"] }
             options += target.sshOptions
             for option in options { argv += ["-o", option] }
-            // ssh hands the remote one string for its shell: quote every word.
-            argv += [target.remote.sshDestination, "--", command.map(shellQuoted).joined(separator: " ")]
+            argv += [target.remote.sshDestination, "--", remoteCommandLine(command)]
             return .command(argv)
         case nil:
             throw ImgBackupError(.config, "target '\(target.name)' has no [target.\(target.name).nbd] table")
         }
+    }
+
+    /// ssh hands the remote one string for its shell: every word quoted. The
+    /// forced command of `authorized-keys` matches this string exactly.
+    static func remoteCommandLine(_ command: [String]) -> String {
+        command.map(shellQuoted).joined(separator: " ")
     }
 
     static func shellQuoted(_ word: String) -> String {
