@@ -27,4 +27,26 @@ public final class FileLock: Sendable {
     }
 
     deinit { close(descriptor) }
+
+    /// The pid holding an flock on `path`, from /proc/locks (nil when nobody
+    /// holds it). Only reads: never takes the lock, so asking cannot get in
+    /// the way of a command starting.
+    public static func holder(of path: String) -> pid_t? {
+        var info = stat()
+        guard stat(path, &info) == 0, let locks = KernelFile.text("/proc/locks") else { return nil }
+        return holder(inode: UInt64(info.st_ino), inLocks: locks)
+    }
+
+    /// "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF" -> 1234 for inode 5678.
+    static func holder(inode: UInt64, inLocks text: String) -> pid_t? {
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            // A blocked waiter's line starts with "->" and shifts the fields by one.
+            guard fields.count >= 6, fields[1] == "FLOCK", let pid = pid_t(fields[4]),
+                let inodeField = fields[5].split(separator: ":").last, UInt64(inodeField) == inode
+            else { continue }
+            return pid
+        }
+        return nil
+    }
 }

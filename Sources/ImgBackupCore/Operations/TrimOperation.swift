@@ -47,6 +47,11 @@ public struct TrimOperation {
         }) {
         case .finished(.success(let result)) where result.succeeded:
             let after = await allocated(image)
+            // For `status` while the target is closed. Best effort: the trim itself worked.
+            let apparent = try? await RemoteFiles.size(image, deadline: target.timeouts.stall)
+            if apparent != nil || after != nil {
+                try? ImageMeasurement(paths: environment.paths).record(target.name, apparentBytes: apparent, allocatedBytes: after)
+            }
             report = Report(
                 trimmedBytes: Self.trimmedBytes(fromFstrim: result.standardOutput), allocatedBefore: before,
                 allocatedAfter: after)

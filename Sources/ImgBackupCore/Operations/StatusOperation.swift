@@ -1,0 +1,313 @@
+import Foundation
+import ImgBackupOS
+
+/// What `imgbackup status` reports for one target. Encoded as is for
+/// `status --json` (shape documented in docs/usage.md, "status --json").
+public struct TargetStatus: Codable, Sendable, Equatable {
+    public struct Layer: Codable, Sendable, Equatable {
+        /// "sshfs", "nbd", "lock", "loop", "dm-crypt", "filesystem", "image".
+        public var layer: String
+        public var detail: String
+        /// Whether the state record lists it: it went up, or was going up.
+        public var recorded: Bool
+        /// Checked now (mount table, loop devices, device-mapper); nil where
+        /// it can only be known on the remote (the lock file, a partial image).
+        public var up: Bool?
+
+        enum CodingKeys: String, CodingKey { case layer, detail, recorded, up }
+
+        /// `up` always present: null says "cannot tell from here".
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(layer, forKey: .layer)
+            try container.encode(detail, forKey: .detail)
+            try container.encode(recorded, forKey: .recorded)
+            try container.encode(up, forKey: .up)
+        }
+    }
+
+    public struct Record: Codable, Sendable, Equatable {
+        /// "open", "init" or "run": what put the layers up.
+        public var operation: String
+        public var pid: Int32
+        /// Whether that process still runs (false after a crash: `close` cleans up).
+        public var running: Bool
+        public var startedAt: Date
+    }
+
+    public struct Image: Codable, Sendable, Equatable {
+        public var apparentBytes: UInt64?
+        public var allocatedBytes: UInt64?
+        /// "live" (read through the open transport now) or "trim" (measured by the last trim).
+        public var source: String
+        public var measuredAt: Date
+    }
+
+    public struct Usage: Codable, Sendable, Equatable {
+        public var sizeBytes: UInt64
+        public var usedBytes: UInt64
+        public var availableBytes: UInt64
+    }
+
+    public var target: String
+    public var transport: String
+    public var remote: String
+    public var mountPoint: String
+    /// "open" (the filesystem is mounted), "closed", or "partial" (some layers up: run `close`).
+    public var state: String
+    public var layers: [Layer]
+    public var stateRecord: Record?
+    /// The pid of the imgbackup command holding the target's lock, if one does.
+    public var lockHolder: Int32?
+    public var lastRun: RunRecord?
+    public var lastSuccess: Date?
+    public var image: Image?
+    public var mountUsage: Usage?
+
+    enum CodingKeys: String, CodingKey {
+        case target, transport, remote, mountPoint, state, layers, stateRecord, lockHolder, lastRun, lastSuccess, image,
+            mountUsage
+    }
+
+    /// Every key always present (null when unknown), so scripts can rely on the shape.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(target, forKey: .target)
+        try container.encode(transport, forKey: .transport)
+        try container.encode(remote, forKey: .remote)
+        try container.encode(mountPoint, forKey: .mountPoint)
+        try container.encode(state, forKey: .state)
+        try container.encode(layers, forKey: .layers)
+        try container.encode(stateRecord, forKey: .stateRecord)
+        try container.encode(lockHolder, forKey: .lockHolder)
+        try container.encode(lastRun, forKey: .lastRun)
+        try container.encode(lastSuccess, forKey: .lastSuccess)
+        try container.encode(image, forKey: .image)
+        try container.encode(mountUsage, forKey: .mountUsage)
+    }
+}
+
+/// Builds a TargetStatus from the state record, the live system and the run
+/// history. Reads only: takes no lock and changes nothing, so it is safe to
+/// run at any time, also while a run is going.
+public struct StatusOperation {
+    public let target: Target
+    public let environment: OperationEnvironment
+    /// How long one look through the remote mount may take before status
+    /// reports "unknown" instead (a frozen remote blocks stat forever).
+    static let remoteLookDeadline: Duration = .seconds(3)
+
+    public init(target: Target, environment: OperationEnvironment) {
+        self.target = target
+        self.environment = environment
+    }
+
+    public func run() async throws(ImgBackupError) -> TargetStatus {
+        let paths = environment.paths
+        let record = try StateStore(paths: paths).load(target: target.name)
+        let recorded = record?.layers ?? []
+        var layers = recorded.map { layer in
+            TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: true, up: Self.isUp(layer))
+        }
+        // Without a record (or with one that lost track), the layers this
+        // target would have can still be up: say so, close takes them down.
+        for layer in expectedLayers() where !recorded.contains(where: { $0.layerName == layer.layerName }) {
+            if let up = Self.isUp(layer), up {
+                layers.append(TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: false, up: true))
+            }
+        }
+        let mounted = MountTable.mount(at: target.mountPoint).map { $0.source.hasPrefix("/dev/") } ?? false
+            && layers.contains { $0.layer == "filesystem" && $0.up == true }
+        let anyUp = layers.contains { $0.up == true }
+        let history = RunHistory(paths: paths)
+        let runs = history.records(target.name)
+        return TargetStatus(
+            target: target.name,
+            transport: openTransport(record) ?? target.transport.rawValue,
+            remote: target.remote.description,
+            mountPoint: target.mountPoint,
+            state: mounted ? "open" : (anyUp || record != nil ? "partial" : "closed"),
+            layers: layers,
+            stateRecord: record.map {
+                TargetStatus.Record(
+                    operation: $0.operation, pid: $0.pid, running: kill($0.pid, 0) == 0, startedAt: $0.startedAt)
+            },
+            lockHolder: FileLock.holder(of: paths.lockFile(target.name)),
+            lastRun: runs.last,
+            lastSuccess: runs.last { $0.result == .success }?.end,
+            image: await image(record),
+            mountUsage: mounted ? Self.usage(target.mountPoint) : nil)
+    }
+
+    /// The layers an open of this target puts up, for finding ones left up without a record.
+    private func expectedLayers() -> [LayerRecord] {
+        let paths = environment.paths
+        let transport: LayerRecord =
+            target.transport == .nbd
+            ? .nbdBridge(mountPoint: paths.nbdMount(target.name), pid: nil)
+            : .sshfs(source: target.remote.description, mountPoint: paths.remoteMount(target.name))
+        return [
+            transport, .crypt(name: target.mappingName),
+            .filesystem(device: "/dev/mapper/\(target.mappingName)", mountPoint: target.mountPoint),
+        ]
+    }
+
+    private func openTransport(_ record: StateRecord?) -> String? {
+        guard let layers = record?.layers else { return nil }
+        if layers.contains(where: { if case .nbdBridge = $0 { true } else { false } }) { return "nbd" }
+        if layers.contains(where: { if case .sshfs = $0 { true } else { false } }) { return "sshfs" }
+        return nil
+    }
+
+    static func isUp(_ layer: LayerRecord) -> Bool? {
+        switch layer {
+        case .sshfs(_, let mountPoint), .nbdBridge(let mountPoint, _):
+            return MountTable.mount(at: mountPoint)?.filesystemType.hasPrefix("fuse") ?? false
+        case .filesystem(_, let mountPoint):
+            return MountTable.mount(at: mountPoint).map { !$0.filesystemType.hasPrefix("fuse") } ?? false
+        case .crypt(let name):
+            return CryptDevice.isActive(name: name)
+        case .loop(let backingFile, _):
+            return !LoopDevice.devices(backingFile: backingFile).isEmpty
+        case .remoteLock, .partialImage:
+            return nil
+        }
+    }
+
+    /// The image's sizes: live through the open transport (the NBD bridge
+    /// knows the allocation; over sshfs only the apparent size), else what
+    /// the last trim measured.
+    private func image(_ record: StateRecord?) async -> TargetStatus.Image? {
+        for layer in record?.layers ?? [] {
+            let file: String
+            switch layer {
+            case .nbdBridge(let mountPoint, _): file = "\(mountPoint)/\(ImageFileSystem.fileName)"
+            case .sshfs(_, let mountPoint): file = "\(mountPoint)/\(target.image)"
+            default: continue
+            }
+            guard Self.isUp(layer) == true else { continue }
+            let apparent = try? await RemoteFiles.size(file, deadline: Self.remoteLookDeadline)
+            var allocated: UInt64?
+            if case .nbdBridge = layer {
+                allocated = try? await withAbandonableDeadline(Self.remoteLookDeadline, operation: "measure \(file)") {
+                    ExtendedAttribute.value(of: file, name: ImageFileSystem.allocatedAttribute).flatMap { UInt64($0) }
+                } ?? nil
+            }
+            if apparent != nil || allocated != nil {
+                return TargetStatus.Image(apparentBytes: apparent, allocatedBytes: allocated, source: "live", measuredAt: Date())
+            }
+        }
+        return ImageMeasurement(paths: environment.paths).last(target.name)
+    }
+
+    static func usage(_ mountPoint: String) -> TargetStatus.Usage? {
+        var info = statvfs()
+        guard statvfs(mountPoint, &info) == 0 else { return nil }
+        let block = UInt64(info.f_frsize)
+        let size = UInt64(info.f_blocks) * block
+        return TargetStatus.Usage(
+            sizeBytes: size, usedBytes: size - UInt64(info.f_bfree) * block, availableBytes: UInt64(info.f_bavail) * block)
+    }
+}
+
+/// The image's sizes as the last trim measured them, kept under the state
+/// directory (`TARGET/image.json`) so `status` can show them while the target
+/// is closed.
+public struct ImageMeasurement: Sendable {
+    public let paths: RuntimePaths
+
+    public init(paths: RuntimePaths) { self.paths = paths }
+
+    func file(_ target: String) -> String { "\(paths.targetStateDirectory(target))/image.json" }
+
+    public func record(_ target: String, apparentBytes: UInt64?, allocatedBytes: UInt64?) throws(ImgBackupError) {
+        let measurement = TargetStatus.Image(
+            apparentBytes: apparentBytes, allocatedBytes: allocatedBytes, source: "trim", measuredAt: Date())
+        do {
+            try LocalFiles.makeDirectories(paths.targetStateDirectory(target))
+            let data = try RunHistory.encoder().encode(measurement)
+            try LocalFiles.writeAtomically(file(target), String(decoding: data, as: UTF8.self) + "\n")
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "record the image size of \(target)")
+        }
+    }
+
+    public func last(_ target: String) -> TargetStatus.Image? {
+        guard let text = LocalFiles.contents(file(target)) else { return nil }
+        return try? RunHistory.decoder().decode(TargetStatus.Image.self, from: Data(text.utf8))
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension TargetStatus {
+    /// `status --json`: one object holding every target asked for.
+    public static func json(_ statuses: [TargetStatus]) throws -> String {
+        let encoder = RunHistory.encoder()
+        encoder.outputFormatting.insert(.prettyPrinted)
+        return String(decoding: try encoder.encode(["targets": statuses]), as: UTF8.self)
+    }
+
+    /// `status` for people: a headline and one line per thing known.
+    public func text(now: Date = Date()) -> String {
+        var lines = ["\(target): \(headline)"]
+        if !layers.isEmpty {
+            lines.append("  layers: " + layers.map { "\($0.layer) \($0.up.map { $0 ? "up" : "DOWN" } ?? "recorded")" }.joined(separator: ", "))
+        }
+        if let stateRecord, stateRecord.running {
+            lines.append("  busy: '\(stateRecord.operation)' (pid \(stateRecord.pid)) since \(Self.time(stateRecord.startedAt))")
+        } else if let stateRecord, state == "partial" {
+            lines.append("  left by: '\(stateRecord.operation)' (pid \(stateRecord.pid), no longer running)")
+        }
+        if let lockHolder { lines.append("  locked by: pid \(lockHolder)") }
+        if let lastRun {
+            var words = ["\(lastRun.result?.rawValue ?? "running") at \(Self.time(lastRun.start))"]
+            if let duration = lastRun.duration { words.append("in \(Self.duration(duration))") }
+            if let written = lastRun.bytesWritten { words.append("\(ByteSize.format(written)) written") }
+            if let point = lastRun.point { words.append("point \(point)") }
+            if let exitCode = lastRun.exitCode, exitCode != 0 { words.append("exit \(exitCode)") }
+            lines.append("  last run: " + words.joined(separator: ", "))
+            if let error = lastRun.error { lines.append("    \(error)") }
+        } else {
+            lines.append("  last run: none recorded")
+        }
+        if lastRun?.result != .success {
+            lines.append("  last success: " + (lastSuccess.map { "\(Self.time($0)) (\(Self.duration(now.timeIntervalSince($0))) ago)" } ?? "never"))
+        }
+        if let image {
+            let apparent = image.apparentBytes.map(ByteSize.format) ?? "unknown"
+            let allocated = image.allocatedBytes.map(ByteSize.format) ?? "unknown"
+            let when = image.source == "live" ? "now" : "at the trim of \(Self.time(image.measuredAt))"
+            lines.append("  image: \(apparent) apparent, \(allocated) allocated on the remote (\(when))")
+        }
+        if let mountUsage {
+            lines.append(
+                "  filesystem: \(ByteSize.format(mountUsage.usedBytes)) used of \(ByteSize.format(mountUsage.sizeBytes)), \(ByteSize.format(mountUsage.availableBytes)) free")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    private var headline: String {
+        switch state {
+        case "open": return "open at \(mountPoint) over \(transport)"
+        case "closed": return "closed (\(transport), \(remote))"
+        default: return "partly up: run 'imgbackup close \(target)'"
+        }
+    }
+
+    static func time(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+
+    static func duration(_ seconds: TimeInterval) -> String {
+        let total = Int(seconds.rounded())
+        if total < 60 { return "\(total)s" }
+        if total < 3600 { return "\(total / 60)m \(total % 60)s" }
+        if total < 86400 { return "\(total / 3600)h \(total % 3600 / 60)m" }
+        return "\(total / 86400)d \(total % 86400 / 3600)h"
+    }
+}
