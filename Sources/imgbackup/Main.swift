@@ -50,7 +50,7 @@ struct ImgBackup: AsyncParsableCommand {
             """,
         subcommands: [
             InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, KeyCommand.self,
-            StatusCommand.self, AuthorizedKeysCommand.self, NBDBridgeCommand.self,
+            StatusCommand.self, DoctorCommand.self, AuthorizedKeysCommand.self, NBDBridgeCommand.self,
         ]
     )
 }

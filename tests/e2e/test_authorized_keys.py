@@ -87,6 +87,9 @@ def test_init_open_run_and_trim_work_through_the_printed_line(host, restricted):
     assert_nothing_left(host, name)
     host.ok("trim", name)
     assert_nothing_left(host, name)
+    # doctor looks at the remote through the same line: SFTP's statvfs works inside the sandbox.
+    checks = host.ok("doctor", name).stdout
+    assert "reachable over SFTP" in checks and "free on the remote" in checks and "FAIL" not in checks
     mount = host.ok("open", name).stdout.strip()
     try:
         snapshot = sorted(p for p in os.listdir(os.path.join(mount, "snapshots")) if p[0].isdigit())[-1]

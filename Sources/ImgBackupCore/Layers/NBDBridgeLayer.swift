@@ -100,10 +100,7 @@ public enum NBDEndpointBuilder {
                 throw ImgBackupError(.system, "failed to start the NBD export: \(error)", hint: "apt-get install openssh-client")
             }
             var argv = [ssh, "-T", "-p", String(target.port)]
-            var options = ["BatchMode=yes", "ServerAliveInterval=15", "ServerAliveCountMax=3", "ConnectTimeout=20"]
-            if let identity = target.identityFile { options += ["IdentityFile=\(identity)", "IdentitiesOnly=yes"] }
-            options += target.sshOptions
-            for option in options { argv += ["-o", option] }
+            for option in SSHClientOptions.options(for: target, keepalive: true) { argv += ["-o", option] }
             argv += [target.remote.sshDestination, "--", remoteCommandLine(command)]
             return .command(argv)
         case nil:

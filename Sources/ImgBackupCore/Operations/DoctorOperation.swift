@@ -1,0 +1,316 @@
+import Foundation
+import ImgBackupOS
+
+/// One thing `imgbackup doctor` checked.
+public struct DoctorFinding: Sendable, Equatable, CustomStringConvertible {
+    public enum Level: String, Sendable { case ok, warn, fail }
+
+    public let level: Level
+    /// "machine", or the target the finding is about.
+    public let scope: String
+    public let message: String
+    /// What to do about it (warn and fail only).
+    public let fix: String?
+    /// The exit status class of a failure (what a run would fail with).
+    public let code: ImgBackupError.Code?
+
+    static func ok(_ scope: String, _ message: String) -> Self {
+        Self(level: .ok, scope: scope, message: message, fix: nil, code: nil)
+    }
+    static func warn(_ scope: String, _ message: String, fix: String) -> Self {
+        Self(level: .warn, scope: scope, message: message, fix: fix, code: nil)
+    }
+    static func fail(_ scope: String, _ code: ImgBackupError.Code, _ message: String, fix: String?) -> Self {
+        Self(level: .fail, scope: scope, message: message, fix: fix, code: code)
+    }
+
+    /// "FAIL  offsite: refusing key file /k: ... -> chmod 600 /k"
+    public var description: String {
+        let label = level == .ok ? "ok  " : level.rawValue.uppercased()
+        return "\(label)  \(scope): \(message)" + (fix.map { " -> \($0)" } ?? "")
+    }
+}
+
+/// What doctor looks at, as a seam: the real machine (SystemInspector) or a
+/// made-up one in unit tests.
+public protocol SystemInspecting: Sendable {
+    var isRoot: Bool { get }
+    func fileExists(_ path: String) -> Bool
+    func fileText(_ path: String) -> String?
+    func isMountPoint(_ path: String) -> Bool
+    func locate(_ program: String) -> String?
+    /// Whether modprobe could load `module` (loaded, built in, or on disk).
+    func moduleAvailable(_ module: String) async -> Bool
+    /// The remote directory of `target` as SFTP sees it.
+    func lookAtRemote(_ target: Target) async -> RemoteLook
+}
+
+public enum RemoteLook: Sendable, Equatable {
+    /// Connected; the directory's free bytes (nil if the server cannot say)
+    /// and the image's apparent size (nil if there is no image yet).
+    case reachable(available: UInt64?, imageBytes: UInt64?)
+    case noDirectory(String)
+    case unreachable(String)
+}
+
+/// `imgbackup doctor`: checks what a run needs, says how to fix each gap,
+/// and fails (with the exit status a run would have) when something blocks one.
+public struct DoctorOperation {
+    public let targets: [Target]
+    public let system: any SystemInspecting
+
+    public init(targets: [Target], system: any SystemInspecting) {
+        self.targets = targets
+        self.system = system
+    }
+
+    public func run(keyCheck: (Target) async -> ImgBackupError?) async -> [DoctorFinding] {
+        var findings = await machine()
+        for target in targets {
+            findings += programs(for: target)
+            if case .command(let argv) = target.key {
+                // It may wait for a person (a pinentry): its program's presence is checked above.
+                findings.append(.ok(target.name, "the key comes from key_command \(argv.joined(separator: " ")) (not run by doctor)"))
+            } else if let problem = await keyCheck(target) {
+                findings.append(.fail(target.name, problem.code, problem.message, fix: problem.hint))
+            } else {
+                findings.append(.ok(target.name, "the key loads"))
+            }
+            findings += await remote(target)
+        }
+        return findings
+    }
+
+    /// The exit status for these findings: the first failure's, else 0.
+    public static func exitStatus(_ findings: [DoctorFinding]) -> Int32 {
+        findings.first { $0.level == .fail }?.code?.exitStatus ?? 0
+    }
+
+    // MARK: - this machine
+
+    func machine() async -> [DoctorFinding] {
+        var findings: [DoctorFinding] = []
+        let scope = "machine"
+        if system.isRoot {
+            findings.append(.ok(scope, "running as root"))
+        } else {
+            findings.append(
+                .fail(scope, .system, "not running as root: mounting, loop devices and device-mapper need it", fix: "run imgbackup as root (sudo)"))
+        }
+        let devices = system.fileText("/proc/devices") ?? ""
+        let hasDeviceMapper = devices.contains(" device-mapper\n") ? true : await system.moduleAvailable("dm_mod")
+        if hasDeviceMapper {
+            findings.append(.ok(scope, "device-mapper"))
+        } else {
+            findings.append(
+                .fail(scope, .system, "the kernel has no device-mapper", fix: "a kernel with CONFIG_BLK_DEV_DM (modprobe dm_mod)"))
+        }
+        let hasDMCrypt = system.fileExists("/sys/module/dm_crypt") ? true : await system.moduleAvailable("dm_crypt")
+        if hasDMCrypt {
+            findings.append(.ok(scope, "dm-crypt"))
+        } else {
+            findings.append(.fail(scope, .system, "the kernel has no dm-crypt", fix: "a kernel with CONFIG_DM_CRYPT (modprobe dm_crypt)"))
+        }
+        let hasLoop = system.fileExists("/dev/loop-control") ? true : await system.moduleAvailable("loop")
+        if hasLoop {
+            findings.append(.ok(scope, "loop devices"))
+        } else {
+            findings.append(.fail(scope, .system, "no /dev/loop-control", fix: "modprobe loop"))
+        }
+        if system.fileExists("/dev/fuse") {
+            findings.append(.ok(scope, "FUSE"))
+        } else {
+            findings.append(.fail(scope, .system, "no /dev/fuse", fix: "modprobe fuse"))
+        }
+        if system.isMountPoint("/sys/fs/fuse/connections") {
+            findings.append(.ok(scope, "fusectl mounted (a hung sshfs or bridge can be aborted)"))
+        } else {
+            findings.append(
+                .warn(
+                    scope, "fusectl is not mounted: a hung FUSE connection cannot be aborted, only detached",
+                    fix: "mount -t fusectl fusectl /sys/fs/fuse/connections"))
+        }
+        if !system.isRoot {
+            let allowsOther = (system.fileText("/etc/fuse.conf") ?? "").split(separator: "\n").contains {
+                $0.trimmingCharacters(in: .whitespaces) == "user_allow_other"
+            }
+            if !allowsOther {
+                findings.append(
+                    .fail(
+                        scope, .system, "/etc/fuse.conf lacks user_allow_other, which sshfs's allow_root needs without root",
+                        fix: "echo user_allow_other >> /etc/fuse.conf"))
+            }
+        }
+        findings.append(.ok(scope, "the nbd module is not needed (imgbackup bridges NBD through FUSE)"))
+        return findings
+    }
+
+    // MARK: - programs
+
+    /// Package names to suggest, Debian's.
+    static let packages = [
+        "ssh": "openssh-client", "sftp": "openssh-client", "sshfs": "sshfs", "fusermount3": "fuse3",
+        "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs", "resize2fs": "e2fsprogs", "mkfs.btrfs": "btrfs-progs",
+        "btrfs": "btrfs-progs", "fstrim": "util-linux", "rsync": "rsync", "borg": "borgbackup",
+    ]
+
+    /// The local programs `target` needs: init and the sshfs transport,
+    /// the filesystem's tools, trim's, the copy method's, the key command.
+    static func programsNeeded(by target: Target) -> [String] {
+        var programs = ["ssh", "sshfs", "fusermount3"]
+        switch target.filesystem {
+        case .ext4: programs += ["mkfs.ext4", "e2fsck", "resize2fs"]
+        case .btrfs: programs += ["mkfs.btrfs", "btrfs"]
+        }
+        if target.nbd != nil { programs.append("fstrim") }
+        switch target.copy?.method {
+        case .rsync?: programs.append("rsync")
+        case .borg?: programs.append("borg")
+        case .btrfsSend?: programs.append("btrfs")
+        case .command?: if let first = target.copy?.command?.first { programs.append(first) }
+        case nil: break
+        }
+        if case .command(let argv) = target.key, let first = argv.first { programs.append(first) }
+        var seen = Set<String>()
+        return programs.filter { seen.insert($0).inserted }
+    }
+
+    func programs(for target: Target) -> [DoctorFinding] {
+        let needed = Self.programsNeeded(by: target)
+        let missing = needed.filter { system.locate($0) == nil }
+        guard !missing.isEmpty else {
+            return [.ok(target.name, "programs: \(needed.joined(separator: ", "))")]
+        }
+        return missing.map { program in
+            let install = Self.packages[program].map { "apt-get install \($0)" } ?? "install \(program)"
+            return .fail(target.name, .system, "\(program) is not installed", fix: install)
+        }
+    }
+
+    // MARK: - the remote
+
+    func remote(_ target: Target) async -> [DoctorFinding] {
+        let place = "\(target.remote)"
+        switch await system.lookAtRemote(target) {
+        case .unreachable(let why):
+            return [
+                .fail(
+                    target.name, .remote, "cannot reach \(place) over SFTP: \(why)",
+                    fix: "check remote, port, identity_file and ssh_options; try: ssh -p \(target.port) \(target.remote.sshDestination)"),
+            ]
+        case .noDirectory(let why):
+            return [
+                .fail(
+                    target.name, .remote, "the remote directory \(target.remote.directory) is not there: \(why)",
+                    fix: "create it on the backup host, owned by the backup user (docs/remote-setup.md)"),
+            ]
+        case .reachable(let available, let imageBytes):
+            var findings: [DoctorFinding] = [.ok(target.name, "\(place) reachable over SFTP")]
+            if imageBytes == nil {
+                findings.append(.warn(target.name, "there is no image \(target.image) yet", fix: "imgbackup init \(target.name)"))
+            }
+            guard let available else {
+                findings.append(.ok(target.name, "the remote does not report its free space"))
+                return findings
+            }
+            let free = "\(ByteSize.format(available)) free"
+            if available < RemoteSpace.nearlyFull {
+                findings.append(
+                    .fail(target.name, .remote, "the remote filesystem is full (\(free))", fix: "free space on the backup host"))
+            } else if let size = (imageBytes ?? target.size?.bytes), available < size {
+                // SFTP cannot tell how much of a sparse image is allocated: it may grow to its full size.
+                findings.append(
+                    .warn(
+                        target.name, "\(free) on the remote, and the image may grow to \(ByteSize.format(size))",
+                        fix: "free space there, or run imgbackup trim \(target.name) regularly"))
+            } else {
+                findings.append(.ok(target.name, "\(free) on the remote"))
+            }
+            return findings
+        }
+    }
+}
+
+/// The real machine, for doctor.
+public struct SystemInspector: SystemInspecting {
+    let runner: any CommandRunning
+    /// How long one look at the remote may take, connection included.
+    static let remoteLimit: Duration = .seconds(SSHClientOptions.connectTimeoutSeconds + 20)
+
+    public init(runner: any CommandRunning) { self.runner = runner }
+
+    public var isRoot: Bool { geteuid() == 0 }
+    public func fileExists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    public func fileText(_ path: String) -> String? { KernelFile.text(path) }
+    public func isMountPoint(_ path: String) -> Bool { MountTable.isMountPoint(path) }
+    public func locate(_ program: String) -> String? {
+        program.hasPrefix("/") ? (access(program, X_OK) == 0 ? program : nil) : try? ExecutableLocator.locate(program)
+    }
+
+    public func moduleAvailable(_ module: String) async -> Bool {
+        guard let result = try? await runner.run(Command("modprobe", ["--dry-run", "--quiet", module], timeout: .seconds(10)))
+        else { return false }
+        return result.succeeded
+    }
+
+    /// One sftp session, as the target's key: cd to the directory, df, ls the image.
+    public func lookAtRemote(_ target: Target) async -> RemoteLook {
+        let batch: String
+        do {
+            batch = try Self.writeBatch(
+                ["cd \(Self.sftpQuoted(target.remote.directory))", "df .", "-ls -ln \(Self.sftpQuoted(target.image))"])
+        } catch {
+            return .unreachable("cannot write sftp's batch file: \(error)")
+        }
+        defer { unlink(batch) }
+        var arguments = ["-b", batch, "-P", String(target.port)]
+        for option in SSHClientOptions.options(for: target, keepalive: false) { arguments += ["-o", option] }
+        arguments.append(target.remote.sshDestination)
+        let result: CommandResult
+        do {
+            result = try await runner.run(Command("sftp", arguments, timeout: Self.remoteLimit))
+        } catch {
+            return .unreachable("\(error)")
+        }
+        return Self.parse(result, image: target.image)
+    }
+
+    static func parse(_ result: CommandResult, image: String) -> RemoteLook {
+        let lines = result.standardOutput.split(separator: "\n").map(String.init)
+        guard let header = lines.firstIndex(where: { $0.contains("Avail") && $0.contains("Size") }) else {
+            // sftp's own "Connection closed" follows ssh's reason: say the reason.
+            let why =
+                result.standardError.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+                .last { !$0.isEmpty && $0 != "Connection closed" && $0 != "Connection closed." } ?? result.outputTail(lines: 1)
+            // sftp exits 1 when a batch command failed (the cd), 255 when ssh did.
+            if result.termination != .exited(1) {
+                return .unreachable(why.isEmpty ? "\(result.termination)" : why)
+            }
+            return .noDirectory(why)
+        }
+        // "Size Used Avail (root) %Capacity" in KiB (OpenSSH's sftp df).
+        let numbers = lines.dropFirst(header + 1).first?.split(separator: " ").compactMap { UInt64($0) } ?? []
+        let available = numbers.count >= 3 ? numbers[2] * 1024 : nil
+        // "-rw------- 1 0 0 100663296 Nov 22 22:00 image.img": the fifth field is the size.
+        let imageBytes = lines.first { $0.hasSuffix(" \(image)") && !$0.hasPrefix("sftp>") }.flatMap { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 ? UInt64(fields[4]) : nil
+        }
+        return .reachable(available: available, imageBytes: imageBytes)
+    }
+
+    /// sftp's batch syntax: double quotes, with \ and " escaped inside.
+    static func sftpQuoted(_ word: String) -> String {
+        "\"" + word.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    private static func writeBatch(_ lines: [String]) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("imgbackup-doctor-\(getpid()).sftp").path
+        try LocalFiles.writeAtomically(path, lines.joined(separator: "\n") + "\n")
+        return path
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,150 @@
+import Foundation
+import ImgBackupOS
+import Testing
+
+@testable import ImgBackupCore
+
+/// doctor's decisions on made-up machines; the real machine and remote:
+/// tests/e2e/test_doctor.py.
+@Suite struct DoctorTests {
+    struct FakeSystem: SystemInspecting {
+        var isRoot = true
+        var files: [String: String] = ["/proc/devices": "Block devices:\n254 device-mapper\n"]
+        var present: Set<String> = ["/sys/module/dm_crypt", "/dev/loop-control", "/dev/fuse"]
+        var mountPoints: Set<String> = ["/sys/fs/fuse/connections"]
+        var missingPrograms: Set<String> = []
+        var remote = RemoteLook.reachable(available: 10 << 30, imageBytes: 1 << 30)
+
+        func fileExists(_ path: String) -> Bool { present.contains(path) || files[path] != nil }
+        func fileText(_ path: String) -> String? { files[path] }
+        func isMountPoint(_ path: String) -> Bool { mountPoints.contains(path) }
+        func locate(_ program: String) -> String? { missingPrograms.contains(program) ? nil : "/usr/bin/\(program)" }
+        func moduleAvailable(_ module: String) async -> Bool { false }
+        func lookAtRemote(_ target: Target) async -> RemoteLook { remote }
+    }
+
+    static func target(configure: (inout Target) -> Void = { _ in }) throws -> Target {
+        var target = Target(
+            name: "offsite", remote: try RemoteLocation.parse("backup@host:/srv/laptop").get(), image: "laptop.img",
+            key: .file("/etc/imgbackup/offsite.key"), mountPoint: "/mnt/offsite")
+        target.size = ByteSize(bytes: 2 << 30)
+        target.copy = Target.Copy(method: .rsync)
+        configure(&target)
+        return target
+    }
+
+    static func findings(_ system: FakeSystem, _ target: Target, key: ImgBackupError? = nil) async -> [DoctorFinding] {
+        await DoctorOperation(targets: [target], system: system).run { _ in key }
+    }
+
+    @Test func aHealthyMachineAndTargetPass() async throws {
+        let findings = await Self.findings(FakeSystem(), try Self.target())
+        #expect(findings.allSatisfy { $0.level == .ok }, "\(findings)")
+        #expect(DoctorOperation.exitStatus(findings) == 0)
+        #expect(findings.map(\.description).contains("ok    offsite: 10 GiB free on the remote"))
+        #expect(findings.map(\.description).contains("ok    offsite: programs: ssh, sshfs, fusermount3, mkfs.ext4, e2fsck, resize2fs, rsync"))
+    }
+
+    @Test func eachMissingPieceFailsWithItsFixAndTheRunsExitStatus() async throws {
+        var system = FakeSystem()
+        system.missingPrograms = ["rsync"]
+        var findings = await Self.findings(system, try Self.target())
+        #expect(findings.filter { $0.level == .fail }.map(\.description) == [
+            "FAIL  offsite: rsync is not installed -> apt-get install rsync"
+        ])
+        #expect(DoctorOperation.exitStatus(findings) == 7)
+
+        system = FakeSystem()
+        system.files["/proc/devices"] = "Block devices:\n7 loop\n"
+        system.present.remove("/sys/module/dm_crypt")
+        findings = await Self.findings(system, try Self.target())
+        #expect(findings.filter { $0.level == .fail }.map(\.message) == [
+            "the kernel has no device-mapper", "the kernel has no dm-crypt",
+        ])
+
+        let loose = ImgBackupError(.badKey, "refusing key file /k: group or others can access it (mode 644)", hint: "chmod 600 /k")
+        findings = await Self.findings(FakeSystem(), try Self.target(), key: loose)
+        #expect(findings.contains { $0.description == "FAIL  offsite: refusing key file /k: group or others can access it (mode 644) -> chmod 600 /k" })
+        #expect(DoctorOperation.exitStatus(findings) == 5)
+
+        system = FakeSystem()
+        system.remote = .unreachable("ssh: connect to host host port 22: Connection refused")
+        findings = await Self.findings(system, try Self.target())
+        #expect(DoctorOperation.exitStatus(findings) == 6)
+        #expect(findings.contains { $0.level == .fail && $0.message.hasSuffix("Connection refused") && $0.fix?.contains("ssh -p 22 backup@host") == true })
+    }
+
+    @Test func notRootNeedsFuseConfAndSaysSo() async throws {
+        var system = FakeSystem()
+        system.isRoot = false
+        let findings = await Self.findings(system, try Self.target())
+        #expect(findings.contains { $0.message.hasPrefix("not running as root") })
+        #expect(findings.contains { $0.fix == "echo user_allow_other >> /etc/fuse.conf" })
+        system.files["/etc/fuse.conf"] = "# comment\nuser_allow_other\n"
+        #expect(!(await Self.findings(system, try Self.target())).contains { $0.message.contains("fuse.conf") })
+    }
+
+    @Test func remoteSpaceWarnsBeforeItBlocks() async throws {
+        var system = FakeSystem()
+        system.remote = .reachable(available: 1 << 30, imageBytes: nil)
+        var findings = await Self.findings(system, try Self.target())
+        #expect(findings.contains { $0.level == .warn && $0.fix == "imgbackup init offsite" })
+        #expect(findings.contains { $0.level == .warn && $0.message == "1 GiB free on the remote, and the image may grow to 2 GiB" })
+        #expect(DoctorOperation.exitStatus(findings) == 0)
+
+        system.remote = .reachable(available: 1 << 20, imageBytes: 2 << 30)
+        findings = await Self.findings(system, try Self.target())
+        #expect(findings.contains { $0.level == .fail && $0.message == "the remote filesystem is full (1 MiB free)" })
+        #expect(DoctorOperation.exitStatus(findings) == 6)
+
+        system.mountPoints = []
+        system.remote = .reachable(available: nil, imageBytes: 2 << 30)
+        findings = await Self.findings(system, try Self.target())
+        #expect(findings.contains { $0.level == .warn && $0.fix == "mount -t fusectl fusectl /sys/fs/fuse/connections" })
+        #expect(DoctorOperation.exitStatus(findings) == 0)
+    }
+
+    @Test func theProgramsFollowTheConfig() throws {
+        let target = try Self.target {
+            $0.filesystem = .btrfs
+            $0.copy = Target.Copy(method: .borg)
+            $0.nbd = .command(["nbdkit", "file", "/x"])
+            $0.key = .command(["pass", "show", "offsite"])
+        }
+        #expect(DoctorOperation.programsNeeded(by: target) == [
+            "ssh", "sshfs", "fusermount3", "mkfs.btrfs", "btrfs", "fstrim", "borg", "pass",
+        ])
+    }
+
+    @Test func sftpAnswersAreRead() {
+        let df = CommandResult(
+            executable: "/usr/bin/sftp", termination: .exited(0),
+            standardOutput: """
+                sftp> cd "/srv/laptop"
+                sftp> df .
+                        Size         Used        Avail       (root)    %Capacity
+                    20466256     14246736      5154560      6219520          69%
+                sftp> -ls -ln "laptop.img"
+                -rw-------    ? 1000     1000     2147483648 Nov 22 22:00 laptop.img
+
+                """, standardError: "")
+        #expect(SystemInspector.parse(df, image: "laptop.img") == .reachable(available: 5_154_560 * 1024, imageBytes: 2 << 30))
+
+        let noImage = CommandResult(
+            executable: "/usr/bin/sftp", termination: .exited(0),
+            standardOutput: "sftp> df .\n        Size         Used        Avail       (root)    %Capacity\n 100 50 40 50 50%\n",
+            standardError: "Can't ls: \"/srv/laptop/laptop.img\" not found\n")
+        #expect(SystemInspector.parse(noImage, image: "laptop.img") == .reachable(available: 40 * 1024, imageBytes: nil))
+
+        let noDirectory = CommandResult(
+            executable: "/usr/bin/sftp", termination: .exited(1), standardOutput: "sftp> cd \"/srv/nope\"\n",
+            standardError: "stat remote: No such file or directory\n")
+        #expect(SystemInspector.parse(noDirectory, image: "x.img") == .noDirectory("stat remote: No such file or directory"))
+
+        let refused = CommandResult(
+            executable: "/usr/bin/sftp", termination: .exited(255), standardOutput: "",
+            standardError: "ssh: connect to host h port 22: Connection refused\nConnection closed\n")
+        #expect(SystemInspector.parse(refused, image: "x.img") == .unreachable("ssh: connect to host h port 22: Connection refused"))
+        #expect(SystemInspector.sftpQuoted(#"/srv/a "b"\c"#) == #""/srv/a \"b\"\\c""#)
+    }
+}

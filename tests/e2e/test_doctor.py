@@ -1,0 +1,61 @@
+"""`imgbackup doctor` (issue 7) on the real machine and remote: what passes,
+and each blocking problem with its fix and the exit status a run would have."""
+import os
+
+from conftest import assert_nothing_left
+
+
+def doctor(host, target):
+    result = host.run("doctor", target)
+    lines = result.stdout.splitlines()
+    assert lines and all(line.split("  ")[0] in ("ok", "WARN", "FAIL") for line in lines), result.stdout
+    assert result.stderr == ""
+    return result.returncode, lines
+
+
+def test_a_ready_target_passes_every_check(host):
+    name = host.add_target("doctor_ok", tables={"copy": {"method": "rsync", "sources": ["/etc/ssh"]}})
+    host.clone_image(name)
+    status, lines = doctor(host, name)
+    assert status == 0, lines
+    for expected in ["ok    machine: running as root", "ok    machine: device-mapper", "ok    machine: dm-crypt",
+                     "ok    machine: loop devices", "ok    machine: FUSE", f"ok    {name}: the key loads",
+                     f"ok    {name}: programs: ssh, sshfs, fusermount3, mkfs.ext4, e2fsck, resize2fs, rsync"]:
+        assert expected in lines
+    assert any(line.startswith(f"ok    {name}: root@127.0.0.1:") and line.endswith("reachable over SFTP") for line in lines)
+    assert any(line.startswith(f"ok    {name}: ") and line.endswith("free on the remote") for line in lines), lines
+    assert not any(line.startswith("FAIL") for line in lines)
+    assert_nothing_left(host, name)
+    host.discard(name)
+
+
+def test_each_blocking_problem_is_named_with_its_fix_and_exit_status(host):
+    loose_key = os.path.join(host.work, "keys", "doctor-loose.key")
+    with open(loose_key, "w") as out:
+        out.write("a passphrase others can read\n")
+    os.chmod(loose_key, 0o644)
+    name = host.add_target("doctor_key", key_file=loose_key)
+    host.clone_image(name)
+    status, lines = doctor(host, name)
+    assert status == 5
+    assert f"FAIL  {name}: refusing key file {loose_key}: group or others can access it (mode 644) -> chmod 600 {loose_key}" in lines
+
+    name = host.add_target("doctor_port", port=2299)
+    status, lines = doctor(host, name)
+    assert status == 6
+    failure = [line for line in lines if line.startswith(f"FAIL  {name}: cannot reach root@127.0.0.1:")]
+    assert len(failure) == 1 and failure[0].endswith(f"try: ssh -p 2299 root@127.0.0.1"), lines
+
+    missing = os.path.join(host.work, "no-such-directory")
+    name = host.add_target("doctor_dir", remote=f"root@127.0.0.1:{missing}")
+    status, lines = doctor(host, name)
+    assert status == 6
+    assert any(line.startswith(f"FAIL  {name}: the remote directory {missing} is not there") for line in lines), lines
+    assert not os.path.exists(missing), "doctor must only look"
+
+    name = host.add_target("doctor_noimage")
+    status, lines = doctor(host, name)
+    assert status == 0
+    assert f"WARN  {name}: there is no image {name}.img yet -> imgbackup init {name}" in lines
+    assert not os.path.exists(host.image(name))
+    host.discard("doctor_key")
