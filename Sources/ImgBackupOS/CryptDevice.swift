@@ -213,6 +213,34 @@ public final class CryptDevice {
         return Int(status)
     }
 
+    /// Grows the active mapping `name` to the size of the device under it
+    /// (after that device grew). LUKS2 keeps the volume key in the kernel
+    /// keyring only while activating, so `key` unlocks it again first; the
+    /// mapping itself is never closed.
+    public static func growActive(name: String, key: SecureBytes) throws(CryptSetupError) {
+        silenceGlobalLog()
+        var cd: OpaquePointer?
+        let status = crypt_init_by_name(&cd, name)
+        guard status == 0, let cd else {
+            throw CryptSetupError(call: "crypt_init_by_name", device: "/dev/mapper/\(name)", errno: -status, log: nil)
+        }
+        defer { crypt_free(cd) }
+        let unlocked = key.withUnsafeBytes { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { chars in
+                crypt_activate_by_passphrase(
+                    cd, nil, imgb_crypt_any_slot, chars.baseAddress, chars.count, imgb_crypt_activate_keyring_key)
+            }
+        }
+        if unlocked < 0 {
+            throw CryptSetupError(call: "crypt_activate_by_passphrase", device: "/dev/mapper/\(name)", errno: -unlocked, log: nil)
+        }
+        // 0: as large as the underlying device.
+        let resized = crypt_resize(cd, name, 0)
+        if resized < 0 {
+            throw CryptSetupError(call: "crypt_resize", device: "/dev/mapper/\(name)", errno: -resized, log: nil)
+        }
+    }
+
     /// Whether `/dev/mapper/<name>` exists as an active mapping.
     public static func isActive(name: String) -> Bool {
         silenceGlobalLog()

@@ -105,6 +105,16 @@ public final class LoopDevice: Sendable {
         throw SystemCallError(call: "ioctl(LOOP_CLR_FD)", object: device, errno: -status)
     }
 
+    /// Makes the loop device `device` take the current size of its backing
+    /// file (after the file grew).
+    public static func refreshCapacity(_ device: String) throws(SystemCallError) {
+        let fd = open(device, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError(call: "open", object: device, errno: errno) }
+        defer { close(fd) }
+        let status = imgb_loop_set_capacity(fd)
+        if status != 0 { throw SystemCallError(call: "ioctl(LOOP_SET_CAPACITY)", object: device, errno: -status) }
+    }
+
     private static func sysfsValue(_ number: Int, _ attribute: String) -> String? {
         guard let text = KernelFile.text("/sys/block/loop\(number)/loop/\(attribute)") else { return nil }
         return text.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -67,6 +67,13 @@ public enum RemoteFiles {
         }
     }
 
+    /// Makes `path` `size` bytes long; the new part is a hole (sparse).
+    public static func grow(_ path: String, to size: UInt64, deadline: Duration) async throws {
+        try await withAbandonableDeadline(deadline, operation: "grow \(path)") {
+            _ = try checked("truncate", path) { truncate(path, off_t(size)) }
+        }
+    }
+
     /// Apparent size of `path`.
     public static func size(_ path: String, deadline: Duration) async throws -> UInt64 {
         try await withAbandonableDeadline(deadline, operation: "stat \(path)") {

@@ -50,7 +50,7 @@ struct ImgBackup: AsyncParsableCommand {
             """,
         subcommands: [
             InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, KeyCommand.self,
-            StatusCommand.self, DoctorCommand.self, AuthorizedKeysCommand.self, NBDBridgeCommand.self,
+            ResizeCommand.self, StatusCommand.self, DoctorCommand.self, AuthorizedKeysCommand.self, NBDBridgeCommand.self,
         ]
     )
 }

@@ -1,0 +1,177 @@
+import Foundation
+import ImgBackupOS
+
+/// `imgbackup resize TARGET --size SIZE`: grows the remote image file, the
+/// loop device, the dm-crypt mapping and the filesystem, in that order, all
+/// online. A target that is open stays open; a closed one is opened over
+/// sshfs for the resize and closed again.
+///
+/// Each step only ever grows and is a no-op at the right size already, so a
+/// resize cut off half way (a crash, a dropped link) is finished by running
+/// the same command again.
+public struct ResizeOperation {
+    public let target: Target
+    public let environment: OperationEnvironment
+    public let size: ByteSize
+
+    public struct Report: Sendable {
+        public let previousBytes: UInt64
+        public let imageBytes: UInt64
+        /// The filesystem's size after growing (statvfs of the mount).
+        public let filesystemBytes: UInt64?
+        /// Whether the target was open before (and so stays open).
+        public let wasOpen: Bool
+    }
+
+    /// LUKS2 images use 4096-byte sectors: the mapping can only cover whole ones.
+    static let granule: UInt64 = 4096
+    /// The kernel's btrfs resize ioctl refuses sizes under 256 MiB (EINVAL);
+    /// the LUKS2 header takes 16 MiB of the image.
+    static let smallestBtrfsResize: UInt64 = (256 + 16) << 20
+    /// resize2fs grows in place; on a large filesystem it writes new group
+    /// descriptors and bitmaps for every added group.
+    static let filesystemGrowLimit: Duration = .seconds(3600)
+
+    public init(target: Target, environment: OperationEnvironment, size: ByteSize) {
+        self.target = target
+        self.environment = environment
+        self.size = size
+    }
+
+    public func run() async throws(ImgBackupError) -> Report {
+        guard size.bytes % Self.granule == 0 else {
+            throw ImgBackupError(
+                .usage, "cannot resize '\(target.name)' to \(size.bytes) bytes: not a whole number of 4 KiB sectors",
+                hint: "give the size in M or G, e.g. --size 60G")
+        }
+        if target.filesystem == .btrfs && size.bytes < Self.smallestBtrfsResize {
+            throw ImgBackupError(
+                .usage,
+                "cannot resize '\(target.name)' to \(size): btrfs refuses to resize a filesystem to less than 256 MiB (the image holds 16 MiB of LUKS header too)",
+                hint: "give --size 272M or more")
+        }
+        let key = try await environment.key(for: target)
+        let lock = try TargetLock.acquire(target, paths: environment.paths)
+        defer { withExtendedLifetime(lock) {} }
+
+        let wasOpen = try openOverSSHFS()
+        if !wasOpen {
+            _ = try await OpenOperation(target: overSSHFS, environment: environment).bringUp(key: key, operation: "resize")
+        }
+        let grown: Report
+        do {
+            grown = try await grow(key: key, wasOpen: wasOpen)
+        } catch {
+            if !wasOpen { await closeKeepingFirst(error) }
+            throw error
+        }
+        if !wasOpen {
+            _ = try await CloseOperation(target: target, environment: environment).tearDown()
+        }
+        return grown
+    }
+
+    /// The target as resize opens it: an NBD export has a fixed size, the file over sshfs grows.
+    private var overSSHFS: Target {
+        var target = target
+        target.transport = .sshfs
+        return target
+    }
+
+    /// Whether the target is open already, over sshfs; refuses other states.
+    private func openOverSSHFS() throws(ImgBackupError) -> Bool {
+        guard let record = try environment.stateStore.load(target: target.name) else { return false }
+        let layers = record.layers
+        let mounted = layers.contains { if case .filesystem = $0 { StatusOperation.isUp($0) == true } else { false } }
+        guard record.operation == "open", mounted else {
+            try TargetLock.requireClosed(target, store: environment.stateStore)  // says what is left over
+            return false
+        }
+        guard layers.contains(where: { if case .sshfs = $0 { true } else { false } }) else {
+            throw ImgBackupError(
+                .refused, "cannot resize '\(target.name)' while it is open over NBD: an NBD export has a fixed size",
+                hint: "run 'imgbackup close \(target.name)', then resize (it grows the image over sshfs)")
+        }
+        return true
+    }
+
+    private func grow(key: SecureBytes, wasOpen: Bool) async throws(ImgBackupError) -> Report {
+        let image = "\(environment.paths.remoteMount(target.name))/\(target.image)"
+        let remoteCall = target.timeouts.stall
+        let current: UInt64
+        do {
+            current = try await RemoteFiles.size(image, deadline: remoteCall)
+        } catch {
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "read the size of \(target.image) on \(target.remote)")
+        }
+        if size.bytes < current {
+            throw ImgBackupError(
+                .refused,
+                "cannot shrink '\(target.name)' from \(ByteSize.format(current)) to \(size): \(target.filesystem == .ext4 ? "ext4 cannot shrink while mounted, and " : "")imgbackup only grows images",
+                hint: "to use less space on the remote, run 'imgbackup trim \(target.name)'; for a smaller image, init a new target and copy the backups over")
+        }
+        if size.bytes > current {
+            let growth = size.bytes - current
+            // The file grows sparse, but the filesystem inside may fill it: the remote must have room.
+            if let available = await RemoteSpace(target: overSSHFS, environment: environment).available(), available < growth {
+                throw ImgBackupError(
+                    .remote,
+                    "cannot grow '\(target.name)' by \(ByteSize.format(growth)): the remote has \(ByteSize.format(available)) free in \(target.remote)",
+                    hint: "free space there, or choose a smaller --size")
+            }
+            do {
+                try await RemoteFiles.grow(image, to: size.bytes, deadline: remoteCall)
+            } catch {
+                throw ImgBackupError.wrapping(error, .remote, failedTo: "grow \(target.image) on \(target.remote)")
+            }
+        }
+        let mapping = target.mappingName
+        do {
+            try await withAbandonableDeadline(remoteCall, operation: "grow the loop device and /dev/mapper/\(mapping)") {
+                for device in LoopDevice.devices(backingFile: image) {
+                    try LoopDevice.refreshCapacity(device)
+                }
+                try CryptDevice.growActive(name: mapping, key: key)
+            }
+        } catch let error as CryptSetupError where error.isWrongKey {
+            throw ImgBackupError(.badKey, "failed to grow /dev/mapper/\(mapping): the key does not open \(target.image)")
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "grow /dev/mapper/\(mapping)")
+        }
+        try await growFilesystem(device: "/dev/mapper/\(mapping)")
+        return Report(
+            previousBytes: current, imageBytes: max(size.bytes, current),
+            filesystemBytes: StatusOperation.usage(target.mountPoint)?.sizeBytes, wasOpen: wasOpen)
+    }
+
+    private func growFilesystem(device: String) async throws(ImgBackupError) {
+        let command =
+            switch target.filesystem {
+            case .ext4: Command("resize2fs", [device], timeout: Self.filesystemGrowLimit)
+            case .btrfs: Command("btrfs", ["filesystem", "resize", "max", target.mountPoint], timeout: Self.filesystemGrowLimit)
+            }
+        let result: CommandResult
+        do {
+            result = try await environment.runner.run(command)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "grow the filesystem of '\(target.name)'")
+        }
+        guard result.succeeded else {
+            throw ImgBackupError(
+                .system, "failed to grow the filesystem of '\(target.name)': \(result.failureSummary)",
+                hint: "the image and mapping did grow; run the same resize again to retry")
+        }
+    }
+
+    private func closeKeepingFirst(_ first: ImgBackupError) async {
+        do {
+            _ = try await CloseOperation(target: target, environment: environment).tearDown()
+        } catch {
+            environment.logger.error("\(error.description)")
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
