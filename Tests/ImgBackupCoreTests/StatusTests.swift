@@ -36,6 +36,14 @@ import Testing
                 as? [[String: Any]])?.first?["layers"] as? [[String: Any]])
         #expect(Set(layers[0].keys) == ["layer", "detail", "recorded", "up"])
         #expect(layers[0]["up"] is NSNull)
+
+        var overSSHFS = Self.status(state: "open")
+        overSSHFS.image = .init(apparentBytes: 1 << 30, allocatedBytes: nil, source: "live", measuredAt: Self.start)
+        let image = try #require(
+            ((try JSONSerialization.jsonObject(with: Data(TargetStatus.json([overSSHFS]).utf8)) as? [String: Any])?["targets"]
+                as? [[String: Any]])?.first?["image"] as? [String: Any])
+        #expect(Set(image.keys) == ["apparentBytes", "allocatedBytes", "source", "measuredAt"])
+        #expect(image["allocatedBytes"] is NSNull)
     }
 
     @Test func anOpenTargetWithItsRunAndSizesRoundTrips() throws {

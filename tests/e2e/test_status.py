@@ -22,16 +22,7 @@ def layers(report):
     return {layer["layer"]: layer["up"] for layer in report["layers"]}
 
 
-def test_status_follows_a_target_through_open_partial_close_and_run(host):
-    name = host.add_target("status", size="96M", tables={"copy": {"method": "command", "command": ["sleep", "12"]}})
-    host.clone_image(name)
-
-    report = status(host, name)
-    assert report["state"] == "closed" and report["layers"] == [] and report["lastRun"] is None
-    assert report["lockHolder"] is None and report["image"] is None and report["mountUsage"] is None
-    assert "last run: none recorded" in host.ok("status", name).stdout
-
-    mount = host.ok("open", name).stdout.strip()
+def check_open_then_partial(host, name, mount):
     report = status(host, name)
     assert report["state"] == "open"
     assert layers(report) == {"sshfs": True, "lock": None, "loop": True, "dm-crypt": True, "filesystem": True}
@@ -50,7 +41,22 @@ def test_status_follows_a_target_through_open_partial_close_and_run(host):
     report = status(host, name)
     assert report["state"] == "partial" and layers(report)["filesystem"] is False and layers(report)["dm-crypt"] is True
     assert f"partly up: run 'imgbackup close {name}'" in host.ok("status", name).stdout
-    host.ok("close", name)
+
+
+def test_status_follows_a_target_through_open_partial_close_and_run(host):
+    name = host.add_target("status", size="96M", tables={"copy": {"method": "command", "command": ["sleep", "12"]}})
+    host.clone_image(name)
+
+    report = status(host, name)
+    assert report["state"] == "closed" and report["layers"] == [] and report["lastRun"] is None
+    assert report["lockHolder"] is None and report["image"] is None and report["mountUsage"] is None
+    assert "last run: none recorded" in host.ok("status", name).stdout
+
+    mount = host.ok("open", name).stdout.strip()
+    try:
+        check_open_then_partial(host, name, mount)
+    finally:
+        host.run("close", name)
     assert status(host, name)["state"] == "closed"
     assert_nothing_left(host, name)
 

@@ -41,6 +41,17 @@ public struct TargetStatus: Codable, Sendable, Equatable {
         /// "live" (read through the open transport now) or "trim" (measured by the last trim).
         public var source: String
         public var measuredAt: Date
+
+        enum CodingKeys: String, CodingKey { case apparentBytes, allocatedBytes, source, measuredAt }
+
+        /// Both sizes always present: null when the transport cannot tell.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(apparentBytes, forKey: .apparentBytes)
+            try container.encode(allocatedBytes, forKey: .allocatedBytes)
+            try container.encode(source, forKey: .source)
+            try container.encode(measuredAt, forKey: .measuredAt)
+        }
     }
 
     public struct Usage: Codable, Sendable, Equatable {
