@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit e2e test demo install clean format bench
+.PHONY: all deps build unit e2e test demo install completions man clean format bench
 
 all: build
 
@@ -21,6 +21,7 @@ build:
 unit: build
 	$(SWIFT) test
 	tests/units/verify.sh
+	tests/units/cli-artifacts.sh
 
 # Black-box tests of the CLI in a kernel with dm-crypt (a virtme-ng VM here).
 e2e: build
@@ -42,6 +43,25 @@ install: build
 		> $(DESTDIR)$(PREFIX)/lib/systemd/system/imgbackup@.service
 	install -m 644 configs/imgbackup@.timer $(DESTDIR)$(PREFIX)/lib/systemd/system/imgbackup@.timer
 	install -D -m 644 configs/imgbackup.toml $(DESTDIR)/etc/imgbackup/imgbackup.toml.example
+	$(MAKE) completions man BIN=.build/release/imgbackup
+	install -D -m 644 .build/completions/imgbackup.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/imgbackup
+	install -D -m 644 .build/completions/_imgbackup $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_imgbackup
+	install -D -m 644 .build/completions/imgbackup.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/imgbackup.fish
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 .build/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+
+# Shell completions and man pages, generated from the command definitions
+# (swift-argument-parser), so they never drift from --help.
+completions:
+	mkdir -p .build/completions
+	$(BIN) --generate-completion-script bash > .build/completions/imgbackup.bash
+	$(BIN) --generate-completion-script zsh > .build/completions/_imgbackup
+	$(BIN) --generate-completion-script fish > .build/completions/imgbackup.fish
+
+man:
+	$(SWIFT) build --product generate-manual
+	mkdir -p .build/man
+	.build/debug/generate-manual $(BIN) --multi-page --section 1 --output-directory .build/man
 
 format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift

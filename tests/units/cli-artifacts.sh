@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The shell completions and man pages `make install` ships are generated from
+# the command definitions: each must know every subcommand, and the bash and
+# zsh scripts must parse.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+make --no-print-directory completions man >/dev/null
+commands="init open close run trim resize status doctor key authorized-keys"
+fail() { echo "cli-artifacts: $*" >&2; exit 1; }
+for script in .build/completions/imgbackup.bash .build/completions/_imgbackup .build/completions/imgbackup.fish; do
+  [ -s "$script" ] || fail "$script is empty"
+  for command in $commands; do
+    grep -q -- "$command" "$script" || fail "$script does not complete '$command'"
+  done
+done
+bash -n .build/completions/imgbackup.bash || fail "the bash completion does not parse"
+if command -v zsh >/dev/null; then zsh -n .build/completions/_imgbackup || fail "the zsh completion does not parse"; fi
+[ -s .build/man/imgbackup.1 ] || fail "no man page imgbackup.1"
+grep -q '^\.Dt IMGBACKUP 1' .build/man/imgbackup.1 || fail "imgbackup.1 is not an mdoc page of section 1"
+for command in $commands; do
+  page=.build/man/imgbackup.$command.1
+  [ -s "$page" ] || fail "no man page for '$command' ($page)"
+done
+grep -q 'crypt_resize' .build/man/imgbackup.resize.1 || fail "imgbackup.resize.1 lacks the command's discussion"
+echo "cli-artifacts: completions (bash, zsh, fish) and $(ls .build/man | wc -l) man pages cover: $commands"
