@@ -98,6 +98,18 @@ class BackupHost:
         open(other.config, "w").close()
         return other
 
+    def new_machine(self, label):
+        """The same backup host and config seen from another client: empty
+        runtime and state directories, as on a machine rebuilt from the
+        config and the key alone."""
+        other = BackupHost(self.work)
+        other.template = self.template
+        other.config = self.config
+        other.runtime = os.path.join(self.work, f"{label}-run")
+        other.state = os.path.join(self.work, f"{label}-state")
+        other.env = dict(os.environ, IMGBACKUP_RUNTIME_DIR=other.runtime, IMGBACKUP_STATE_DIR=other.state)
+        return other
+
     def run(self, *args, timeout=None):
         """Runs `imgbackup --config CONFIG ARGS...` and returns the CompletedProcess."""
         command = args[0]
