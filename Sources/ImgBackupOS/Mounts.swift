@@ -1,4 +1,5 @@
 import CImgBackupShim
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -47,4 +48,48 @@ public enum Mounts {
             if imgb_syncfs(fd) != 0 { throw SystemCallError(call: "syncfs", object: mountPoint, errno: errno) }
         }
     }
+}
+
+/// syncfs(2) through one descriptor of a mounted filesystem, opened before
+/// the writes it is to vouch for. Since Linux 5.8 syncfs reports a write-back
+/// error to every descriptor opened before the error happened, once each: a
+/// descriptor opened after the copy would miss the errors of background
+/// write-back during it. The descriptor keeps the mount busy: `release` it
+/// before unmounting.
+public final class WriteBackWatch: Sendable {
+    private let descriptor: Mutex<Int32>
+    public let mountPoint: String
+
+    public init(mountPoint: String) throws(SystemCallError) {
+        let fd = open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError(call: "open", object: mountPoint, errno: errno) }
+        self.descriptor = Mutex(fd)
+        self.mountPoint = mountPoint
+    }
+
+    /// Writes the filesystem's dirty data out; fails if any write-back since
+    /// this watch was opened (or since its last failure) failed.
+    public func sync(deadline: Duration) async throws {
+        // A duplicate for the call: an abandoned syncfs keeps its own descriptor,
+        // and release() can close ours meanwhile. dup shares the error cursor.
+        let fd = descriptor.withLock { $0 >= 0 ? dup($0) : -1 }
+        guard fd >= 0 else { throw SystemCallError(call: "syncfs", object: mountPoint, errno: EBADF) }
+        let mountPoint = mountPoint
+        try await withAbandonableDeadline(deadline, operation: "sync \(mountPoint)") {
+            defer { close(fd) }
+            if imgb_syncfs(fd) != 0 {
+                throw SystemCallError(call: "syncfs", object: mountPoint, errno: errno)
+            }
+        }
+    }
+
+    /// Closes the descriptor, so the filesystem can be unmounted.
+    public func release() {
+        descriptor.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
+
+    deinit { release() }
 }

@@ -52,15 +52,24 @@ public struct CopyContext: Sendable {
     /// Beats on every piece of output a copy tool prints: progress for the
     /// hang watchdog.
     let heartbeat: OutputHeartbeat
+    /// Writes the image's filesystem out to the remote (nil: nothing to vouch for).
+    let writeOut: WriteOut?
 
     init(target: Target, copy: Target.Copy, mountPoint: String, now: Date, environment: OperationEnvironment,
-         heartbeat: OutputHeartbeat = OutputHeartbeat()) {
+         heartbeat: OutputHeartbeat = OutputHeartbeat(), writeOut: WriteOut? = nil) {
         self.target = target
         self.copy = copy
         self.mountPoint = mountPoint
         self.now = now
         self.environment = environment
         self.heartbeat = heartbeat
+        self.writeOut = writeOut
+    }
+
+    /// What the copy wrote reaches the remote before a backup point gets its
+    /// name: a name must never stand for data that did not arrive.
+    func writeOutBeforePublishing() async throws(ImgBackupError) {
+        try await writeOut?.flush()
     }
 
     /// A copy step has no wall-clock limit: a large first backup takes hours.
@@ -123,5 +132,41 @@ public struct CopyContext: Sendable {
     func backupPoints(in directory: String) -> [(name: String, date: Date)] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.compactMap { name in BackupPointName.parse(name).map { (name, $0) } }.sorted { $0.date < $1.date }
+    }
+}
+
+/// The run's write-out to the remote: syncfs through a watch opened when the
+/// image was mounted, so a write-back that failed at any point of the run is
+/// reported, and remembered for the error message and the dirty marker.
+final class WriteOut: Sendable {
+    private let mountPoint: String
+    /// nil only if the mount point could not be opened; each flush then opens its own.
+    private let watch: WriteBackWatch?
+    /// A write-out failed: the remote did not get everything.
+    let failed = Flag()
+
+    /// The longest a flush may take: a large copy over a slow link can leave
+    /// gigabytes in the page cache.
+    static let limit: Duration = .seconds(6 * 3600)
+
+    init(mountPoint: String) {
+        self.mountPoint = mountPoint
+        watch = try? WriteBackWatch(mountPoint: mountPoint)
+    }
+
+    /// Lets go of the mount (before it is unmounted).
+    func release() { watch?.release() }
+
+    func flush() async throws(ImgBackupError) {
+        do {
+            if let watch {
+                try await watch.sync(deadline: Self.limit)
+            } else {
+                try await Mounts.sync(mountPoint, deadline: Self.limit)
+            }
+        } catch {
+            failed.set()
+            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "write the backup out to the remote")
+        }
     }
 }

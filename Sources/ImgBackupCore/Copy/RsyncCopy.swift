@@ -57,6 +57,7 @@ struct RsyncCopy: CopyMethod {
             throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)")
         }
 
+        try await context.writeOutBeforePublishing()
         do {
             try LocalFiles.rename(incomplete, to: "\(snapshots)/\(name)")
             try LocalFiles.replaceSymbolicLink("\(snapshots)/\(Self.latestLink)", pointingTo: name)

@@ -88,20 +88,22 @@ public struct RunOperation: Sendable {
         let device = "/dev/mapper/\(target.mappingName)"
         let before = BlockDeviceStats.read(devicePath: device)
         let heartbeat = OutputHeartbeat()
+        // Opened before the copy writes anything, so every failed write-back of the run is reported.
+        let writeOut = WriteOut(mountPoint: mountPoint)
         let context = CopyContext(
-            target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment, heartbeat: heartbeat)
+            target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment, heartbeat: heartbeat,
+            writeOut: writeOut)
         let guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
 
         var hung = false
-        let writeOutFailed = Flag()
         switch await guarded.run({ () async throws(ImgBackupError) -> Middle in
-            try await middle(context, copy: copy, mountPoint: mountPoint, writeOutFailed: writeOutFailed)
+            try await middle(context, copy: copy, writeOut: writeOut)
         }) {
         case .finished(.success(let middle)):
             outcome.copy = middle.copy
             outcome.pruned = middle.pruned
         case .finished(.failure(let error)):
-            outcome.failure = writeOutFailed.isSet ? await RemoteSpace(target: target, environment: environment).explain(error) : error
+            outcome.failure = writeOut.failed.isSet ? await RemoteSpace(target: target, environment: environment).explain(error) : error
         case .hung(let error):
             hung = true
             outcome.failure = error
@@ -114,9 +116,10 @@ public struct RunOperation: Sendable {
             await runPostHooks(mountPoint: mountPoint, outcome: &outcome)
         }
 
+        writeOut.release()  // its descriptor would keep the mount busy
         do {
             var close = CloseOperation(target: target, environment: environment, force: hung)
-            close.imageWritesFailed = writeOutFailed.isSet
+            close.imageWritesFailed = writeOut.failed.isSet
             _ = try await close.tearDown()
         } catch {
             if let first = outcome.failure {
@@ -145,8 +148,9 @@ public struct RunOperation: Sendable {
     /// cache goes out now, under the watchdog, so lost writes are known
     /// (and the next open checks the filesystem) instead of dropped at close.
     private func middle(
-        _ context: CopyContext, copy: Target.Copy, mountPoint: String, writeOutFailed: Flag
+        _ context: CopyContext, copy: Target.Copy, writeOut: WriteOut
     ) async throws(ImgBackupError) -> Middle {
+        let mountPoint = context.mountPoint
         let middle: Middle
         do {
             try await runHooks(target.hooks.pre, kind: "pre-hook", mountPoint: mountPoint, result: nil)
@@ -158,21 +162,13 @@ public struct RunOperation: Sendable {
             }
             middle = copied
         } catch {
-            do {
-                try await flush(mountPoint)
-            } catch {
-                writeOutFailed.set()
-            }
+            // What a failed copy left goes out too; a failed write-out is remembered in writeOut.
+            try? await writeOut.flush()
             throw error
         }
         // What the copy wrote reaches the remote before the run counts as
         // done, and before the bytes are counted.
-        do {
-            try await flush(mountPoint)
-        } catch {
-            writeOutFailed.set()
-            throw error
-        }
+        try await writeOut.flush()
         return middle
     }
 
@@ -182,18 +178,6 @@ public struct RunOperation: Sendable {
             try await runHooks(target.hooks.post, kind: "post-hook", mountPoint: mountPoint, result: result)
         } catch {
             outcome.failure = outcome.failure ?? error
-        }
-    }
-
-    /// The longest a flush of the copy step's dirty data may take: a large
-    /// copy over a slow link can leave gigabytes in the page cache.
-    static let flushLimit: Duration = .seconds(6 * 3600)
-
-    private func flush(_ mountPoint: String) async throws(ImgBackupError) {
-        do {
-            try await Mounts.sync(mountPoint, deadline: Self.flushLimit)
-        } catch {
-            throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "write the backup out to the remote")
         }
     }
 
