@@ -8,8 +8,8 @@ packages=(
   pkg-config libcryptsetup-dev libfuse3-dev libnbd-dev
   # run: the tools imgbackup drives
   fuse3 sshfs openssh-client cryptsetup-bin e2fsprogs btrfs-progs rsync borgbackup
-  # test: systemd-analyze checks the units in configs/
-  systemd
+  # test: systemd-analyze checks the units in configs/; zsh parses the zsh completion
+  systemd zsh
   # test: the backup host and the real kernel the end-to-end suite boots
   openssh-server nbdkit nbd-server qemu-system-x86 linux-image-amd64 busybox-static kmod
   python3-pytest

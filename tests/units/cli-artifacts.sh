@@ -15,7 +15,8 @@ for script in .build/completions/imgbackup.bash .build/completions/_imgbackup .b
   done
 done
 bash -n .build/completions/imgbackup.bash || fail "the bash completion does not parse"
-if command -v zsh >/dev/null; then zsh -n .build/completions/_imgbackup || fail "the zsh completion does not parse"; fi
+command -v zsh >/dev/null || fail "zsh is not installed (make deps): the zsh completion cannot be checked"
+zsh -n .build/completions/_imgbackup || fail "the zsh completion does not parse"
 [ -s .build/man/imgbackup.1 ] || fail "no man page imgbackup.1"
 grep -q '^\.Dt IMGBACKUP 1' .build/man/imgbackup.1 || fail "imgbackup.1 is not an mdoc page of section 1"
 for command in $commands; do
