@@ -29,6 +29,9 @@ public struct Command: Sendable {
     /// Sees the command's output while it runs (progress lines), in pieces
     /// as they arrive, a few times a second.
     public var observer: (@Sendable (CommandOutput) -> Void)?
+    /// Where it runs (nil: where imgbackup runs); for tools that name what
+    /// they archive by the relative paths they are given (borg).
+    public var workingDirectory: String?
 
     public init(
         _ executable: String,
@@ -176,6 +179,7 @@ public struct SubprocessCommandRunner: CommandRunning {
         let stderrFD = stderrFile.descriptor
         let finalEnvironment = environment
         let finalOptions = options
+        let workingDirectory = command.workingDirectory.map { FilePath($0) }
 
         let inputFile: MemoryFile?
         let input: FileDescriptorInput
@@ -224,6 +228,7 @@ public struct SubprocessCommandRunner: CommandRunning {
                 .path(FilePath(path)),
                 arguments: arguments,
                 environment: .custom(finalEnvironment),
+                workingDirectory: workingDirectory,
                 platformOptions: finalOptions,
                 input: input,
                 output: output,

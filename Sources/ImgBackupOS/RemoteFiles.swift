@@ -127,11 +127,18 @@ public enum LocalFiles {
     }
 
     /// Writes a whole file in one step (temporary file, fsync, rename), mode
-    /// 0600: a crash leaves the old contents or the new, never half.
-    public static func writeAtomically(_ path: String, _ contents: String) throws(SystemCallError) {
+    /// 0600 unless told otherwise (whatever the umask): a crash leaves the
+    /// old contents or the new, never half.
+    public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = 0o600) throws(SystemCallError) {
         let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw SystemCallError(call: "open", object: temporary, errno: errno) }
+        guard fchmod(fd, mode) == 0 else {
+            let chmodErrno = errno
+            close(fd)
+            _ = unlink(temporary)
+            throw SystemCallError(call: "fchmod", object: temporary, errno: chmodErrno)
+        }
         let bytes = Array(contents.utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         let synced = fsync(fd)

@@ -12,12 +12,19 @@ struct AuthorizedKeysCommand: ParsableCommand {
             only that directory and a read-only /usr), the target's [nbd] command runs \
             exactly as configured, and anything else is refused. Install it for a dedicated \
             user on the backup host (docs/remote-setup.md).
+
+            With --source, the line for the hosts the target pulls ssh:// sources from, for \
+            the key in source_identity_file: read-only SFTP (internal-sftp -R) and nothing \
+            else. Install it for the user the ssh:// sources log in as.
             """)
 
     @OptionGroup var global: GlobalOptions
 
     @Option(help: ArgumentHelp("The public key to allow (default: identity_file with .pub).", valueName: "FILE"))
     var publicKey: String?
+
+    @Flag(help: "Print the read-only line for the source hosts instead (key: source_identity_file with .pub).")
+    var source = false
 
     @Option(help: ArgumentHelp("sftp-server's path on the remote.", valueName: "PATH"))
     var sftpServer: String = AuthorizedKeysLine.debianSFTPServer
@@ -28,15 +35,25 @@ struct AuthorizedKeysCommand: ParsableCommand {
     func run() throws {
         let config = try global.load()
         let target = try config.target(named: target)
-        guard let path = publicKey ?? target.identityFile.map({ $0 + ".pub" }) else {
+        if source && (target.copy?.sourceHosts ?? []).isEmpty {
             throw ImgBackupError(
-                .config, "no public key for target '\(target.name)': it has no identity_file",
+                .config, "target '\(target.name)' pulls from no other host: none of its sources is ssh://",
+                hint: "drop --source, or add an ssh://[user@]host/path source")
+        }
+        let keyName = source ? "source_identity_file" : "identity_file"
+        guard let path = publicKey ?? (source ? target.copy?.sourceIdentityFile : target.identityFile).map({ $0 + ".pub" }) else {
+            throw ImgBackupError(
+                .config, "no public key for target '\(target.name)': it has no \(keyName)",
                 hint: "pass --public-key FILE")
         }
         guard let key = try? String(contentsOfFile: path, encoding: .utf8), !key.isEmpty else {
             throw ImgBackupError(
                 .config, "failed to read the public key \(path)", hint: "pass --public-key FILE, or ssh-keygen -y -f KEY > \(path)")
         }
-        print(try AuthorizedKeysLine(target: target, publicKey: key, sftpServer: sftpServer).render())
+        if source {
+            print(try AuthorizedKeysLine.readOnlySource(publicKey: key))
+        } else {
+            print(try AuthorizedKeysLine(target: target, publicKey: key, sftpServer: sftpServer).render())
+        }
     }
 }

@@ -58,6 +58,7 @@ struct GlobalOptions: ParsableArguments {
             progress: Terminal.progressDisplay(),
             configPath: config.path)
         environment.processEnvironment = ProcessInfo.processInfo.environment
+        environment.metricsDirectory = config.metricsDirectory ?? RunMetrics.defaultDirectory(environment.paths)
         return environment
     }
 

@@ -155,11 +155,21 @@ let designExample = """
          "c.toml:5: target.t.hooks.post: a command must not be empty"),
         ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"borg\"\nsources = [\"/etc\"]\nborg_passphrase_file = \"pass\"\n",
          "c.toml:7: target.t.copy.borg_passphrase_file: 'pass' must be an absolute path"),
+        ("[metrics]\ndirectory = \"node-exporter\"\n", "c.toml:2: metrics.directory: 'node-exporter' must be an absolute path"),
+        ("[metrics]\npath = \"/x\"\n", "c.toml:2: metrics.path: unknown key"),
     ])
     func badTablesNameFileLineAndKey(text: String, expected: String) {
         let error = #expect(throws: ImgBackupError.self) { try ConfigLoader.parse(text, path: "c.toml") }
         #expect(error?.code == .config)
         #expect(error?.message.hasPrefix(expected) == true, "got: \(error?.message ?? "nothing")")
+    }
+
+    @Test func metricsGoWhereTheMetricsTableSays() throws {
+        let target = "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n"
+        #expect(try ConfigLoader.parse(target, path: "c.toml").metricsDirectory == nil)
+        let config = try ConfigLoader.parse("[metrics]\ndirectory = \"/var/lib/node-exporter\"\n" + target, path: "c.toml")
+        #expect(config.metricsDirectory == "/var/lib/node-exporter")
+        #expect(RunMetrics.defaultDirectory(RuntimePaths()) == "/var/lib/imgbackup/metrics")
     }
 
     @Test func hooksAndCopyOptions() throws {

@@ -14,6 +14,8 @@ import Testing
         var mountPoints: Set<String> = ["/sys/fs/fuse/connections"]
         var missingPrograms: Set<String> = []
         var remote = RemoteLook.reachable(available: 10 << 30, imageBytes: 1 << 30)
+        var nbd = NBDLook.connected(size: 2 << 30, canTrim: true)
+        var source = SourceLook.reachable(missing: [])
 
         func fileExists(_ path: String) -> Bool { present.contains(path) || files[path] != nil }
         func fileText(_ path: String) -> String? { files[path] }
@@ -21,6 +23,8 @@ import Testing
         func locate(_ program: String) -> String? { missingPrograms.contains(program) ? nil : "/usr/bin/\(program)" }
         func moduleAvailable(_ module: String) async -> Bool { false }
         func lookAtRemote(_ target: Target) async -> RemoteLook { remote }
+        func lookAtNBD(_ target: Target) async -> NBDLook { nbd }
+        func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook { source }
     }
 
     static func target(configure: (inout Target) -> Void = { _ in }) throws -> Target {
@@ -104,6 +108,37 @@ import Testing
         #expect(DoctorOperation.exitStatus(findings) == 0)
     }
 
+    @Test func theNBDExportIsLookedAtOnlyWhereOneIsConfigured() async throws {
+        var findings = await Self.findings(FakeSystem(), try Self.target())
+        #expect(!findings.contains { $0.message.contains("NBD export") })
+
+        let nbdTarget = try Self.target {
+            $0.transport = .nbd
+            $0.nbd = .command(["nbdkit", "--single", "file", "/srv/laptop/laptop.img"])
+        }
+        findings = await Self.findings(FakeSystem(), nbdTarget)
+        #expect(findings.map(\.description).contains("ok    offsite: NBD export connected (2 GiB)"))
+        #expect(DoctorOperation.exitStatus(findings) == 0)
+
+        var system = FakeSystem()
+        system.nbd = .connected(size: 2 << 30, canTrim: false)
+        findings = await Self.findings(system, nbdTarget)
+        #expect(findings.contains { $0.level == .warn && $0.message.hasPrefix("the NBD export does not take trim") })
+        #expect(DoctorOperation.exitStatus(findings) == 0)
+
+        system.nbd = .failed("nbd_connect_command: server disconnected unexpectedly")
+        findings = await Self.findings(system, nbdTarget)
+        #expect(DoctorOperation.exitStatus(findings) == 6)
+        #expect(findings.filter { $0.level == .fail }.map(\.description) == [
+            "FAIL  offsite: cannot connect to the NBD export: nbd_connect_command: server disconnected unexpectedly"
+                + " -> check [target.offsite.nbd] command: it must run on the backup host and serve laptop.img"
+                + " (try it over ssh -p 22 backup@host)"
+        ])
+
+        findings = await Self.findings(system, try Self.target { $0.nbd = .uri("nbd://nas/laptop") })
+        #expect(findings.contains { $0.fix == "check that an NBD server answers at nbd://nas/laptop and exports the image" })
+    }
+
     @Test func theProgramsFollowTheConfig() throws {
         let target = try Self.target {
             $0.filesystem = .btrfs
@@ -114,6 +149,36 @@ import Testing
         #expect(DoctorOperation.programsNeeded(by: target) == [
             "ssh", "sshfs", "fusermount3", "mkfs.btrfs", "btrfs", "fstrim", "borg", "pass",
         ])
+    }
+
+    @Test func sourceHostsAreLookedAtWithTheirPaths() async throws {
+        let pulling = try Self.target { $0.copy?.sources = ["/etc", "ssh://backup@db1:2222/srv/data", "ssh://backup@db1:2222/etc"] }
+        var findings = await Self.findings(FakeSystem(), pulling)
+        #expect(findings.map(\.description).contains("ok    offsite: the source host backup@db1 port 2222 reachable over SFTP"))
+        #expect(DoctorOperation.exitStatus(findings) == 0)
+
+        var system = FakeSystem()
+        system.source = .reachable(missing: ["/srv/data"])
+        findings = await Self.findings(system, pulling)
+        #expect(findings.filter { $0.level == .fail }.map(\.description) == [
+            "FAIL  offsite: the source /srv/data is not on db1 -> fix [target.offsite.copy] sources, or create it there"
+        ])
+        #expect(DoctorOperation.exitStatus(findings) == 2)
+
+        system.source = .unreachable("Permission denied (publickey).")
+        findings = await Self.findings(system, pulling)
+        #expect(DoctorOperation.exitStatus(findings) == 6)
+        #expect(findings.contains { $0.level == .fail && $0.fix?.hasSuffix("try: ssh -p 2222 backup@db1") == true })
+
+        let listing = CommandResult(
+            executable: "/usr/bin/sftp", termination: .exited(0),
+            standardOutput: "sftp> pwd\nRemote working directory: /root\nsftp> -ls -ln \"/etc\"\n-rw-r--r-- 1 0 0 12 Nov 22 22:00 hosts\n",
+            standardError: "Can't ls: \"/srv/data\" not found\n")
+        #expect(SystemInspector.parseSource(listing, paths: ["/etc", "/srv/data"]) == .reachable(missing: ["/srv/data"]))
+        let refused = CommandResult(
+            executable: "/usr/bin/sftp", termination: .exited(255), standardOutput: "",
+            standardError: "backup@db1: Permission denied (publickey).\r\nConnection closed\n")
+        #expect(SystemInspector.parseSource(refused, paths: ["/etc"]) == .unreachable("backup@db1: Permission denied (publickey)."))
     }
 
     @Test func sftpAnswersAreRead() {

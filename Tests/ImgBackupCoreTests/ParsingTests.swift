@@ -54,7 +54,7 @@ import Testing
         target.port = 2222
         target.identityFile = "/keys/id,with,commas"
         target.sshOptions = ["UserKnownHostsFile=/a b/known_hosts"]
-        let arguments = SSHFSLayer.arguments(for: target, mountPoint: "/run/imgbackup/t/remote")
+        let arguments = SSHFSLayer.arguments(for: SSHFSEndpoint(target: target), mountPoint: "/run/imgbackup/t/remote")
         #expect(Array(arguments.prefix(2)) == ["u@h:/srv", "/run/imgbackup/t/remote"])
         #expect(arguments.contains("Port=2222"))
         #expect(arguments.contains("IdentityFile=/keys/id\\,with\\,commas"))

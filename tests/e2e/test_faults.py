@@ -60,11 +60,11 @@ def wait_until_copying(host, target, timeout=120):
     raise AssertionError("the copy never started writing into the image")
 
 
-def freeze_until_exit(process, name):
-    """SIGSTOPs every process called `name`, waits for `process` (imgbackup)
-    to exit, then lets them go on. Returns (stderr, seconds from the freeze
-    to the exit)."""
-    stopped = processes_named(name)
+def freeze_until_exit(process, name, pids=None):
+    """SIGSTOPs every process called `name` (or the `pids` given), waits for
+    `process` (imgbackup) to exit, then lets them go on. Returns (stderr,
+    seconds from the freeze to the exit)."""
+    stopped = pids if pids is not None else processes_named(name)
     assert stopped, f"no {name} to freeze"
     try:
         for pid in stopped:

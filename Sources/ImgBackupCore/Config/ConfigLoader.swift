@@ -55,8 +55,13 @@ public enum ConfigLoader {
             }
             try targetTables.rejectUnknownKeys()
         }
+        var configuration = Configuration(path: path, targets: targets)
+        if let metrics = try document.table("metrics") {
+            configuration.metricsDirectory = try metrics.absolutePath("directory")
+            try metrics.rejectUnknownKeys()
+        }
         try document.rejectUnknownKeys()
-        return Configuration(path: path, targets: targets)
+        return configuration
     }
 
     private static func readTarget(name: String, _ table: TableReader) throws(ImgBackupError) -> Target {
@@ -93,12 +98,7 @@ public enum ConfigLoader {
             target.port = port
         }
         target.identityFile = try table.absolutePath("identity_file")
-        if let options = try table.stringArray("ssh_options") {
-            for option in options where !option.contains("=") || option.hasPrefix("-") || option.contains("\n") {
-                throw table.error("ssh_options", "'\(option)' is not an ssh option of the form Name=value")
-            }
-            target.sshOptions = options
-        }
+        target.sshOptions = try sshOptions(table, "ssh_options")
         target.size = try table.size("size")
         if let size = target.size, size.bytes < 32 << 20 {
             throw table.error("size", "\(size) is too small: the LUKS2 header alone takes 16 MiB (use at least 32M)")
@@ -167,6 +167,42 @@ public enum ConfigLoader {
         return target
     }
 
+    private static func sshOptions(_ table: TableReader, _ key: String) throws(ImgBackupError) -> [String] {
+        let options = try table.stringArray(key) ?? []
+        for option in options where !option.contains("=") || option.hasPrefix("-") || option.contains("\n") {
+            throw table.error(key, "'\(option)' is not an ssh option of the form Name=value")
+        }
+        return options
+    }
+
+    /// Every source a path or an ssh:// URL; pulling only where the method
+    /// copies paths; one login per source host (its files land in a
+    /// directory named for the host); the source_* keys only with a pull.
+    private static func checkSources(_ copy: Target.Copy, _ table: TableReader) throws(ImgBackupError) {
+        var logins: [String: SourceHost] = [:]
+        var pulls = false
+        for text in copy.sources {
+            switch CopySource.parse(text) {
+            case .failure(let failure): throw table.error("sources", failure.reason)
+            case .success(.local): continue
+            case .success(.remote(let host, _)):
+                pulls = true
+                guard copy.method == .rsync || copy.method == .borg else {
+                    throw table.error("sources", "'\(text)': only rsync and borg pull from other hosts")
+                }
+                if let other = logins[host.directoryName], other != host {
+                    throw table.error(
+                        "sources", "'\(host.host)' appears with two logins (\(other.location.sshDestination) port \(other.port), \(host.location.sshDestination) port \(host.port)): use one per host")
+                }
+                logins[host.directoryName] = host
+            }
+        }
+        if !pulls {
+            if copy.sourceIdentityFile != nil { throw table.error("source_identity_file", "is only for ssh:// sources") }
+            if !copy.sourceSSHOptions.isEmpty { throw table.error("source_ssh_options", "is only for ssh:// sources") }
+        }
+    }
+
     private static func readCopy(_ table: TableReader) throws(ImgBackupError) -> Target.Copy {
         let method = try table.require("method") { key throws(ImgBackupError) in try table.choice(key, Target.Copy.Method.self) }
         var copy = Target.Copy(method: method)
@@ -178,6 +214,8 @@ public enum ConfigLoader {
         copy.quiesceCommand = try table.stringArray("quiesce_command")
         copy.resumeCommand = try table.stringArray("resume_command")
         copy.borgPassphraseFile = try table.absolutePath("borg_passphrase_file")
+        copy.sourceIdentityFile = try table.absolutePath("source_identity_file")
+        copy.sourceSSHOptions = try sshOptions(table, "source_ssh_options")
         if copy.quiesceCommand?.isEmpty == true { throw table.error("quiesce_command", "must not be empty") }
         if copy.resumeCommand?.isEmpty == true { throw table.error("resume_command", "must not be empty") }
         switch method {
@@ -188,6 +226,7 @@ public enum ConfigLoader {
         case .command:
             if copy.command?.isEmpty ?? true { throw table.error("command", "method command needs a non-empty command") }
         }
+        try checkSources(copy, table)
         try table.rejectUnknownKeys()
         return copy
     }

@@ -52,6 +52,10 @@ public struct Target: Sendable, Equatable {
         /// it the repository is encrypted (repokey-blake2); without it, it
         /// is not (the image around it is).
         public var borgPassphraseFile: String?
+        /// ssh:// sources: the key and extra ssh options for logging in to
+        /// the source hosts (the image's own identity_file is not used there).
+        public var sourceIdentityFile: String?
+        public var sourceSSHOptions: [String] = []
     }
 
     /// Commands around the copy step. Post-hooks run after a failed copy too,
@@ -117,6 +121,9 @@ public struct Configuration: Sendable {
     public let path: String
     /// Targets in file order.
     public let targets: [Target]
+    /// `[metrics] directory`: where `run` writes Prometheus textfile metrics
+    /// (nil: the default, under the state directory).
+    public var metricsDirectory: String? = nil
 
     public func target(named name: String) throws(ImgBackupError) -> Target {
         if let target = targets.first(where: { $0.name == name }) { return target }

@@ -35,11 +35,20 @@ struct BorgCopy: CopyMethod {
             // the archive's time is the run's (an injected clock in tests)
             "--timestamp", Self.borgTimestamp(context.now),
         ]
-        for pattern in context.copy.exclude { arguments += ["--exclude", pattern] }
+        if context.pullsFromOtherHosts {
+            // sshfs makes up inode numbers in the order paths are looked
+            // up, anew each mount: keyed on them (borg's default), a pulled
+            // file is read again whenever files before it came or went.
+            arguments.append("--files-cache=ctime,size")
+        }
+        for pattern in context.excludePatterns { arguments += ["--exclude", pattern] }
         arguments.append("\(repository)::\(name)")
-        arguments += context.copy.sources
+        arguments += context.sourcePaths(rooted: false)
         context.logger.info("borg create \(Self.repositoryDirectory)::\(name) from \(context.copy.sources.joined(separator: " "))")
-        let result = try await context.run(borg(arguments, context, passphrase: passphrase, step: true), progress: Self.progressLine)
+        var create = borg(arguments, context, passphrase: passphrase, step: true)
+        // Pulled sources are HOST/path relative to their mounts: archived as HOST/path.
+        if context.pullsFromOtherHosts { create.workingDirectory = context.sourcesDirectory }
+        let result = try await context.run(create, progress: Self.progressLine)
         switch result.termination {
         case .exited(0): break
         case .exited(1):

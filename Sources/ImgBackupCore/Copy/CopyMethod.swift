@@ -79,6 +79,33 @@ public struct CopyContext: Sendable {
     static let housekeepingLimit: Duration = .seconds(3600)
 
     var logger: Logger { environment.logger }
+
+    /// Where the source hosts are mounted (`RUNTIME/TARGET/sources`).
+    var sourcesDirectory: String { environment.paths.sourcesDirectory(target.name) }
+    var pullsFromOtherHosts: Bool { !copy.sourceHosts.isEmpty }
+
+    /// The sources as paths the copy tool can read: a local path as it is;
+    /// a pulled one inside its host's read-only mount. `rooted`: for rsync
+    /// --relative, `SOURCES/./HOST/path`, which lands as `HOST/path` in the
+    /// backup point; otherwise `HOST/path`, relative to the sources
+    /// directory (borg runs there and archives `HOST/path`).
+    func sourcePaths(rooted: Bool) -> [String] {
+        copy.parsedSources.map { source in
+            switch source {
+            case .local(let path): return path
+            case .remote(let host, let path):
+                return (rooted ? "\(sourcesDirectory)/./" : "") + host.directoryName + path
+            }
+        }
+    }
+
+    /// The exclude patterns, each anchored one (`/home/*/.cache`) also under
+    /// every source host's directory, so it means the same for pulled trees.
+    var excludePatterns: [String] {
+        copy.exclude.flatMap { pattern in
+            pattern.hasPrefix("/") ? [pattern] + copy.sourceHosts.map { "/\($0.directoryName)\(pattern)" } : [pattern]
+        }
+    }
     var pointName: String { BackupPointName.make(now) }
 
     /// Runs a tool, showing its progress lines (as `parse` reads them) on the

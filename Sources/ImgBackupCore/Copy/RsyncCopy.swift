@@ -38,8 +38,8 @@ struct RsyncCopy: CopyMethod {
             "--info=progress2,stats2", "--no-human-readable",
         ]
         if let previous { arguments.append("--link-dest=\(snapshots)/\(previous)") }
-        arguments += context.copy.exclude.map { "--exclude=\($0)" }
-        arguments += context.copy.sources
+        arguments += context.excludePatterns.map { "--exclude=\($0)" }
+        arguments += context.sourcePaths(rooted: true)
         arguments.append(incomplete + "/")
         context.logger.info(
             "rsync \(context.copy.sources.joined(separator: " ")) into \(Self.snapshotsDirectory)/\(name)\(previous.map { ", hard-linked against \($0)" } ?? ", a full copy")")

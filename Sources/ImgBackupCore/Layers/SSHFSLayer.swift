@@ -1,24 +1,57 @@
 import ImgBackupOS
 
-/// The remote directory, mounted over sshfs under the runtime directory.
+/// What an sshfs mount reaches and how it logs in: the target's remote
+/// directory, or (read-only) a host sources are pulled from.
+public struct SSHFSEndpoint: Sendable, Equatable {
+    public let location: RemoteLocation
+    public let port: Int
+    public let identityFile: String?
+    public let sshOptions: [String]
+    public let readOnly: Bool
+    /// The config keys to check when it fails, for the hint.
+    let settingsHint: String
+
+    public init(target: Target) {
+        location = target.remote
+        port = target.port
+        identityFile = target.identityFile
+        sshOptions = target.sshOptions
+        readOnly = false
+        settingsHint = "remote, port, identity_file and ssh_options"
+    }
+
+    /// A source host, with the copy table's source_identity_file and source_ssh_options.
+    public init(source: SourceHost, copy: Target.Copy) {
+        location = source.location
+        port = source.port
+        identityFile = copy.sourceIdentityFile
+        sshOptions = copy.sourceSSHOptions
+        readOnly = true
+        settingsHint = "the ssh:// source, source_identity_file and source_ssh_options"
+    }
+}
+
+/// A remote directory mounted over sshfs under the runtime directory: the
+/// target's (where the image is), or a source host's `/`, read-only.
 public struct SSHFSLayer: Layer {
-    public let target: Target
+    public let endpoint: SSHFSEndpoint
     public let mountPoint: String
     public let runner: any CommandRunning
     public let deadline: Duration
 
-    public init(target: Target, mountPoint: String, runner: any CommandRunning, deadline: Duration = .seconds(60)) {
-        self.target = target
+    public init(endpoint: SSHFSEndpoint, mountPoint: String, runner: any CommandRunning, deadline: Duration = .seconds(60)) {
+        self.endpoint = endpoint
         self.mountPoint = mountPoint
         self.runner = runner
         self.deadline = deadline
     }
 
-    public var intent: LayerRecord { .sshfs(source: target.remote.sshfsSource, mountPoint: mountPoint) }
+    public var intent: LayerRecord { .sshfs(source: endpoint.location.sshfsSource, mountPoint: mountPoint) }
 
     public func up() async throws -> LayerRecord {
         try LocalFiles.makeDirectories(mountPoint)
-        let command = Command("sshfs", Self.arguments(for: target, mountPoint: mountPoint), timeout: deadline)
+        let command = Command("sshfs", Self.arguments(for: endpoint, mountPoint: mountPoint), timeout: deadline)
+        let location = endpoint.location
         let result: CommandResult
         do {
             result = try await runner.run(command)
@@ -26,13 +59,13 @@ public struct SSHFSLayer: Layer {
             throw ImgBackupError(.system, "failed to mount the remote directory: \(notFound)", hint: "apt-get install sshfs")
         } catch let timeout as DeadlineExceeded {
             throw ImgBackupError(
-                .remote, "failed to mount \(target.remote) over sshfs: no answer within \(timeout.deadline.secondsText)",
-                hint: "check that \(target.remote.host) port \(target.port) is reachable")
+                .remote, "failed to mount \(location) over sshfs: no answer within \(timeout.deadline.secondsText)",
+                hint: "check that \(location.host) port \(endpoint.port) is reachable")
         }
         guard result.succeeded, MountTable.mount(at: mountPoint)?.filesystemType == "fuse.sshfs" else {
             throw ImgBackupError(
-                .remote, "failed to mount \(target.remote) over sshfs: \(result.failureSummary)",
-                hint: "check remote, port, identity_file and ssh_options; try: ssh -p \(target.port) \(target.remote.sshDestination)")
+                .remote, "failed to mount \(location) over sshfs: \(result.failureSummary)",
+                hint: "check \(endpoint.settingsHint); try: ssh -p \(endpoint.port) \(location.sshDestination)")
         }
         return intent
     }
@@ -40,8 +73,9 @@ public struct SSHFSLayer: Layer {
     /// sshfs's argv. Each option is its own `-o`, with commas and backslashes
     /// escaped the way libfuse's option parser expects, so a value can never
     /// split into a second option.
-    public static func arguments(for target: Target, mountPoint: String) -> [String] {
-        var options = [
+    public static func arguments(for endpoint: SSHFSEndpoint, mountPoint: String) -> [String] {
+        var options = endpoint.readOnly ? ["ro"] : []
+        options += [
             "reconnect",
             // Each write waits for the server's answer. By default sshfs
             // acknowledges a write before it lands and reports a failure
@@ -56,14 +90,14 @@ public struct SSHFSLayer: Layer {
             "ServerAliveCountMax=3",
             "ConnectTimeout=20",
             "BatchMode=yes",
-            "Port=\(target.port)",
+            "Port=\(endpoint.port)",
         ]
-        if let identity = target.identityFile {
+        if let identity = endpoint.identityFile {
             options.append("IdentityFile=\(identity)")
             options.append("IdentitiesOnly=yes")
         }
-        options += target.sshOptions
-        var arguments = [target.remote.sshfsSource, mountPoint]
+        options += endpoint.sshOptions
+        var arguments = [endpoint.location.sshfsSource, mountPoint]
         for option in options {
             arguments += ["-o", escapeFuseOption(option)]
         }

@@ -24,7 +24,7 @@ public struct BridgeService: Sendable {
 
     public func run() async throws(ImgBackupError) {
         let endpoint = try NBDEndpointBuilder.endpoint(for: target)
-        let connection = try await connect(endpoint)
+        let connection = try await Self.connect(endpoint, target: target)
         guard connection.size > 0 else {
             throw ImgBackupError(.remote, "failed to use the NBD export of \(target.name): it reports no size")
         }
@@ -65,11 +65,15 @@ public struct BridgeService: Sendable {
     /// nbdfuse uses four; more buy little with sixteen FUSE workers.
     static let multiConnections = 4
 
-    private func connect(_ endpoint: NBDEndpoint) async throws(ImgBackupError) -> NBDConnection {
+    /// One connection to `target`'s export, negotiated (`doctor` connects
+    /// this way too). Connecting runs ssh and negotiates: a dead server must
+    /// not hang us.
+    static func connect(
+        _ endpoint: NBDEndpoint, target: Target, deadline: Duration = .seconds(60)
+    ) async throws(ImgBackupError) -> NBDConnection {
         do {
             let connection = try NBDConnection(name: "imgbackup-\(target.name)")
-            // Connecting runs ssh and negotiates: a dead server must not hang us.
-            try await withAbandonableDeadline(.seconds(60), operation: "connect to the NBD export") {
+            try await withAbandonableDeadline(deadline, operation: "connect to the NBD export") {
                 try connection.connect(endpoint)
             }
             return connection
@@ -87,7 +91,7 @@ public struct BridgeService: Sendable {
         guard case .uri = endpoint, first.canMultiConn, threads > 1 else { return [] }
         let extra = await withTaskGroup(of: NBDConnection?.self) { group in
             for _ in 1..<Self.multiConnections {
-                group.addTask { try? await connect(endpoint) }
+                group.addTask { try? await Self.connect(endpoint, target: target) }
             }
             var opened: [NBDConnection] = []
             for await connection in group {

@@ -37,7 +37,9 @@ public struct CloseOperation {
             .loop(backingFile: "\(bridge)/\(ImageFileSystem.fileName)", device: nil),
             .crypt(name: target.mappingName),
             .filesystem(device: mapped, mountPoint: target.mountPoint),
-        ]
+        ] + (target.copy?.sourceHosts ?? []).map { host in
+            .sshfs(source: host.location.sshfsSource, mountPoint: environment.paths.sourceMount(target.name, host))
+        }
     }
 
     /// A `run` killed mid-copy leaves its copy step running (in its own

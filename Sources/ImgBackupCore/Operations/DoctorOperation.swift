@@ -43,6 +43,17 @@ public protocol SystemInspecting: Sendable {
     func moduleAvailable(_ module: String) async -> Bool
     /// The remote directory of `target` as SFTP sees it.
     func lookAtRemote(_ target: Target) async -> RemoteLook
+    /// The target's NBD export, connected to as the bridge would, then left.
+    func lookAtNBD(_ target: Target) async -> NBDLook
+    /// A host ssh:// sources are pulled from, as SFTP sees it with the copy
+    /// table's login: are the source paths there?
+    func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook
+}
+
+public enum SourceLook: Sendable, Equatable {
+    /// Logged in; the source paths that are not there.
+    case reachable(missing: [String])
+    case unreachable(String)
 }
 
 public enum RemoteLook: Sendable, Equatable {
@@ -51,6 +62,12 @@ public enum RemoteLook: Sendable, Equatable {
     case reachable(available: UInt64?, imageBytes: UInt64?)
     case noDirectory(String)
     case unreachable(String)
+}
+
+public enum NBDLook: Sendable, Equatable {
+    /// Negotiated: the export's size and whether it takes trim requests.
+    case connected(size: UInt64, canTrim: Bool)
+    case failed(String)
 }
 
 /// `imgbackup doctor`: checks what a run needs, says how to fix each gap,
@@ -77,6 +94,8 @@ public struct DoctorOperation {
                 findings.append(.ok(target.name, "the key loads"))
             }
             findings += await remote(target)
+            if target.nbd != nil { findings += await nbd(target) }
+            findings += await sources(target)
         }
         return findings
     }
@@ -231,6 +250,64 @@ public struct DoctorOperation {
     }
 }
 
+extension DoctorOperation {
+    /// Doctor connects where the bridge would, so a wrong command, a stopped
+    /// server or a refused key shows up here and not at 3 a.m.
+    func nbd(_ target: Target) async -> [DoctorFinding] {
+        switch await system.lookAtNBD(target) {
+        case .failed(let why):
+            let fix: String
+            switch target.nbd {
+            case .uri(let uri)?: fix = "check that an NBD server answers at \(uri) and exports the image"
+            default:
+                fix = "check [target.\(target.name).nbd] command: it must run on the backup host and serve \(target.image) (try it over ssh -p \(target.port) \(target.remote.sshDestination))"
+            }
+            return [.fail(target.name, .remote, "cannot connect to the NBD export: \(why)", fix: fix)]
+        case .connected(let size, let canTrim):
+            var findings: [DoctorFinding] = [.ok(target.name, "NBD export connected (\(ByteSize.format(size)))")]
+            if !canTrim {
+                findings.append(
+                    .warn(
+                        target.name, "the NBD export does not take trim: imgbackup trim cannot shrink the remote file",
+                        fix: "nbdkit's file plugin trims; nbd-server needs trim = true in the export's section"))
+            }
+            return findings
+        }
+    }
+}
+
+extension DoctorOperation {
+    /// Each host of ssh:// sources, logged in to as the run would, and the
+    /// source paths on it.
+    func sources(_ target: Target) async -> [DoctorFinding] {
+        guard let copy = target.copy else { return [] }
+        var findings: [DoctorFinding] = []
+        for host in copy.sourceHosts {
+            let paths = copy.parsedSources.compactMap { source -> String? in
+                if case .remote(host, let path) = source { return path }
+                return nil
+            }
+            let place = "the source host \(host.location.sshDestination) port \(host.port)"
+            switch await system.lookAtSource(host, paths: paths, copy: copy) {
+            case .unreachable(let why):
+                findings.append(
+                    .fail(
+                        target.name, .remote, "cannot reach \(place) over SFTP: \(why)",
+                        fix: "check the ssh:// source, source_identity_file and source_ssh_options; try: ssh -p \(host.port) \(host.location.sshDestination)"))
+            case .reachable(let missing):
+                findings.append(.ok(target.name, "\(place) reachable over SFTP"))
+                for path in missing {
+                    findings.append(
+                        .fail(
+                            target.name, .copyFailed, "the source \(path) is not on \(host.host)",
+                            fix: "fix [target.\(target.name).copy] sources, or create it there"))
+                }
+            }
+        }
+        return findings
+    }
+}
+
 /// The real machine, for doctor.
 public struct SystemInspector: SystemInspecting {
     let runner: any CommandRunning
@@ -255,33 +332,83 @@ public struct SystemInspector: SystemInspecting {
 
     /// One sftp session, as the target's key: cd to the directory, df, ls the image.
     public func lookAtRemote(_ target: Target) async -> RemoteLook {
-        let batch: String
-        do {
-            batch = try Self.writeBatch(
-                ["cd \(Self.sftpQuoted(target.remote.directory))", "df .", "-ls -ln \(Self.sftpQuoted(target.image))"])
-        } catch {
-            return .unreachable("cannot write sftp's batch file: \(error)")
+        let batch = ["cd \(Self.sftpQuoted(target.remote.directory))", "df .", "-ls -ln \(Self.sftpQuoted(target.image))"]
+        switch await sftp(
+            batch, destination: target.remote.sshDestination, port: target.port,
+            options: SSHClientOptions.options(for: target, keepalive: false))
+        {
+        case .success(let result): return Self.parse(result, image: target.image)
+        case .failure(let why): return .unreachable(why.reason)
         }
-        defer { unlink(batch) }
-        var arguments = ["-b", batch, "-P", String(target.port)]
-        for option in SSHClientOptions.options(for: target, keepalive: false) { arguments += ["-o", option] }
-        arguments.append(target.remote.sshDestination)
-        let result: CommandResult
-        do {
-            result = try await runner.run(Command("sftp", arguments, timeout: Self.remoteLimit))
-        } catch {
-            return .unreachable("\(error)")
+    }
+
+    /// One sftp session, as the source login: ls each source path (a
+    /// failing ls does not end the batch).
+    public func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook {
+        let batch = ["pwd"] + paths.map { "-ls -ln \(Self.sftpQuoted($0))" }
+        switch await sftp(
+            batch, destination: host.location.sshDestination, port: host.port,
+            options: SSHClientOptions.options(identityFile: copy.sourceIdentityFile, sshOptions: copy.sourceSSHOptions, keepalive: false))
+        {
+        case .success(let result): return Self.parseSource(result, paths: paths)
+        case .failure(let why): return .unreachable(why.reason)
         }
-        return Self.parse(result, image: target.image)
+    }
+
+    /// The failure of sftp itself (not of a command in its batch).
+    struct SFTPFailure: Error { let reason: String }
+
+    private func sftp(_ batch: [String], destination: String, port: Int, options: [String]) async -> Result<CommandResult, SFTPFailure> {
+        let batchFile: String
+        do {
+            batchFile = try Self.writeBatch(batch)
+        } catch {
+            return .failure(SFTPFailure(reason: "cannot write sftp's batch file: \(error)"))
+        }
+        defer { unlink(batchFile) }
+        var arguments = ["-b", batchFile, "-P", String(port)]
+        for option in options { arguments += ["-o", option] }
+        arguments.append(destination)
+        do {
+            return .success(try await runner.run(Command("sftp", arguments, timeout: Self.remoteLimit)))
+        } catch {
+            return .failure(SFTPFailure(reason: "\(error)"))
+        }
+    }
+
+    /// Logged in when the batch's `pwd` answered; a path is missing when
+    /// sftp could not ls it ("Can't ls: "/x" not found").
+    static func parseSource(_ result: CommandResult, paths: [String]) -> SourceLook {
+        guard result.standardOutput.contains("Remote working directory:") else {
+            let why = sshReason(result)
+            return .unreachable(why.isEmpty ? "\(result.termination)" : why)
+        }
+        let complaints = result.standardError.split(whereSeparator: \.isNewline).filter { $0.hasPrefix("Can't ls") }
+        return .reachable(missing: paths.filter { path in complaints.contains { $0.contains("\"\(path)\"") } })
+    }
+
+    /// ssh's own last words: sftp's "Connection closed" follows the reason.
+    static func sshReason(_ result: CommandResult) -> String {
+        result.standardError.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            .last { !$0.isEmpty && $0 != "Connection closed" && $0 != "Connection closed." } ?? result.outputTail(lines: 1)
+    }
+
+    public func lookAtNBD(_ target: Target) async -> NBDLook {
+        do {
+            let endpoint = try NBDEndpointBuilder.endpoint(for: target)
+            let connection = try await BridgeService.connect(endpoint, target: target, deadline: Self.remoteLimit)
+            defer { connection.shutdown() }
+            return .connected(size: UInt64(max(0, connection.size)), canTrim: connection.canTrim)
+        } catch {
+            // libnbd's own words: the finding already says what failed.
+            return .failed(error.cause.map(ImgBackupError.reason(of:)) ?? error.message)
+        }
     }
 
     static func parse(_ result: CommandResult, image: String) -> RemoteLook {
         let lines = result.standardOutput.split(separator: "\n").map(String.init)
         guard let header = lines.firstIndex(where: { $0.contains("Avail") && $0.contains("Size") }) else {
-            // sftp's own "Connection closed" follows ssh's reason: say the reason.
-            let why =
-                result.standardError.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-                .last { !$0.isEmpty && $0 != "Connection closed" && $0 != "Connection closed." } ?? result.outputTail(lines: 1)
+            let why = sshReason(result)
             // sftp exits 1 when a batch command failed (the cd), 255 when ssh did.
             if result.termination != .exited(1) {
                 return .unreachable(why.isEmpty ? "\(result.termination)" : why)

@@ -50,7 +50,7 @@ struct FilesystemMaker {
             return
         case .finished(.success(let result)):
             throw ImgBackupError(.system, "failed to make the \(target.filesystem.rawValue) filesystem on \(device): \(result.failureSummary)")
-        case .finished(.failure(let error)), .hung(let error):
+        case .finished(.failure(let error)), .hung(let error, _):
             throw error
         }
     }

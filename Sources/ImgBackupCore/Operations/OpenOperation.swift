@@ -36,8 +36,10 @@ public struct OpenOperation {
 
     /// The stack going up, for a caller that holds the target lock (`run`,
     /// which records itself as the operation, so a `close` after it crashed
-    /// knows its copy step may still hold the mount).
-    func bringUp(key: SecureBytes, operation: String = "open") async throws(ImgBackupError) -> String {
+    /// knows its copy step may still hold the mount). `run` also mounts the
+    /// hosts its ssh:// sources are on, read-only, on top: they come down
+    /// first, with the same state record and hang handling.
+    func bringUp(key: SecureBytes, operation: String = "open", sources copy: Target.Copy? = nil) async throws(ImgBackupError) -> String {
         try TargetLock.requireClosed(target, store: environment.stateStore)
         // Before anything touches the remote (the filesystem layer checks again).
         try FilesystemLayer.requireUsableMountPoint(target.mountPoint)
@@ -84,6 +86,13 @@ public struct OpenOperation {
             if expected == nil, let uuid = crypt.observedUUID {
                 environment.logger.notice("recording LUKS UUID \(uuid) for target '\(target.name)' (first open on this machine)")
                 try identity.record(uuid, for: target.name)
+            }
+            for host in copy?.sourceHosts ?? [] {
+                environment.logger.info("mounting \(host.location) read-only over sshfs (a source)")
+                try await builder.push(
+                    SSHFSLayer(
+                        endpoint: SSHFSEndpoint(source: host, copy: copy!), mountPoint: environment.paths.sourceMount(target.name, host),
+                        runner: environment.runner, deadline: builder.deadlines.transportUp))
             }
             return target.mountPoint
         }

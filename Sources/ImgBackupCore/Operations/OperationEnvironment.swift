@@ -18,6 +18,8 @@ public struct OperationEnvironment: Sendable {
     /// This process's environment, of which a key command sees the few
     /// variables it needs to find its agent (``KeyLoader``).
     public var processEnvironment: [String: String] = [:]
+    /// Where `run` writes its Prometheus textfile metrics; nil: nowhere.
+    public var metricsDirectory: String?
 
     public init(
         paths: RuntimePaths, runner: any CommandRunning = SubprocessCommandRunner(), logger: Logger,

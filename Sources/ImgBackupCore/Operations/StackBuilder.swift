@@ -34,7 +34,7 @@ struct StackBuilder {
     /// returns the image's local path.
     func pushRemote(breakLock: Bool = false) async throws(ImgBackupError) -> String {
         environment.logger.info("mounting \(target.remote) over sshfs")
-        try await push(SSHFSLayer(target: target, mountPoint: remoteDirectory, runner: environment.runner, deadline: deadlines.transportUp))
+        try await push(SSHFSLayer(endpoint: SSHFSEndpoint(target: target), mountPoint: remoteDirectory, runner: environment.runner, deadline: deadlines.transportUp))
         let image = "\(remoteDirectory)/\(target.image)"
         try await pushLock(RemoteLockLayer(
             path: RemoteLockLayer.lockPath(imagePath: image), target: target, paths: environment.paths, breakLock: breakLock,

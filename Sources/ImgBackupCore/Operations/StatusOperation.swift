@@ -38,7 +38,8 @@ public struct TargetStatus: Codable, Sendable, Equatable {
     public struct Image: Codable, Sendable, Equatable {
         public var apparentBytes: UInt64?
         public var allocatedBytes: UInt64?
-        /// "live" (read through the open transport now) or "trim" (measured by the last trim).
+        /// "live" (read through the open transport now), "trim" or "run"
+        /// (measured by the last trim, or the last run before it closed).
         public var source: String
         public var measuredAt: Date
 
@@ -104,9 +105,6 @@ public struct TargetStatus: Codable, Sendable, Equatable {
 public struct StatusOperation {
     public let target: Target
     public let environment: OperationEnvironment
-    /// How long one look through the remote mount may take before status
-    /// reports "unknown" instead (a frozen remote blocks stat forever).
-    static let remoteLookDeadline: Duration = .seconds(3)
 
     public init(target: Target, environment: OperationEnvironment) {
         self.target = target
@@ -166,7 +164,9 @@ public struct StatusOperation {
     private func openTransport(_ record: StateRecord?) -> String? {
         guard let layers = record?.layers else { return nil }
         if layers.contains(where: { if case .nbdBridge = $0 { true } else { false } }) { return "nbd" }
-        if layers.contains(where: { if case .sshfs = $0 { true } else { false } }) { return "sshfs" }
+        // Not a source host's mount: the image's.
+        let remote = environment.paths.remoteMount(target.name)
+        if layers.contains(where: { if case .sshfs(_, remote) = $0 { true } else { false } }) { return "sshfs" }
         return nil
     }
 
@@ -185,30 +185,11 @@ public struct StatusOperation {
         }
     }
 
-    /// The image's sizes: live through the open transport (the NBD bridge
-    /// knows the allocation; over sshfs only the apparent size), else what
-    /// the last trim measured.
+    /// The image's sizes: live through the open transport, else what the
+    /// last trim or run measured.
     private func image(_ record: StateRecord?) async -> TargetStatus.Image? {
-        for layer in record?.layers ?? [] {
-            let file: String
-            switch layer {
-            case .nbdBridge(let mountPoint, _): file = "\(mountPoint)/\(ImageFileSystem.fileName)"
-            case .sshfs(_, let mountPoint): file = "\(mountPoint)/\(target.image)"
-            default: continue
-            }
-            guard Self.isUp(layer) == true else { continue }
-            let apparent = try? await RemoteFiles.size(file, deadline: Self.remoteLookDeadline)
-            var allocated: UInt64?
-            if case .nbdBridge = layer {
-                allocated = try? await withAbandonableDeadline(Self.remoteLookDeadline, operation: "measure \(file)") {
-                    ExtendedAttribute.value(of: file, name: ImageFileSystem.allocatedAttribute).flatMap { UInt64($0) }
-                } ?? nil
-            }
-            if apparent != nil || allocated != nil {
-                return TargetStatus.Image(apparentBytes: apparent, allocatedBytes: allocated, source: "live", measuredAt: Date())
-            }
-        }
-        return ImageMeasurement(paths: environment.paths).last(target.name)
+        await ImageMeasurement.live(record?.layers ?? [], target: target, paths: environment.paths)
+            ?? ImageMeasurement(paths: environment.paths).last(target.name)
     }
 
     static func usage(_ mountPoint: String) -> TargetStatus.Usage? {
@@ -221,19 +202,49 @@ public struct StatusOperation {
     }
 }
 
-/// The image's sizes as the last trim measured them, kept under the state
-/// directory (`TARGET/image.json`) so `status` can show them while the target
-/// is closed.
+/// The image's sizes as the last trim or run measured them, kept under the
+/// state directory (`TARGET/image.json`) so `status` and the metrics can
+/// show them while the target is closed.
 public struct ImageMeasurement: Sendable {
     public let paths: RuntimePaths
+    /// How long one look through the remote mount may take before the size
+    /// counts as unknown (a frozen remote blocks stat forever).
+    static let remoteLookDeadline: Duration = .seconds(3)
 
     public init(paths: RuntimePaths) { self.paths = paths }
 
+    /// The sizes read through the image's transport among `layers`, if it
+    /// is up: the NBD bridge knows the allocation; over sshfs (the remote
+    /// directory's mount, never a source host's) only the apparent size.
+    static func live(_ layers: [LayerRecord], target: Target, paths: RuntimePaths, source: String = "live") async
+        -> TargetStatus.Image?
+    {
+        let remoteMount = paths.remoteMount(target.name)
+        for layer in layers {
+            let file: String
+            switch layer {
+            case .nbdBridge(let mountPoint, _): file = "\(mountPoint)/\(ImageFileSystem.fileName)"
+            case .sshfs(_, remoteMount): file = "\(remoteMount)/\(target.image)"
+            default: continue
+            }
+            guard StatusOperation.isUp(layer) == true else { continue }
+            let apparent = try? await RemoteFiles.size(file, deadline: remoteLookDeadline)
+            var allocated: UInt64?
+            if case .nbdBridge = layer {
+                allocated = try? await withAbandonableDeadline(remoteLookDeadline, operation: "measure \(file)") {
+                    ExtendedAttribute.value(of: file, name: ImageFileSystem.allocatedAttribute).flatMap { UInt64($0) }
+                } ?? nil
+            }
+            if apparent != nil || allocated != nil {
+                return TargetStatus.Image(apparentBytes: apparent, allocatedBytes: allocated, source: source, measuredAt: Date())
+            }
+        }
+        return nil
+    }
+
     func file(_ target: String) -> String { "\(paths.targetStateDirectory(target))/image.json" }
 
-    public func record(_ target: String, apparentBytes: UInt64?, allocatedBytes: UInt64?) throws(ImgBackupError) {
-        let measurement = TargetStatus.Image(
-            apparentBytes: apparentBytes, allocatedBytes: allocatedBytes, source: "trim", measuredAt: Date())
+    public func record(_ target: String, _ measurement: TargetStatus.Image) throws(ImgBackupError) {
         do {
             try LocalFiles.makeDirectories(paths.targetStateDirectory(target))
             let data = try RunHistory.encoder().encode(measurement)

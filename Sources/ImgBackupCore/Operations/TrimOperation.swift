@@ -50,7 +50,9 @@ public struct TrimOperation {
             // For `status` while the target is closed. Best effort: the trim itself worked.
             let apparent = try? await RemoteFiles.size(image, deadline: target.timeouts.stall)
             if apparent != nil || after != nil {
-                try? ImageMeasurement(paths: environment.paths).record(target.name, apparentBytes: apparent, allocatedBytes: after)
+                try? ImageMeasurement(paths: environment.paths).record(
+                    target.name,
+                    TargetStatus.Image(apparentBytes: apparent, allocatedBytes: after, source: "trim", measuredAt: Date()))
             }
             report = Report(
                 trimmedBytes: Self.trimmedBytes(fromFstrim: result.standardOutput), allocatedBefore: before,
@@ -59,7 +61,7 @@ public struct TrimOperation {
             failure = ImgBackupError(.system, "failed to trim \(mountPoint): \(result.failureSummary)")
         case .finished(.failure(let error)):
             failure = error
-        case .hung(let error):
+        case .hung(let error, _):
             failure = error
             hung = true
         }

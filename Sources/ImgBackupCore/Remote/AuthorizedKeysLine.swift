@@ -37,6 +37,18 @@ public struct AuthorizedKeysLine: Sendable {
         return "restrict,command=\"\(Self.escapedForOption(forcedCommand))\" \(publicKey)"
     }
 
+    /// The line for a host sources are pulled from: SFTP only, read-only
+    /// (sshd's own internal-sftp, -R refuses every write), nothing else.
+    public static func readOnlySource(publicKey: String) throws(ImgBackupError) -> String {
+        let key = publicKey.trimmingTrailingNewlines()
+        guard !key.contains("\n") && !key.contains("\r") && !key.contains("\0") else {
+            throw ImgBackupError(
+                .config, "cannot write an authorized_keys line: the public key spans lines",
+                hint: "authorized_keys holds one key per line: pass one key")
+        }
+        return "restrict,command=\"internal-sftp -R\" \(key)"
+    }
+
     /// What the client sends for the NBD export, word for word (see NBDEndpointBuilder).
     var nbdCommandSent: String? {
         guard case .command(let command)? = target.nbd else { return nil }

@@ -8,10 +8,15 @@ public enum SSHClientOptions {
 
     /// `keepalive` for connections that stay up (a dead link ends them in 45 s).
     public static func options(for target: Target, keepalive: Bool) -> [String] {
+        options(identityFile: target.identityFile, sshOptions: target.sshOptions, keepalive: keepalive)
+    }
+
+    /// The same for any login: a source host's uses the copy table's keys.
+    public static func options(identityFile: String?, sshOptions: [String], keepalive: Bool) -> [String] {
         var options = ["BatchMode=yes"]
         if keepalive { options += ["ServerAliveInterval=15", "ServerAliveCountMax=3"] }
         options.append("ConnectTimeout=\(connectTimeoutSeconds)")
-        if let identity = target.identityFile { options += ["IdentityFile=\(identity)", "IdentitiesOnly=yes"] }
-        return options + target.sshOptions
+        if let identity = identityFile { options += ["IdentityFile=\(identity)", "IdentitiesOnly=yes"] }
+        return options + sshOptions
     }
 }

@@ -15,17 +15,23 @@ struct HangGuard: Sendable {
     var heartbeat = OutputHeartbeat()
     /// What is guarded, for the message: "the backup", "the trim".
     var step = "the backup"
+    /// Source hosts the step reads from over their own mounts (a pull).
+    var sources: [SourceHost] = []
 
     enum Outcome<T: Sendable>: Sendable {
         case finished(Result<T, ImgBackupError>)
-        case hung(ImgBackupError)
+        /// The transport that stopped answering, and the error saying so.
+        case hung(ImgBackupError, TransportProbe)
     }
 
-    var probe: TransportProbe { TransportProbe(target: target, paths: environment.paths) }
+    var probes: [TransportProbe] {
+        [TransportProbe(target: target, paths: environment.paths)]
+            + sources.map { TransportProbe(source: $0, target: target, paths: environment.paths) }
+    }
 
     func run<T: Sendable>(_ body: @escaping @Sendable () async throws(ImgBackupError) -> T) async -> Outcome<T> {
         let watchdog = HangWatchdog(
-            device: "/dev/mapper/\(target.mappingName)", stall: target.timeouts.stall, probe: probe, outputSeen: heartbeat,
+            device: "/dev/mapper/\(target.mappingName)", stall: target.timeouts.stall, probes: probes, outputSeen: heartbeat,
             step: step)
         let work = Task { () async throws -> T in try await body() }
         // Not a task group: a group would wait for a step stuck on the dead
@@ -35,10 +41,10 @@ struct HangGuard: Sendable {
             let dog = Task {
                 do {
                     try await watchdog.watch()
-                } catch {
-                    guard let error = error as? ImgBackupError, error.code == .hung else { return }
-                    first.resume(returning: .hung(error))
-                }
+                } catch let hang as HangWatchdog.Hang {
+                    guard hang.error.code == .hung else { return }
+                    first.resume(returning: .hung(hang.error, hang.probe))
+                } catch {}
             }
             Task {
                 let result = await work.result
@@ -46,12 +52,11 @@ struct HangGuard: Sendable {
                 first.resume(returning: .finished(result.mapError { ImgBackupError.wrapping($0, .copyFailed, failedTo: "run the copy step") }))
             }
         }
-        if case .hung = outcome { await recover(work) }
+        if case .hung(_, let probe) = outcome { await recover(work, probe: probe) }
         return outcome
     }
 
-    private func recover<T>(_ work: Task<T, any Error>) async {
-        let probe = self.probe
+    private func recover<T>(_ work: Task<T, any Error>, probe: TransportProbe) async {
         environment.logger.notice("\(probe.layerName) stopped answering: aborting its FUSE connection and tearing down")
         do {
             try FUSEConnection.abort(mountPoint: probe.fuseMount)

@@ -2,31 +2,48 @@ import Foundation
 import ImgBackupOS
 import Synchronization
 
-/// Asks the transport a question only the remote can answer, with a short
-/// deadline of its own: statvfs on the sshfs mount (SFTP statvfs, never
+/// Asks a transport a question only the remote can answer, with a short
+/// deadline of its own: statvfs on an sshfs mount (SFTP statvfs, never
 /// cached), or a one-sector read through the NBD bridge (getxattr
 /// `user.imgbackup.ping`). A keepalive is no such question: sshd answers
 /// those while a frozen sftp-server answers nothing.
-struct TransportProbe: Sendable {
-    let target: Target
-    let paths: RuntimePaths
-
+struct TransportProbe: Sendable, Equatable {
+    enum Kind: Sendable, Equatable { case sshfs, nbd }
+    let kind: Kind
     /// Which layer the probe speaks for, in messages.
-    var layerName: String {
-        target.transport == .nbd ? "the NBD export of \(target.name)" : "sshfs to \(target.remote.host)"
+    let layerName: String
+    /// The FUSE mount to ask, and to abort when it hangs.
+    let fuseMount: String
+    /// Whether bytes reaching the image count as this transport's progress:
+    /// they do for the image's transport; a source host's mount shows
+    /// progress only as the copy tool's output (write-back of what was
+    /// already read keeps the image busy for a while after a source froze).
+    let imageWritesAreProgress: Bool
+
+    /// The image's transport.
+    init(target: Target, paths: RuntimePaths) {
+        kind = target.transport == .nbd ? .nbd : .sshfs
+        layerName = target.transport == .nbd ? "the NBD export of \(target.name)" : "sshfs to \(target.remote.host)"
+        fuseMount = target.transport == .nbd ? paths.nbdMount(target.name) : paths.remoteMount(target.name)
+        imageWritesAreProgress = true
     }
 
-    /// The FUSE mount to abort when the transport hangs.
-    var fuseMount: String {
-        target.transport == .nbd ? paths.nbdMount(target.name) : paths.remoteMount(target.name)
+    /// A source host's read-only mount.
+    init(source: SourceHost, target: Target, paths: RuntimePaths) {
+        kind = .sshfs
+        layerName = "the source host \(source.host)"
+        fuseMount = paths.sourceMount(target.name, source)
+        imageWritesAreProgress = false
     }
+
+    var isSource: Bool { !imageWritesAreProgress }
 
     func answers(within deadline: Duration) async -> Bool {
-        let transport = target.transport
+        let kind = kind
         let mount = fuseMount
         do {
             return try await withAbandonableDeadline(deadline, operation: "probe \(layerName)") {
-                switch transport {
+                switch kind {
                 case .sshfs: return (try? LocalFiles.capacity(mount)) != nil
                 case .nbd:
                     return ExtendedAttribute.value(of: "\(mount)/\(ImageFileSystem.fileName)", name: ImageFileSystem.pingAttribute) != nil
@@ -38,14 +55,15 @@ struct TransportProbe: Sendable {
     }
 }
 
-/// Watches a running copy step. Progress is bytes reaching the image's
-/// dm-crypt device or new output from the copy tool; the transport probe
-/// runs every few seconds. No progress and no answer from the transport for
-/// `stall`: a hang, reported as which layer stopped answering.
+/// Watches a running copy step and the transports it works through (the
+/// image's; the source hosts' when pulling). Progress is bytes reaching the
+/// image's dm-crypt device or new output from the copy tool; each probe runs
+/// every few seconds while there is none. A transport that saw no progress
+/// and gave no answer for `stall` hangs, reported as that layer.
 struct HangWatchdog: Sendable {
     let device: String
     let stall: Duration
-    let probe: TransportProbe
+    let probes: [TransportProbe]
     /// Bumped by the copy tool's output observer.
     let outputSeen: OutputHeartbeat
     /// What is being watched, for the message: "the backup", "the trim".
@@ -54,37 +72,51 @@ struct HangWatchdog: Sendable {
     var interval: Duration { min(.seconds(5), stall / 4) }
     var probeDeadline: Duration { min(.seconds(10), stall / 2) }
 
-    /// Returns only by throwing: `.hung` when the stall is reached, or
+    /// Which transport hung, and the error saying so.
+    struct Hang: Error {
+        let error: ImgBackupError
+        let probe: TransportProbe
+    }
+
+    /// Returns only by throwing: a `Hang` when a stall is reached, or
     /// cancellation when the copy step finished first.
-    func watch() async throws(ImgBackupError) -> Never {
+    func watch() async throws(Hang) -> Never {
         let clock = ContinuousClock()
         var lastBytes = BlockDeviceStats.read(devicePath: device)?.bytesWritten
         var lastOutput = outputSeen.count
-        var lastProgress = clock.now
-        var lastAnswer = clock.now
+        var lastProgress = Array(repeating: clock.now, count: probes.count)
+        var lastAnswer = lastProgress
         while true {
             do {
                 try await Task.sleep(for: interval)
             } catch {
-                throw ImgBackupError(.system, "the watchdog was stopped")
+                throw Hang(error: ImgBackupError(.system, "the watchdog was stopped"), probe: probes[0])
             }
             let bytes = BlockDeviceStats.read(devicePath: device)?.bytesWritten
             let output = outputSeen.count
-            if bytes != lastBytes || output != lastOutput {
-                lastBytes = bytes
-                lastOutput = output
-                lastProgress = clock.now
-                // Moving: no hang can be declared this round, so no need to
-                // ask the remote. Every round of a stall window is probed.
-                continue
-            }
-            if await probe.answers(within: probeDeadline) { lastAnswer = clock.now }
-            let now = clock.now
-            if now - lastProgress >= stall && now - lastAnswer >= stall {
-                throw ImgBackupError(
-                    .hung,
-                    "\(step) hung: \(probe.layerName) did not answer for \(stall.secondsText) and nothing was written; the stack was torn down",
-                    hint: "check the remote; earlier backups are untouched, the next run continues")
+            let imageMoved = bytes != lastBytes
+            let toolSpoke = output != lastOutput
+            lastBytes = bytes
+            lastOutput = output
+            for (index, probe) in probes.enumerated() {
+                if toolSpoke || (imageMoved && probe.imageWritesAreProgress) {
+                    // Moving: no hang can be declared this round, so no need
+                    // to ask the remote. Every round of a stall window is probed.
+                    lastProgress[index] = clock.now
+                    continue
+                }
+                if await probe.answers(within: probeDeadline) { lastAnswer[index] = clock.now }
+                let now = clock.now
+                if now - lastProgress[index] >= stall && now - lastAnswer[index] >= stall {
+                    throw Hang(
+                        error: ImgBackupError(
+                            .hung,
+                            "\(step) hung: \(probe.layerName) did not answer for \(stall.secondsText) and nothing was written; the stack was torn down",
+                            hint: probe.isSource
+                                ? "check the source host; the image is intact and the next run continues"
+                                : "check the remote; earlier backups are untouched, the next run continues"),
+                        probe: probe)
+                }
             }
         }
     }

@@ -60,6 +60,13 @@ public struct RunOperation: Sendable {
             // The run's own outcome matters more than its record.
             environment.logger.error("\(error.description)")
         }
+        if let directory = environment.metricsDirectory {
+            do {
+                try RunMetrics(directory: directory).write(record, history: history, image: ImageMeasurement(paths: environment.paths).last(target.name))
+            } catch {
+                environment.logger.error("\(error.description)")
+            }
+        }
         if let failure { throw failure }
         return Report(record: record)
     }
@@ -82,7 +89,7 @@ public struct RunOperation: Sendable {
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
         let open = OpenOperation(target: target, environment: environment, breakLock: breakLock)
-        let mountPoint = try await open.bringUp(key: key, operation: Self.operationName)
+        let mountPoint = try await open.bringUp(key: key, operation: Self.operationName, sources: copy)
 
         var outcome = Outcome()
         let device = "/dev/mapper/\(target.mappingName)"
@@ -93,7 +100,8 @@ public struct RunOperation: Sendable {
         let context = CopyContext(
             target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment, heartbeat: heartbeat,
             writeOut: writeOut)
-        let guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
+        var guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
+        guarded.sources = copy.sourceHosts
 
         var hung = false
         switch await guarded.run({ () async throws(ImgBackupError) -> Middle in
@@ -104,8 +112,10 @@ public struct RunOperation: Sendable {
             outcome.pruned = middle.pruned
         case .finished(.failure(let error)):
             outcome.failure = writeOut.failed.isSet ? await RemoteSpace(target: target, environment: environment).explain(error) : error
-        case .hung(let error):
-            hung = true
+        case .hung(let error, let probe):
+            // A frozen source host leaves the image and its transport whole:
+            // its mount was aborted, the rest closes as after any failure.
+            hung = !probe.isSource
             outcome.failure = error
         }
         // Bytes that reached the image, whatever the tool says.
@@ -114,6 +124,7 @@ public struct RunOperation: Sendable {
         }
         if !hung {
             await runPostHooks(mountPoint: mountPoint, outcome: &outcome)
+            await measureImage()
         }
 
         writeOut.release()  // its descriptor would keep the mount busy
@@ -136,6 +147,15 @@ public struct RunOperation: Sendable {
             await runPostHooks(mountPoint: mountPoint, outcome: &outcome)
         }
         return outcome
+    }
+
+    /// The image's sizes while the transport is still up, for `status` and
+    /// the metrics once the target is closed. Best effort, bounded.
+    private func measureImage() async {
+        let layers = (try? environment.stateStore.load(target: target.name))??.layers ?? []
+        if let measured = await ImageMeasurement.live(layers, target: target, paths: environment.paths, source: "run") {
+            try? ImageMeasurement(paths: environment.paths).record(target.name, measured)
+        }
     }
 
     private struct Middle: Sendable {

@@ -29,6 +29,10 @@ public struct RuntimePaths: Sendable {
     /// Where the NBD bridge mounts its one-file filesystem, and its log.
     public func nbdMount(_ target: String) -> String { "\(targetRuntimeDirectory(target))/nbd" }
     public func nbdLog(_ target: String) -> String { "\(targetRuntimeDirectory(target))/nbd-bridge.log" }
+    /// Where the hosts of ssh:// sources are mounted, read-only, one
+    /// directory per host: the copy step's view of them.
+    public func sourcesDirectory(_ target: String) -> String { "\(targetRuntimeDirectory(target))/sources" }
+    public func sourceMount(_ target: String, _ host: SourceHost) -> String { "\(sourcesDirectory(target))/\(host.directoryName)" }
     public func targetStateDirectory(_ target: String) -> String { "\(stateDirectory)/\(target)" }
     public func luksUUIDFile(_ target: String) -> String { "\(targetStateDirectory(target))/luks-uuid" }
 }
