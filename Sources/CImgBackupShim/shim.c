@@ -12,6 +12,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+/* From fs/ext4/ext4.h, which is not a uapi header (the same number as XFS_IOC_GOINGDOWN). */
+#ifndef EXT4_IOC_SHUTDOWN
+#define EXT4_IOC_SHUTDOWN _IOR('X', 125, uint32_t)
+#endif
+#define IMGB_EXT4_GOING_FLAGS_NOLOGFLUSH 0x2
+
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
 #endif
@@ -73,4 +79,9 @@ int imgb_pipe_cloexec(int fds[2]) {
 
 int imgb_syncfs(int fd) {
     return syncfs(fd);
+}
+
+int imgb_ext4_shut_down_without_log_flush(int fd) {
+    uint32_t flags = IMGB_EXT4_GOING_FLAGS_NOLOGFLUSH;
+    return ioctl(fd, EXT4_IOC_SHUTDOWN, &flags) < 0 ? -errno : 0;
 }

@@ -47,7 +47,8 @@ def test_open_write_close_reopen_compares_equal(host, initialized):
         assert mount_point in mounts_under(mount_point)
         # A failed write-back (remote full) must stop ext4 at once, so the
         # journal still holds what did not land (see test_faults).
-        assert "errors=remount-ro" in open("/proc/self/mounts").read().split(f" {mount_point} ")[1].split()[1]
+        options = open("/proc/self/mounts").read().split(f" {mount_point} ")[1].split()[1].split(",")
+        assert "errors=remount-ro" in options and "data_err=abort" in options
         assert imgbackup_mappings() == [f"imgbackup-{initialized}"]
         record = json.load(open(host.state_record(initialized)))
         assert [list(layer)[0] for layer in record["layers"]] == ["sshfs", "remoteLock", "loop", "crypt", "filesystem"]

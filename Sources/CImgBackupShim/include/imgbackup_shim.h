@@ -49,4 +49,9 @@ int imgb_syncfs(int fd);
 /// (writeback deadlock). prctl is variadic, hence the wrapper.
 int imgb_set_io_flusher(void);
 
+/// EXT4_IOC_SHUTDOWN with EXT4_GOING_FLAGS_NOLOGFLUSH on a descriptor of the
+/// mounted filesystem: the journal is aborted as at a power cut, writing
+/// nothing more. Returns 0 or -errno.
+int imgb_ext4_shut_down_without_log_flush(int fd);
+
 #endif

@@ -61,12 +61,14 @@ public struct FilesystemLayer: Layer {
     /// ext4's default after a write error is to carry on: later commits then
     /// move the journal's tail past metadata whose write-back failed (a full
     /// remote), and the damage is only repairable by hand. remount-ro aborts
-    /// the journal at the first failed write-back, so it still holds those
-    /// blocks and the next open's check replays them. btrfs turns read-only
-    /// on a failed write by itself, and its old tree stays whole.
+    /// the journal at the first failed metadata write, data_err=abort at the
+    /// first failed data write, so it still holds those blocks and the next
+    /// open's check replays them (the unmount after such a failure shuts the
+    /// filesystem down first: SystemTeardown). btrfs turns read-only on a
+    /// failed write by itself, and its old tree stays whole.
     static func mountOptions(_ filesystem: Target.Filesystem) -> String {
         switch filesystem {
-        case .ext4: "errors=remount-ro"
+        case .ext4: "errors=remount-ro,data_err=abort"
         case .btrfs: ""
         }
     }

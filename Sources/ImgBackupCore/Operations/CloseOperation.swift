@@ -71,7 +71,8 @@ public struct CloseOperation {
             records: layers,
             journal: store.journal(for: target.name, operation: record?.operation ?? "close"),
             teardown: SystemTeardown(
-                runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger),
+                runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger,
+                imageWritesFailed: imageWritesFailed),
             logger: environment.logger)
         let report = await stack.unwind(force: force)
         if let failure = report.firstFailure {

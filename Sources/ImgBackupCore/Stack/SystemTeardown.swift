@@ -9,11 +9,15 @@ public struct SystemTeardown: LayerTeardown {
     /// The named deadline of each step (`timeouts.teardown`).
     public let stepDeadline: Duration
     public let logger: Logger
+    /// Writes to the image already failed while it was open (a run's
+    /// write-out): its ext4 filesystem is shut down before the unmount.
+    public var imageWritesFailed = false
 
-    public init(runner: any CommandRunning, stepDeadline: Duration, logger: Logger) {
+    public init(runner: any CommandRunning, stepDeadline: Duration, logger: Logger, imageWritesFailed: Bool = false) {
         self.runner = runner
         self.stepDeadline = stepDeadline
         self.logger = logger
+        self.imageWritesFailed = imageWritesFailed
     }
 
     public func down(_ record: LayerRecord, force: Bool) async throws {
@@ -63,6 +67,7 @@ public struct SystemTeardown: LayerTeardown {
         guard let entry = MountTable.mount(at: mountPoint),
             entry.source == device || BlockDeviceStats.kernelName(of: entry.source) == BlockDeviceStats.kernelName(of: device)
         else { return }
+        if entry.filesystemType == "ext4" { await keepJournalIfWritesFailed(mountPoint) }
         do {
             try await Mounts.unmount(mountPoint, deadline: stepDeadline)
         } catch let error as SystemCallError where error.errno == EBUSY {
@@ -73,6 +78,29 @@ public struct SystemTeardown: LayerTeardown {
             }
             logger.notice("\(mountPoint) is busy: detaching it lazily")
             try await Mounts.unmount(mountPoint, mode: .lazy, deadline: stepDeadline)
+        }
+    }
+
+    /// A filesystem whose writes did not all reach the remote (a full
+    /// remote, a hang) is shut down before it is unmounted: see
+    /// `Mounts.shutDownKeepingJournal`. The sync asks whether everything
+    /// written reached the remote; one that only runs out of time is left
+    /// to the unmount, as before.
+    private func keepJournalIfWritesFailed(_ mountPoint: String) async {
+        var failure = imageWritesFailed ? "writes to the image failed earlier" : nil
+        if failure == nil {
+            do {
+                try await Mounts.sync(mountPoint, deadline: stepDeadline)
+            } catch let error as SystemCallError {
+                failure = "the last write-out failed (\(error))"
+            } catch {}
+        }
+        guard let failure else { return }
+        do {
+            try Mounts.shutDownKeepingJournal(mountPoint)
+            logger.notice("\(failure): shut the filesystem at \(mountPoint) down, so the next open replays its journal")
+        } catch {
+            logger.error("\(failure), and shutting the filesystem at \(mountPoint) down failed: \(error)")
         }
     }
 
