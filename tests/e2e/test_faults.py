@@ -367,6 +367,47 @@ def test_remote_filesystem_full_mid_copy_says_so_and_keeps_earlier_backups(host)
         os.rmdir(storage)
 
 
+def test_a_remote_filling_up_under_a_hand_opened_session_is_reported_by_close(host):
+    """Someone writes into an opened image more than the remote holds; the
+    write-back fails in the background (sync(2) tells nobody). close must
+    say so (exit 7), shut ext4 down before unmounting, keep the dirty
+    marker, and the next open replays the journal and finds the files that
+    had landed."""
+    storage = tempfile.mkdtemp(prefix="imgbackup-small-remote.")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", storage], check=True)
+    try:
+        name = host.add_target("handfull", size="96M", remote=f"root@127.0.0.1:{storage}",
+                               tables={"timeouts": {"stall": f"{STALL}s", "teardown": "10s"}})
+        host.clone_image(name, directory=storage)
+        mount = host.ok("open", name).stdout.strip()
+        landed = os.path.join(mount, "landed")
+        write_random_files(landed, 2, MiB)
+        subprocess.run(["sync", "-f", mount], check=True)
+        earlier = tree_digest(landed)
+        write_random_files(os.path.join(mount, "too-much"), 12, 4 * MiB)
+        subprocess.run(["sync"], check=False)  # the write-back fails here, and sync(2) reports nothing
+
+        closed = host.run("close", name)
+        assert closed.returncode == 7, closed.stderr
+        last = closed.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"imgbackup: error: closed target '{name}', but not everything written to it "
+                               "reached the remote: the last write-out failed (syncfs on "), last
+        assert "shut the filesystem at" in closed.stderr
+        assert_nothing_left(host, name)
+
+        subprocess.run(["mount", "-o", "remount,size=256M", storage], check=True)
+        opened = host.ok("open", name)
+        assert "recovering journal" in opened.stderr, opened.stderr
+        try:
+            assert tree_digest(landed) == earlier
+        finally:
+            host.ok("close", name)
+        assert_nothing_left(host, name)
+    finally:
+        subprocess.run(["umount", "-l", storage], check=False)
+        os.rmdir(storage)
+
+
 def test_sftp_server_frozen_during_init_exits_3_and_the_next_init_works(host):
     """init writes every block group through the transport while mkfs runs:
     the SFTP server freezing then is a hang like in a run."""

@@ -67,12 +67,13 @@ public struct CloseOperation {
         let record = try store.load(target: target.name)
         if let record { await stopOrphanedCopyStep(record) }
         let layers = record?.layers ?? possibleLayers()
+        let teardown = SystemTeardown(
+            runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger,
+            imageWritesFailed: imageWritesFailed)
         let stack = LayerStack(
             records: layers,
             journal: store.journal(for: target.name, operation: record?.operation ?? "close"),
-            teardown: SystemTeardown(
-                runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger,
-                imageWritesFailed: imageWritesFailed),
+            teardown: teardown,
             logger: environment.logger)
         let report = await stack.unwind(force: force)
         if let failure = report.firstFailure {
@@ -86,7 +87,17 @@ public struct CloseOperation {
         // failed write-out may have lost writes: leave the dirty marker, and
         // the next open checks it.
         // Closing what was not open says nothing about the filesystem.
-        if !force && !imageWritesFailed && record != nil { FilesystemCheck(target: target, environment: environment).clear() }
+        let lost = teardown.lostWrites.reason
+        if !force && !imageWritesFailed && lost == nil && record != nil {
+            FilesystemCheck(target: target, environment: environment).clear()
+        }
+        // Whoever wrote into a hand-opened image learns here that it did not
+        // all land; a run and a forced close already report their failure.
+        if let lost, !force && !imageWritesFailed {
+            throw ImgBackupError(
+                .system, "closed target '\(target.name)', but not everything written to it reached the remote: \(lost)",
+                hint: "if the remote is full, free space there; the next open replays the filesystem's journal and checks it; the last writes may be lost")
+        }
         return record == nil ? .wasNotOpen : .closed(layers: layers.count)
     }
 }

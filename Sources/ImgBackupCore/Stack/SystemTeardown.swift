@@ -1,5 +1,6 @@
 import ImgBackupOS
 import Logging
+import Synchronization
 
 /// Takes real layers down. Each step checks first whether its layer is still
 /// up (reading /proc and /sys, which never block on a hung remote), and each
@@ -12,6 +13,9 @@ public struct SystemTeardown: LayerTeardown {
     /// Writes to the image already failed while it was open (a run's
     /// write-out): its ext4 filesystem is shut down before the unmount.
     public var imageWritesFailed = false
+    /// Why the filesystem was shut down before its unmount, when it was:
+    /// writes that did not reach the remote, for `close` to report.
+    public let lostWrites = LostWrites()
 
     public init(runner: any CommandRunning, stepDeadline: Duration, logger: Logger, imageWritesFailed: Bool = false) {
         self.runner = runner
@@ -96,6 +100,7 @@ public struct SystemTeardown: LayerTeardown {
             } catch {}
         }
         guard let failure else { return }
+        lostWrites.record(failure)
         do {
             try Mounts.shutDownKeepingJournal(mountPoint)
             logger.notice("\(failure): shut the filesystem at \(mountPoint) down, so the next open replays its journal")
@@ -216,3 +221,10 @@ public struct SystemTeardown: LayerTeardown {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// What the teardown learned about writes lost on the way to the remote.
+public final class LostWrites: Sendable {
+    private let first = Mutex<String?>(nil)
+    public var reason: String? { first.withLock { $0 } }
+    func record(_ reason: String) { first.withLock { $0 = $0 ?? reason } }
+}
