@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
+#include <linux/dm-ioctl.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <fcntl.h>
@@ -84,4 +85,19 @@ int imgb_syncfs(int fd) {
 int imgb_ext4_shut_down_without_log_flush(int fd) {
     uint32_t flags = IMGB_EXT4_GOING_FLAGS_NOLOGFLUSH;
     return ioctl(fd, EXT4_IOC_SHUTDOWN, &flags) < 0 ? -errno : 0;
+}
+
+int imgb_dm_remove(const char *name) {
+    if (strlen(name) >= DM_NAME_LEN) return -ENAMETOOLONG;
+    int control = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+    if (control < 0) return -errno;
+    struct dm_ioctl io;
+    memset(&io, 0, sizeof(io));
+    io.version[0] = DM_VERSION_MAJOR;
+    io.data_size = sizeof(io);
+    io.data_start = sizeof(io);
+    strncpy(io.name, name, DM_NAME_LEN - 1);
+    int status = ioctl(control, DM_DEV_REMOVE, &io) < 0 ? -errno : 0;
+    close(control);
+    return status;
 }

@@ -1,4 +1,5 @@
 import CCryptsetup
+import CImgBackupShim
 import Foundation
 import Synchronization
 
@@ -251,11 +252,31 @@ public final class CryptDevice {
     /// Removes the mapping `name`. Not active counts as success. `deferred`
     /// lets the kernel remove it when its last user closes it.
     public static func deactivate(name: String, deferred: Bool = false) throws(CryptSetupError) {
-        guard isActive(name: name) else { return }
+        guard isActive(name: name) else {
+            try removeHalfMade(name: name)
+            return
+        }
         let flags: UInt32 = deferred ? imgb_crypt_deactivate_deferred : 0
         let status = crypt_deactivate_by_name(nil, name, flags)
         if status < 0 && status != -ENODEV {
             throw CryptSetupError(call: "crypt_deactivate_by_name", device: "/dev/mapper/\(name)", errno: -status, log: nil)
+        }
+    }
+
+    /// A device-mapper device of this name that libcryptsetup does not count
+    /// as active: an `open` killed between creating the device and resuming
+    /// it leaves one without a live table, still holding its loop device.
+    /// Removed directly; its /dev/mapper node goes too where no udev does that.
+    private static func removeHalfMade(name: String) throws(CryptSetupError) {
+        guard DeviceMapperNames.kernelName(of: name) != nil else { return }
+        let status = imgb_dm_remove(name)
+        if status < 0 && status != -ENXIO {
+            throw CryptSetupError(call: "DM_DEV_REMOVE", device: "/dev/mapper/\(name)", errno: -status, log: nil)
+        }
+        let node = "/dev/mapper/\(name)"
+        var info = stat()
+        if DeviceMapperNames.kernelName(of: name) == nil, lstat(node, &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK {
+            unlink(node)
         }
     }
 
@@ -267,4 +288,15 @@ public final class CryptDevice {
     }()
 
     private static func silenceGlobalLog() { _ = globalLogSilenced }
+}
+
+/// Device-mapper devices by name, from sysfs (never blocks).
+public enum DeviceMapperNames {
+    /// "dm-3" for the device named `name`, nil when there is none.
+    public static func kernelName(of name: String) -> String? {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
+        return entries.first { entry in
+            entry.hasPrefix("dm-") && KernelFile.text("/sys/block/\(entry)/dm/name")?.trimmingCharacters(in: .whitespacesAndNewlines) == name
+        }
+    }
 }

@@ -54,4 +54,10 @@ int imgb_set_io_flusher(void);
 /// nothing more. Returns 0 or -errno.
 int imgb_ext4_shut_down_without_log_flush(int fd);
 
+/// DM_DEV_REMOVE of the device-mapper device `name`, through
+/// /dev/mapper/control: also removes a device that has no live table (an
+/// activation killed between creating the device and resuming it), which
+/// libcryptsetup counts as not active and will not remove. Returns 0 or -errno.
+int imgb_dm_remove(const char *name);
+
 #endif
