@@ -268,15 +268,24 @@ public final class CryptDevice {
     /// it leaves one without a live table, still holding its loop device.
     /// Removed directly; its /dev/mapper node goes too where no udev does that.
     private static func removeHalfMade(name: String) throws(CryptSetupError) {
-        guard DeviceMapperNames.kernelName(of: name) != nil else { return }
+        guard deviceMapperKernelName(name) != nil else { return }
         let status = imgb_dm_remove(name)
         if status < 0 && status != -ENXIO {
             throw CryptSetupError(call: "DM_DEV_REMOVE", device: "/dev/mapper/\(name)", errno: -status, log: nil)
         }
         let node = "/dev/mapper/\(name)"
         var info = stat()
-        if DeviceMapperNames.kernelName(of: name) == nil, lstat(node, &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK {
+        if deviceMapperKernelName(name) == nil, lstat(node, &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK {
             unlink(node)
+        }
+    }
+
+    /// The kernel name (dm-3) of the device-mapper device called `name`,
+    /// from sysfs (never blocks); nil when there is none.
+    private static func deviceMapperKernelName(_ name: String) -> String? {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
+        return entries.first { entry in
+            entry.hasPrefix("dm-") && KernelFile.text("/sys/block/\(entry)/dm/name")?.trimmingCharacters(in: .whitespacesAndNewlines) == name
         }
     }
 
@@ -290,13 +299,3 @@ public final class CryptDevice {
     private static func silenceGlobalLog() { _ = globalLogSilenced }
 }
 
-/// Device-mapper devices by name, from sysfs (never blocks).
-public enum DeviceMapperNames {
-    /// "dm-3" for the device named `name`, nil when there is none.
-    public static func kernelName(of name: String) -> String? {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
-        return entries.first { entry in
-            entry.hasPrefix("dm-") && KernelFile.text("/sys/block/\(entry)/dm/name")?.trimmingCharacters(in: .whitespacesAndNewlines) == name
-        }
-    }
-}

@@ -2,6 +2,7 @@
 tears down, and says which layer hung (issue 5). Each asserts the exit
 status, the time from the fault to the exit, that nothing is left behind,
 and that the next open finds the earlier backups intact."""
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,18 @@ def write_random_files(directory, count, size):
     for index in range(count):
         with open(os.path.join(directory, f"part-{index}.bin"), "wb") as out:
             out.write(os.urandom(size))
+
+
+@contextlib.contextmanager
+def small_remote():
+    """A 40 MiB tmpfs as the remote directory: smaller than a 96 MiB image."""
+    storage = tempfile.mkdtemp(prefix="imgbackup-small-remote.")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", storage], check=True)
+    try:
+        yield storage
+    finally:
+        subprocess.run(["umount", "-l", storage], check=False)
+        os.rmdir(storage)
 
 
 def start(host, command, target):
@@ -317,9 +330,7 @@ def test_remote_filesystem_full_mid_copy_says_so_and_keeps_earlier_backups(host)
     remote is full; once there is space again, the next open replays the
     journal, its e2fsck -p finds nothing it cannot fix, and the first backup
     is intact."""
-    storage = tempfile.mkdtemp(prefix="imgbackup-small-remote.")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", storage], check=True)
-    try:
+    with small_remote() as storage:
         source = os.path.join(host.work, "src-full")
         write_random_files(source, 2, MiB)
         name = host.add_target("full", size="96M", remote=f"root@127.0.0.1:{storage}", tables={
@@ -362,9 +373,6 @@ def test_remote_filesystem_full_mid_copy_says_so_and_keeps_earlier_backups(host)
         host.ok("run", name)  # with room, the whole backup fits
         assert_nothing_left(host, name)
         shutil.rmtree(source)
-    finally:
-        subprocess.run(["umount", "-l", storage], check=False)
-        os.rmdir(storage)
 
 
 def test_a_remote_filling_up_under_a_hand_opened_session_is_reported_by_close(host):
@@ -373,9 +381,7 @@ def test_a_remote_filling_up_under_a_hand_opened_session_is_reported_by_close(ho
     say so (exit 7), shut ext4 down before unmounting, keep the dirty
     marker, and the next open replays the journal and finds the files that
     had landed."""
-    storage = tempfile.mkdtemp(prefix="imgbackup-small-remote.")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", storage], check=True)
-    try:
+    with small_remote() as storage:
         name = host.add_target("handfull", size="96M", remote=f"root@127.0.0.1:{storage}",
                                tables={"timeouts": {"stall": f"{STALL}s", "teardown": "10s"}})
         host.clone_image(name, directory=storage)
@@ -403,9 +409,6 @@ def test_a_remote_filling_up_under_a_hand_opened_session_is_reported_by_close(ho
         finally:
             host.ok("close", name)
         assert_nothing_left(host, name)
-    finally:
-        subprocess.run(["umount", "-l", storage], check=False)
-        os.rmdir(storage)
 
 
 def test_sftp_server_frozen_during_init_exits_3_and_the_next_init_works(host):
