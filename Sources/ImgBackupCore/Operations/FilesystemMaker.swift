@@ -31,10 +31,6 @@ struct FilesystemMaker {
         let watcher = ProgressWatcher(
             device: device, progress: environment.progress, label: "making \(target.filesystem.rawValue)")
         let display = Task { await watcher.show() }
-        defer {
-            display.cancel()
-            environment.progress?.finish()
-        }
         // mkfs writes every block group through the transport: a remote that
         // freezes meanwhile is a hang like in `run` (exit 3, torn down).
         let outcome = await HangGuard(target: target, environment: environment, step: "making the filesystem").run {
@@ -45,6 +41,10 @@ struct FilesystemMaker {
                 throw ImgBackupError.wrapping(error, .system, failedTo: "run \(command.executable)")
             }
         }
+        // The watcher's last line must be written before it is cleared.
+        display.cancel()
+        await display.value
+        environment.progress?.finish()
         switch outcome {
         case .finished(.success(let result)) where result.succeeded:
             return
@@ -59,23 +59,40 @@ struct FilesystemMaker {
 /// Shows the bytes written to a block device as progress. Hangs are the
 /// HangGuard's to declare.
 struct ProgressWatcher: Sendable {
-    let device: String
     let progress: (any ProgressDisplay)?
     let label: String
     var interval: Duration = .seconds(1)
+    /// Bytes written to the device so far; nil when the kernel cannot say.
+    let bytesWritten: @Sendable () -> UInt64?
+
+    init(device: String, progress: (any ProgressDisplay)?, label: String) {
+        self.init(progress: progress, label: label) { BlockDeviceStats.read(devicePath: device)?.bytesWritten }
+    }
+
+    init(
+        progress: (any ProgressDisplay)?, label: String, interval: Duration = .seconds(1),
+        bytesWritten: @escaping @Sendable () -> UInt64?
+    ) {
+        self.progress = progress
+        self.label = label
+        self.interval = interval
+        self.bytesWritten = bytesWritten
+    }
 
     func show() async {
         guard let progress else { return }
         let clock = ContinuousClock()
         let start = clock.now
-        let initial = BlockDeviceStats.read(devicePath: device)?.bytesWritten ?? 0
-        while (try? await Task.sleep(for: interval)) != nil {
-            let written = BlockDeviceStats.read(devicePath: device)?.bytesWritten ?? initial
+        let initial = bytesWritten() ?? 0
+        // The line appears at once: a step that ends within the first
+        // interval still says what it was doing.
+        repeat {
+            let written = bytesWritten() ?? initial
             let elapsed = clock.now - start
             let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            let bytes = written - initial
+            let bytes = written >= initial ? written - initial : 0
             let rate = seconds > 0 ? UInt64(Double(bytes) / seconds) : 0
             progress.update("\(label): \(ByteSize.format(bytes)) written, \(ByteSize.format(rate))/s, \(Int(seconds))s")
-        }
+        } while (try? await Task.sleep(for: interval)) != nil
     }
 }
