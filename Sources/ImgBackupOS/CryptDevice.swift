@@ -298,4 +298,3 @@ public final class CryptDevice {
 
     private static func silenceGlobalLog() { _ = globalLogSilenced }
 }
-

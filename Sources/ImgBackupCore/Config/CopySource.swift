@@ -6,7 +6,7 @@ public enum CopySource: Sendable, Equatable {
     case local(String)
     case remote(SourceHost, path: String)
 
-    /// Nil with a reason when `text` is neither an absolute path nor an ssh:// URL.
+    /// A failure with the reason when `text` is neither an absolute path nor an ssh:// URL.
     public static func parse(_ text: String) -> Result<CopySource, RemoteLocation.ParseFailure> {
         guard text.hasPrefix("ssh://") else {
             guard text.hasPrefix("/") else { return .failure(.init("'\(text)' must be an absolute path or ssh://[user@]host[:port]/path")) }

@@ -61,7 +61,7 @@ struct FilesystemMaker {
 struct ProgressWatcher: Sendable {
     let progress: (any ProgressDisplay)?
     let label: String
-    var interval: Duration = .seconds(1)
+    let interval: Duration
     /// Bytes written to the device so far; nil when the kernel cannot say.
     let bytesWritten: @Sendable () -> UInt64?
 

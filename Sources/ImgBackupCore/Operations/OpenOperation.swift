@@ -87,12 +87,14 @@ public struct OpenOperation {
                 environment.logger.notice("recording LUKS UUID \(uuid) for target '\(target.name)' (first open on this machine)")
                 try identity.record(uuid, for: target.name)
             }
-            for host in copy?.sourceHosts ?? [] {
-                environment.logger.info("mounting \(host.location) read-only over sshfs (a source)")
-                try await builder.push(
-                    SSHFSLayer(
-                        endpoint: SSHFSEndpoint(source: host, copy: copy!), mountPoint: environment.paths.sourceMount(target.name, host),
-                        runner: environment.runner, deadline: builder.deadlines.transportUp))
+            if let copy {
+                for host in copy.sourceHosts {
+                    environment.logger.info("mounting \(host.location) read-only over sshfs (a source)")
+                    try await builder.push(
+                        SSHFSLayer(
+                            endpoint: SSHFSEndpoint(source: host, copy: copy), mountPoint: environment.paths.sourceMount(target.name, host),
+                            runner: environment.runner, deadline: builder.deadlines.transportUp))
+                }
             }
             return target.mountPoint
         }

@@ -29,7 +29,7 @@ public struct AuthorizedKeysLine: Sendable {
         let directory = target.remote.directory
         for (what, text) in [("the remote directory", directory), ("the public key", publicKey)]
             + (nbdCommandSent.map { [("the nbd command", $0)] } ?? [])
-        where text.contains("\n") || text.contains("\r") || text.contains("\0") {
+        where Self.spansLines(text) {
             throw ImgBackupError(
                 .config, "cannot write an authorized_keys line for '\(target.name)': \(what) spans lines",
                 hint: "authorized_keys holds one key per line; rename it without line breaks")
@@ -41,12 +41,18 @@ public struct AuthorizedKeysLine: Sendable {
     /// (sshd's own internal-sftp, -R refuses every write), nothing else.
     public static func readOnlySource(publicKey: String) throws(ImgBackupError) -> String {
         let key = publicKey.trimmingTrailingNewlines()
-        guard !key.contains("\n") && !key.contains("\r") && !key.contains("\0") else {
+        guard !spansLines(key) else {
             throw ImgBackupError(
                 .config, "cannot write an authorized_keys line: the public key spans lines",
                 hint: "authorized_keys holds one key per line: pass one key")
         }
         return "restrict,command=\"internal-sftp -R\" \(key)"
+    }
+
+    /// authorized_keys holds one key per line: a line break (or a NUL,
+    /// which ends sshd's reading) would end the line early.
+    static func spansLines(_ text: String) -> Bool {
+        text.contains("\n") || text.contains("\r") || text.contains("\0")
     }
 
     /// What the client sends for the NBD export, word for word (see NBDEndpointBuilder).

@@ -12,7 +12,7 @@ public struct SystemTeardown: LayerTeardown {
     public let logger: Logger
     /// Writes to the image already failed while it was open (a run's
     /// write-out): its ext4 filesystem is shut down before the unmount.
-    public var imageWritesFailed = false
+    public let imageWritesFailed: Bool
     /// Why the filesystem was shut down before its unmount, when it was:
     /// writes that did not reach the remote, for `close` to report.
     public let lostWrites = LostWrites()
