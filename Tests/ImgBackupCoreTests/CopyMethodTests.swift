@@ -15,8 +15,7 @@ import Testing
     let environment: OperationEnvironment
 
     init() throws {
-        var template = Array("/var/tmp/imgbackup-copy.XXXXXX".utf8CString)
-        root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        root = makeScratchDirectory("copy")
         source = root + "/source"
         mount = root + "/mount"
         for directory in [source + "/data/cache", mount, root + "/state", root + "/run"] {

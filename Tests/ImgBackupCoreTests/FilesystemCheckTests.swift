@@ -12,8 +12,7 @@ import Testing
     let check: FilesystemCheck
 
     init() {
-        var template = Array("/var/tmp/imgbackup-fsck.XXXXXX".utf8CString)
-        root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        root = makeScratchDirectory("fsck")
         let target = Target(
             name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"),
             mountPoint: root + "/mnt")

@@ -9,6 +9,14 @@ final class RecordingProgress: ProgressDisplay {
     let lines = Mutex<[String]>([])
     func update(_ line: String) { lines.withLock { $0.append(line) } }
     func finish() { lines.withLock { $0.append("<finished>") } }
+
+    /// Until `count` lines were shown, or `limit` passed.
+    func wait(for count: Int, within limit: Duration) async throws {
+        let deadline = ContinuousClock.now + limit
+        while lines.withLock({ $0.count }) < count && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
 }
 
 struct ProgressWatcherTests {
@@ -22,11 +30,14 @@ struct ProgressWatcherTests {
             }
         }
         let display = Task { await watcher.show() }
-        // Wait for a few updates, not a fixed time: a loaded machine only slows this down.
-        while progress.lines.withLock({ $0.count }) < 4 { try await Task.sleep(for: .milliseconds(5)) }
+        // Wait for a few updates, not a fixed time: a loaded machine only
+        // slows this down. The deadline turns a watcher that stopped into a
+        // failure, not a hang.
+        try await progress.wait(for: 4, within: .seconds(10))
         display.cancel()
         await display.value
         let lines = progress.lines.withLock { $0 }
+        #expect(lines.count >= 4, "\(lines)")
         #expect(lines.allSatisfy { $0.hasPrefix("making ext4: ") && $0.contains(" written, ") && $0.contains("/s, ") })
         #expect(lines.first?.hasPrefix("making ext4: 1 MiB written, ") == true, "\(lines)")
         #expect(lines.dropFirst().first?.hasPrefix("making ext4: 2 MiB written, ") == true, "\(lines)")
@@ -37,10 +48,7 @@ struct ProgressWatcherTests {
         // An hour between updates: only the line shown at once can arrive.
         let watcher = ProgressWatcher(progress: progress, label: "making btrfs", interval: .seconds(3600)) { nil }
         let display = Task { await watcher.show() }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while progress.lines.withLock({ $0.isEmpty }) && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        try await progress.wait(for: 1, within: .seconds(10))
         display.cancel()
         await display.value
         // A device the kernel cannot describe counts as nothing written.

@@ -91,8 +91,7 @@ import Testing
         let local: String
 
         init() throws {
-            var template = Array("/var/tmp/imgbackup-pull.XXXXXX".utf8CString)
-            root = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+            root = makeScratchDirectory("pull")
             mount = root + "/mount"
             local = root + "/local"
             environment = OperationEnvironment(

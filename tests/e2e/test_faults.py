@@ -95,6 +95,19 @@ def freeze_until_exit(process, name, pids=None):
             process.kill()
 
 
+def freeze_expecting_hang(process, label, error_line, name=None, pids=None):
+    """Freezes as freeze_until_exit does, prints how it went under `label`,
+    and asserts the hang contract: exit 3, a last line starting with
+    `error_line`, within the stall plus 30 s. Returns imgbackup's stderr."""
+    stderr, to_exit = freeze_until_exit(process, name, pids)
+    print(f"{label} -> imgbackup exited {process.returncode} after {to_exit:.1f}s (stall {STALL}s)")
+    print(stderr)
+    assert process.returncode == 3
+    assert stderr.strip().splitlines()[-1].startswith(error_line)
+    assert to_exit <= STALL + 30
+    return stderr
+
+
 def freeze_mid_copy(host, name, source, frozen):
     """One good run (the earlier backup), then a 48 MiB run during which every
     process called `frozen` is SIGSTOPped. Asserts exit 3 within the stall
@@ -106,12 +119,7 @@ def freeze_mid_copy(host, name, source, frozen):
     write_random_files(os.path.join(source, "big"), 12, 4 * MiB)  # minutes at this VM's transport speed
     run = start_run(host, name)
     wait_until_copying(host, name)
-    stderr, to_exit = freeze_until_exit(run, frozen)
-    print(f"{frozen} frozen -> imgbackup exited {run.returncode} after {to_exit:.1f}s (stall {STALL}s)")
-    print(stderr)
-    assert run.returncode == 3
-    assert stderr.strip().splitlines()[-1].startswith("imgbackup: error: the backup hung")
-    assert to_exit <= STALL + 30
+    stderr = freeze_expecting_hang(run, f"{frozen} frozen", "imgbackup: error: the backup hung", name=frozen)
     assert_nothing_left(host, name, stale_lock=True)
     return stderr, earlier
 
@@ -251,13 +259,8 @@ def test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing(host):
 
     trim = start(host, "trim", name)
     wait_for_process("fstrim", trim)
-    stderr, to_exit = freeze_until_exit(trim, "nbdkit")
-    print(f"nbdkit frozen mid-trim -> imgbackup exited {trim.returncode} after {to_exit:.1f}s (stall {STALL}s)")
-    print(stderr)
-    assert trim.returncode == 3
-    assert stderr.strip().splitlines()[-1].startswith(
-        "imgbackup: error: the trim hung: the NBD export of trimfrozen did not answer")
-    assert to_exit <= STALL + 30
+    freeze_expecting_hang(trim, "nbdkit frozen mid-trim",
+                          "imgbackup: error: the trim hung: the NBD export of trimfrozen did not answer", name="nbdkit")
     assert_nothing_left(host, name)
 
     mount = host.ok("open", name).stdout.strip()
@@ -417,13 +420,9 @@ def test_sftp_server_frozen_during_init_exits_3_and_the_next_init_works(host):
     name = host.add_target("initfrozen", size="512M", tables={"timeouts": {"stall": f"{STALL}s", "teardown": "10s"}})
     init = start(host, "init", name)
     wait_for_process("mkfs.ext4", init)
-    stderr, to_exit = freeze_until_exit(init, "sftp-server")
-    print(f"sftp-server frozen during init -> imgbackup exited {init.returncode} after {to_exit:.1f}s (stall {STALL}s)")
-    print(stderr)
-    assert init.returncode == 3
-    assert stderr.strip().splitlines()[-1].startswith(
-        f"imgbackup: error: making the filesystem hung: sshfs to 127.0.0.1 did not answer")
-    assert to_exit <= STALL + 30
+    freeze_expecting_hang(init, "sftp-server frozen during init",
+                          "imgbackup: error: making the filesystem hung: sshfs to 127.0.0.1 did not answer",
+                          name="sftp-server")
     assert_nothing_left(host, name, stale_lock=True)
     assert processes_named("sshfs") == [] and processes_named("mkfs.ext4") == []
     assert not os.path.exists(host.image(name)), "a half-made image got the real name"
