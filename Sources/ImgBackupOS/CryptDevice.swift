@@ -60,14 +60,16 @@ public final class CryptDevice {
     /// The device (loop device or image file) the handle is on.
     public let devicePath: String
 
-    /// Opens a handle on `devicePath` (no I/O yet).
-    public init(devicePath: String) throws(CryptSetupError) {
+    /// Opens a handle on `devicePath` (no I/O yet). With `detachedHeader`,
+    /// libcryptsetup reads the LUKS metadata and keyslots from that local
+    /// file and only the data from `devicePath`.
+    public init(devicePath: String, detachedHeader: String? = nil) throws(CryptSetupError) {
         self.devicePath = devicePath
         CryptDevice.silenceGlobalLog()
         var cd: OpaquePointer?
-        let status = crypt_init(&cd, devicePath)
+        let status = detachedHeader.map { crypt_init_data_device(&cd, $0, devicePath) } ?? crypt_init(&cd, devicePath)
         guard status == 0, let cd else {
-            throw CryptSetupError(call: "crypt_init", device: devicePath, errno: -status, log: nil)
+            throw CryptSetupError(call: "crypt_init", device: detachedHeader ?? devicePath, errno: -status, log: nil)
         }
         handle = cd
         crypt_set_log_callback(

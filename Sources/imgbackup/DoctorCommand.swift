@@ -43,7 +43,7 @@ struct DoctorCommand: AsyncParsableCommand {
                 return ImgBackupError.wrapping(error, .badKey, failedTo: "load the key of '\(target.name)'")
             }
         }
-        for finding in findings { print(finding) }
+        for finding in findings { print("\(finding)".escapingControlCharacters) }
         let status = DoctorOperation.exitStatus(findings)
         if status != 0 { throw ExitCode(status) }
     }

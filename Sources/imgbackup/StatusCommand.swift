@@ -32,7 +32,9 @@ struct StatusCommand: AsyncParsableCommand {
         if json {
             print(try TargetStatus.json(statuses))
         } else {
-            print(statuses.map { $0.text() }.joined(separator: "\n\n"))
+            // Lock holders and names come from the remote: each line escaped.
+            let lines = statuses.map { $0.text() }.joined(separator: "\n\n").split(separator: "\n", omittingEmptySubsequences: false)
+            print(lines.map { String($0).escapingControlCharacters }.joined(separator: "\n"))
         }
     }
 }

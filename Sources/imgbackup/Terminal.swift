@@ -5,8 +5,10 @@ import Logging
 /// How imgbackup talks to a person or a journal: plain lines on stderr,
 /// "imgbackup: message", and a progress line only when stderr is a terminal.
 enum Terminal {
+    /// Messages quote what the remote sent (lock file fields, a server's
+    /// stderr, names): escaped here, one line each, never a terminal sequence.
     static func printError(_ message: String) {
-        FileHandle.standardError.write(Data("imgbackup: error: \(message)\n".utf8))
+        FileHandle.standardError.write(Data("imgbackup: error: \(message.escapingControlCharacters)\n".utf8))
     }
 
     static func bootstrapLogging(verbosity: Int) {
@@ -31,7 +33,7 @@ struct LineLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         let prefix = event.level >= .warning ? "\(event.level): " : ""
-        FileHandle.standardError.write(Data("imgbackup: \(prefix)\(event.message)\n".utf8))
+        FileHandle.standardError.write(Data("imgbackup: \(prefix)\("\(event.message)".escapingControlCharacters)\n".utf8))
     }
 }
 

@@ -35,23 +35,7 @@ final class TableReader {
         // Values quoted in the message may hold newlines or other control
         // characters: escaped, the error stays one line.
         let text = "\(location): \(path.joined(separator: ".")): \(message)"
-        return ImgBackupError(.config, Self.escapingControlCharacters(text))
-    }
-
-    static func escapingControlCharacters(_ text: String) -> String {
-        var escaped = ""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\n": escaped += "\\n"
-            case "\r": escaped += "\\r"
-            case "\t": escaped += "\\t"
-            case _ where scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .lineSeparator
-                || scalar.properties.generalCategory == .paragraphSeparator:
-                escaped += "\\u{\(String(scalar.value, radix: 16))}"
-            default: escaped.unicodeScalars.append(scalar)
-            }
-        }
-        return escaped
+        return ImgBackupError(.config, text.escapingControlCharacters)
     }
 
     private func value(_ key: String) -> TOMLValueConvertible? {

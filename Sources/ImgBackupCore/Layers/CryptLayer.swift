@@ -8,25 +8,31 @@ public final class CryptLayer: Layer {
     public let device: String
     public let name: String
     public let key: SecureBytes
-    /// The UUID the target's image must have; nil when none is known yet.
-    public let expectedUUID: String?
+    /// What the target's image must be (UUID, volume-key digest, segment,
+    /// keyslot encryption), as far as this machine knows.
+    public let expected: HeaderExpectation
+    /// Where the checked copy of the header goes while unlocking (a local
+    /// file, removed once the mapping is up).
+    public let detachedHeaderPath: String
     public let allowDiscards: Bool
     public let deadline: Duration
-    private let seenUUID = Mutex<String?>(nil)
+    private let seenPin = Mutex<HeaderPin?>(nil)
 
     public init(
-        device: String, name: String, key: SecureBytes, expectedUUID: String?, allowDiscards: Bool, deadline: Duration
+        device: String, name: String, key: SecureBytes, expected: HeaderExpectation, detachedHeaderPath: String,
+        allowDiscards: Bool, deadline: Duration
     ) {
         self.device = device
         self.name = name
         self.key = key
-        self.expectedUUID = expectedUUID
+        self.expected = expected
+        self.detachedHeaderPath = detachedHeaderPath
         self.allowDiscards = allowDiscards
         self.deadline = deadline
     }
 
-    /// The LUKS UUID of the header that was unlocked.
-    public var observedUUID: String? { seenUUID.withLock { $0 } }
+    /// The pin of the header that was unlocked.
+    public var observedPin: HeaderPin? { seenPin.withLock { $0 } }
 
     public var intent: LayerRecord { .crypt(name: name) }
 
@@ -39,34 +45,31 @@ public final class CryptLayer: Layer {
                 .system, "failed to unlock the image: this kernel has no device-mapper (/dev/mapper/control is missing)",
                 hint: "modprobe dm_crypt, or run on a kernel with dm-crypt")
         }
-        let (device, name, key, expectedUUID, allowDiscards) = (device, name, key, expectedUUID, allowDiscards)
+        let (device, name, key, expected, allowDiscards, detached) = (
+            device, name, key, expected, allowDiscards, detachedHeaderPath
+        )
         do {
-            let uuid = try await withAbandonableDeadline(deadline, operation: "unlock \(device)") { () throws -> String in
-                let crypt = try CryptDevice(devicePath: device)
-                do {
+            let pin = try await withAbandonableDeadline(deadline, operation: "unlock \(device)") { () throws -> HeaderPin in
+                // Check the header the remote serves, then let libcryptsetup
+                // act on a local copy of exactly those bytes: what it unlocks
+                // is what was checked, whatever the remote serves next.
+                let header = try CheckedHeader.read(device: device, expected: expected)
+                try LUKS2Metadata.withDetachedHeader(
+                    from: device, copies: header.copies, areas: header.keyslotAreas, length: header.dataOffset, at: detached
+                ) { () throws in
+                    let crypt = try CryptDevice(devicePath: device, detachedHeader: detached)
                     try crypt.load()
-                } catch let error as CryptSetupError where error.isNotLUKS {
-                    throw ImgBackupError(
-                        .luks, "failed to unlock the image: it has no LUKS header",
-                        hint: "is this an imgbackup image? 'imgbackup init' makes one")
+                    do {
+                        try crypt.activate(name: name, key: key, allowDiscards: allowDiscards)
+                    } catch let error as CryptSetupError where error.isWrongKey {
+                        throw ImgBackupError(
+                            .badKey, "failed to unlock the image: the key does not open any keyslot",
+                            hint: "check key_file or key_command")
+                    }
                 }
-                let uuid = crypt.uuid ?? "?"
-                if let expectedUUID, uuid != expectedUUID {
-                    throw ImgBackupError(
-                        .luks,
-                        "failed to unlock the image: its LUKS UUID is \(uuid), but this target's image has \(expectedUUID)",
-                        hint: "the remote file was replaced; if that was on purpose, remove the recorded UUID")
-                }
-                do {
-                    try crypt.activate(name: name, key: key, allowDiscards: allowDiscards)
-                } catch let error as CryptSetupError where error.isWrongKey {
-                    throw ImgBackupError(
-                        .badKey, "failed to unlock the image: the key does not open any keyslot",
-                        hint: "check key_file or key_command")
-                }
-                return uuid
+                return header.pin
             }
-            seenUUID.withLock { $0 = uuid }
+            seenPin.withLock { $0 = pin }
         } catch {
             throw ImgBackupError.wrapping(error, .luks, failedTo: "unlock the image on \(device)")
         }

@@ -81,9 +81,11 @@ public struct InitOperation {
             } catch {
                 throw ImgBackupError.wrapping(error, .luks, failedTo: "format LUKS2 on the new image")
             }
+            // The header just written is ours: its pin is what every later open must match.
+            let pin = try CheckedHeader.read(device: loopPath, expected: .firstUse).pin
             let crypt = CryptLayer(
-                device: loopPath, name: target.mappingName, key: key, expectedUUID: uuid,
-                allowDiscards: false, deadline: deadline)
+                device: loopPath, name: target.mappingName, key: key, expected: .pinned(pin),
+                detachedHeaderPath: environment.paths.detachedHeader(target.name), allowDiscards: false, deadline: deadline)
             try await builder.push(crypt)
             loop.release()
 
@@ -97,7 +99,7 @@ public struct InitOperation {
             } catch {
                 throw ImgBackupError.wrapping(error, .remote, failedTo: "rename \(partialImageName) to \(target.image)")
             }
-            try LUKSIdentity(paths: environment.paths).record(uuid, for: target.name)
+            try LUKSIdentity(paths: environment.paths).record(pin, for: target.name)
             try await builder.unwind()
             return Report(image: "\(target.remote.sshfsSource)/\(target.image)", size: size, luksUUID: uuid)
         }

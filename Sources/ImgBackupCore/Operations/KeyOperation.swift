@@ -60,20 +60,13 @@ public struct KeyOperation {
     }
 
     private func apply(_ change: Change, key: SecureBytes, device: String, deadline: Duration) async throws(ImgBackupError) -> Report {
-        let (name, expectedUUID, pbkdf) = (target.name, LUKSIdentity(paths: environment.paths).recorded(for: target.name), target.pbkdf)
+        let (name, expected, pbkdf) = (target.name, LUKSIdentity(paths: environment.paths).expectation(for: target.name), target.pbkdf)
         do {
             return try await withAbandonableDeadline(deadline, operation: "change the keyslots of \(device)") { () throws -> Report in
+                // A key added to a header the remote forged would open the forger's volume key.
+                _ = try CheckedHeader.read(device: device, expected: expected)
                 let crypt = try CryptDevice(devicePath: device)
-                do {
-                    try crypt.load()
-                } catch let error as CryptSetupError where error.isNotLUKS {
-                    throw ImgBackupError(.luks, "the image of '\(name)' has no LUKS header", hint: "is this an imgbackup image?")
-                }
-                if let expectedUUID, let uuid = crypt.uuid, uuid != expectedUUID {
-                    throw ImgBackupError(
-                        .luks, "refusing to change the keys of '\(name)': its LUKS UUID is \(uuid), but this target's image has \(expectedUUID)",
-                        hint: "the remote file was replaced")
-                }
+                try crypt.load()
                 let slot: Int
                 do {
                     slot = try crypt.activate(name: nil, key: key)

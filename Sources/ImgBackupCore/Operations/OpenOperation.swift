@@ -66,11 +66,12 @@ public struct OpenOperation {
                 environment.logger.notice("\(device.path) runs without direct I/O: expect slow writes")
             }
 
-            let expected = identity.recorded(for: target.name)
+            let expected = identity.expectation(for: target.name)
             environment.logger.info("unlocking \(target.image)")
             let crypt = CryptLayer(
                 device: loop.attachedDevice?.path ?? image, name: target.mappingName, key: key,
-                expectedUUID: expected, allowDiscards: allowDiscards, deadline: builder.deadlines.remoteCall)
+                expected: expected, detachedHeaderPath: environment.paths.detachedHeader(target.name),
+                allowDiscards: allowDiscards, deadline: builder.deadlines.remoteCall)
             try await builder.push(crypt)
             loop.release()
 
@@ -83,9 +84,11 @@ public struct OpenOperation {
                     device: crypt.mappedDevice, mountPoint: target.mountPoint, filesystem: target.filesystem,
                     deadline: builder.deadlines.remoteCall))
             // Only once it opened: a failed open says one thing, its error.
-            if expected == nil, let uuid = crypt.observedUUID {
-                environment.logger.notice("recording LUKS UUID \(uuid) for target '\(target.name)' (first open on this machine)")
-                try identity.record(uuid, for: target.name)
+            if expected.pin == nil, let pin = crypt.observedPin {
+                let why = if case .uuidOnly = expected { "recorded before header pins existed" } else { "first open on this machine" }
+                environment.logger.notice(
+                    "recording the LUKS header pin of target '\(target.name)' (UUID \(pin.uuid)): \(why); from now on a changed header is refused")
+                try identity.record(pin, for: target.name)
             }
             if let copy {
                 for host in copy.sourceHosts {

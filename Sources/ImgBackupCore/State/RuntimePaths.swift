@@ -2,7 +2,7 @@
 ///
 /// - runtime (`/run/imgbackup`, gone at reboot like the mounts it describes):
 ///   state records, lock files, the sshfs mount of the remote directory;
-/// - state (`/var/lib/imgbackup`, kept): the LUKS UUID of each target's image.
+/// - state (`/var/lib/imgbackup`, kept): the LUKS UUID and header pin of each target's image.
 ///
 /// `IMGBACKUP_RUNTIME_DIR` and `IMGBACKUP_STATE_DIR` move them (tests, and
 /// machines where /var/lib is read-only).
@@ -35,4 +35,8 @@ public struct RuntimePaths: Sendable {
     public func sourceMount(_ target: String, _ host: SourceHost) -> String { "\(sourcesDirectory(target))/\(host.directoryName)" }
     public func targetStateDirectory(_ target: String) -> String { "\(stateDirectory)/\(target)" }
     public func luksUUIDFile(_ target: String) -> String { "\(targetStateDirectory(target))/luks-uuid" }
+    /// What the image's LUKS2 header must match (HeaderPin).
+    public func headerPinFile(_ target: String) -> String { "\(targetStateDirectory(target))/luks-header.json" }
+    /// The checked copy of the header libcryptsetup unlocks from, only while unlocking.
+    public func detachedHeader(_ target: String) -> String { "\(targetRuntimeDirectory(target))/luks-header" }
 }
