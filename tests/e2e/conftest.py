@@ -76,9 +76,10 @@ class BackupHost:
             self.template = self.image("template")
         destination = os.path.join(directory or self.storage, image or f"{target}.img")
         subprocess.run(["cp", "--sparse=always", self.template, destination], check=True)
-        # As if init had run here: the target knows its image's LUKS UUID.
+        # As if init had run here: the target knows its image's LUKS UUID and header pin.
         os.makedirs(os.path.join(self.state, target), exist_ok=True)
-        shutil.copy(os.path.join(self.state, "template", "luks-uuid"), os.path.join(self.state, target, "luks-uuid"))
+        for record in ("luks-uuid", "luks-header.json"):
+            shutil.copy(os.path.join(self.state, "template", record), os.path.join(self.state, target, record))
 
     def discard(self, target, *directories):
         """Removes a finished test's image and data directories: the VM's /tmp

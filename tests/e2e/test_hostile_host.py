@@ -1,0 +1,102 @@
+"""A hostile backup host (issue 17), attacking the way it would: forging the
+LUKS2 header it stores, planting symlinks, answering with absurd numbers.
+Each attack must be refused with the right exit status and nothing written
+under a key the host knows. docs/threat-model.md lists them."""
+import json
+import os
+import shutil
+import subprocess
+
+from conftest import assert_nothing_left, sha256_of
+from luks2_forge import null_keyslot, read_metadata
+
+
+def attacker_image(host, name, work):
+    """What the host does: format an image of its own with a volume key it
+    chose, copy our header's UUID into it (plaintext, in the header), and
+    turn keyslot 0 into cipher_null so that any passphrase opens it."""
+    with open(host.image(name), "rb") as ours:
+        _, metadata = read_metadata(ours)
+        ours.seek(168)
+        uuid = ours.read(40).split(b"\0")[0].decode()
+    volume_key = os.urandom(64)
+    with open(os.path.join(work, "vk"), "wb") as out:
+        out.write(volume_key)
+    with open(os.path.join(work, "attacker.key"), "wb") as out:
+        out.write(b"the host's own passphrase")
+    os.chmod(os.path.join(work, "attacker.key"), 0o600)
+    forged = os.path.join(work, "forged.img")
+    subprocess.run(["truncate", "-s", str(os.path.getsize(host.image(name))), forged], check=True)
+    subprocess.run(["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--uuid", uuid,
+                    "--volume-key-file", os.path.join(work, "vk"), "--key-size", "512", "--sector-size", "4096",
+                    "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+                    "--key-file", os.path.join(work, "attacker.key"), forged], check=True)
+    null_keyslot(forged, volume_key)
+    return forged, volume_key
+
+
+def test_a_header_forged_under_our_uuid_with_a_null_keyslot_is_refused(host):
+    """libcryptsetup 2.6.1 opens the forged keyslot with our key too (shown
+    first, with cryptsetup itself): without the pin, the next run would write
+    a backup the host can decrypt."""
+    name = host.add_target("forged", tables={"copy": {"method": "rsync", "sources": ["/usr/share/doc/cryptsetup-bin"]}})
+    host.clone_image(name)
+    work = os.path.join(host.work, "forge")
+    os.makedirs(work, exist_ok=True)
+    forged, _ = attacker_image(host, name, work)
+    opens = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file",
+                            os.path.join(host.work, "keys", "demo.key"), forged])
+    assert opens.returncode == 0, "the forged keyslot no longer opens with any key: the attack needs a new form"
+    os.replace(forged, host.image(name))
+    digest = sha256_of(host.image(name))
+
+    for command in (["run", name], ["open", name], ["key", "add", name, "--new-key-file", os.path.join(work, "attacker.key")]):
+        result = host.run(*command)
+        assert result.returncode == 5, result.stderr
+        assert "the image on the remote is not the one this machine created" in result.stderr
+        assert "keeps keyslot 0's key unencrypted (cipher_null-ecb)" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert sha256_of(host.image(name)) == digest, "something was written to the forged image"
+        assert_nothing_left(host, name)
+    runs = os.path.join(host.state, name, "runs.jsonl")
+    assert not os.path.exists(runs) or all(json.loads(line)["result"] != "ok" for line in open(runs))
+    shutil.rmtree(work)
+    host.discard(name)
+
+
+def test_a_null_keyslot_is_refused_even_on_a_machine_with_no_pin_yet(host):
+    """A new machine (restore day) trusts the first header it sees, but never
+    one whose keyslot is not encrypted."""
+    name = host.add_target("forged_new")
+    host.clone_image(name)
+    work = os.path.join(host.work, "forge-new")
+    os.makedirs(work, exist_ok=True)
+    forged, _ = attacker_image(host, name, work)
+    os.replace(forged, host.image(name))
+    machine = host.new_machine("forged-new-machine")
+    result = machine.run("open", name)
+    assert result.returncode == 5, result.stderr
+    assert "keeps keyslot 0's key unencrypted (cipher_null-ecb)" in result.stderr
+    assert not os.path.exists(os.path.join(machine.state, name, "luks-header.json"))
+    assert_nothing_left(machine, name)
+    shutil.rmtree(work)
+    host.discard(name)
+
+
+def test_a_machine_with_only_the_uuid_records_the_pin_on_its_next_open(host):
+    """Images made before pins existed: the next open records the pin and says so."""
+    name = host.add_target("unpinned")
+    host.clone_image(name)
+    pin = os.path.join(host.state, name, "luks-header.json")
+    os.remove(pin)
+    result = host.ok("open", name)
+    assert "recording the LUKS header pin of target 'unpinned'" in result.stderr
+    assert "recorded before header pins existed" in result.stderr
+    host.ok("close", name)
+    recorded = json.load(open(pin))
+    assert recorded == json.load(open(os.path.join(host.state, "template", "luks-header.json")))
+    assert "aes-xts-plain64" in recorded["segment"] and recorded["keyslotEncryption"] == "aes-xts-plain64"
+    # Pinned now: the second open says nothing about it.
+    assert "recording" not in host.ok("open", name).stderr
+    host.ok("close", name)
+    host.discard(name)
