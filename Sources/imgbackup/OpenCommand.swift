@@ -26,6 +26,11 @@ struct OpenCommand: AsyncParsableCommand {
     @Flag(help: "Take the remote lock even if another machine's or target's lock file is there (when that holder is gone for good).")
     var breakLock = false
 
+    @Flag(help: ArgumentHelp(
+        "Accept an image older than the one this machine last opened, after restoring an older copy on purpose.",
+        discussion: "Every open checks the generation marker inside the image against this machine's record, so a backup host that serves an old copy is refused."))
+    var acceptRollback = false
+
     func run() async throws {
         let config = try global.load()
         var resolved = try global.target(target, in: config, keys: keys)
@@ -37,7 +42,7 @@ struct OpenCommand: AsyncParsableCommand {
         }
         let mountPoint = try await OpenOperation(
             target: resolved, environment: global.environment(config), allowDiscards: discard, skipCheck: skipCheck,
-            breakLock: breakLock
+            breakLock: breakLock, acceptRollback: acceptRollback
         ).run()
         print(mountPoint)
     }

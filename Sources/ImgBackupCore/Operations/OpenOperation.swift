@@ -13,11 +13,15 @@ public struct OpenOperation {
     public var skipCheck = false
     /// Take the remote lock even if someone else's lock file is there.
     public var breakLock = false
+    /// Take an image older than the one this machine last opened (after
+    /// restoring an older copy on purpose).
+    public var acceptRollback = false
 
     public init(
         target: Target, environment: OperationEnvironment, allowDiscards: Bool = false, requireTrim: Bool = false,
-        skipCheck: Bool = false, breakLock: Bool = false
+        skipCheck: Bool = false, breakLock: Bool = false, acceptRollback: Bool = false
     ) {
+        self.acceptRollback = acceptRollback
         self.skipCheck = skipCheck
         self.breakLock = breakLock
         self.target = target
@@ -84,6 +88,8 @@ public struct OpenOperation {
                     device: crypt.mappedDevice, mountPoint: target.mountPoint, filesystem: target.filesystem,
                     deadline: builder.deadlines.remoteCall))
             // Only once it opened: a failed open says one thing, its error.
+            try await ImageGeneration(paths: environment.paths, target: target, logger: environment.logger)
+                .checkAndAdvance(acceptRollback: acceptRollback, deadline: builder.deadlines.remoteCall)
             if expected.pin == nil, let pin = crypt.observedPin {
                 let why = if case .uuidOnly = expected { "recorded before header pins existed" } else { "first open on this machine" }
                 environment.logger.notice(

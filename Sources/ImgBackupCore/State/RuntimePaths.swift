@@ -37,6 +37,8 @@ public struct RuntimePaths: Sendable {
     public func luksUUIDFile(_ target: String) -> String { "\(targetStateDirectory(target))/luks-uuid" }
     /// What the image's LUKS2 header must match (HeaderPin).
     public func headerPinFile(_ target: String) -> String { "\(targetStateDirectory(target))/luks-header.json" }
+    /// The last generation this machine wrote into the image (ImageGeneration).
+    public func generationFile(_ target: String) -> String { "\(targetStateDirectory(target))/generation" }
     /// The checked copy of the header libcryptsetup unlocks from, only while unlocking.
     public func detachedHeader(_ target: String) -> String { "\(targetRuntimeDirectory(target))/luks-header" }
 }
