@@ -13,6 +13,8 @@ packages=(
   # test: the backup host and the real kernel the end-to-end suite boots
   openssh-server nbdkit nbd-server qemu-system-x86 linux-image-amd64 busybox-static kmod
   python3-pytest
+  # test: nbdcopy, the NBD client an attacker with a stolen key would use
+  libnbd-bin
 )
 missing=()
 for package in "${packages[@]}"; do

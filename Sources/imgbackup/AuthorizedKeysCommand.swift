@@ -8,14 +8,15 @@ struct AuthorizedKeysCommand: ParsableCommand {
         abstract: "Print the authorized_keys line the remote needs for a target's ssh key.",
         discussion: """
             The line is `restrict` plus a forced command: an SFTP request gets sftp-server \
-            confined to the target's remote directory (an unprivileged namespace that holds \
-            only that directory and a read-only /usr), the target's [nbd] command runs \
-            exactly as configured, and anything else is refused. Install it for a dedicated \
-            user on the backup host (docs/remote-setup.md).
+            (no symlinks, no hard links), the target's [nbd] command runs exactly as \
+            configured, and anything else is refused. Both run in a namespace that holds \
+            only the target's remote directory and a read-only /usr. Install it for a \
+            dedicated user on the backup host (docs/remote-setup.md).
 
             With --source, the line for the hosts the target pulls ssh:// sources from, for \
-            the key in source_identity_file: read-only SFTP (internal-sftp -R) and nothing \
-            else. Install it for the user the ssh:// sources log in as.
+            the key in source_identity_file: read-only SFTP in the same kind of namespace, \
+            holding only the configured source paths, read-only, and nothing else. Install \
+            it for the user the ssh:// sources log in as.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -51,7 +52,7 @@ struct AuthorizedKeysCommand: ParsableCommand {
                 .config, "failed to read the public key \(path)", hint: "pass --public-key FILE, or ssh-keygen -y -f KEY > \(path)")
         }
         if source {
-            print(try AuthorizedKeysLine.readOnlySource(publicKey: key))
+            print(try AuthorizedKeysLine.readOnlySource(publicKey: key, paths: target.copy?.sourcePaths ?? [], sftpServer: sftpServer))
         } else {
             print(try AuthorizedKeysLine(target: target, publicKey: key, sftpServer: sftpServer).render())
         }

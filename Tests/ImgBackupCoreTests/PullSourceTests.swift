@@ -77,10 +77,42 @@ import Testing
         #expect(error?.message.hasPrefix(expected) == true, "got: \(error?.message ?? "nothing")")
     }
 
-    @Test func theSourceHostLineIsReadOnlySFTPOnly() throws {
-        #expect(try AuthorizedKeysLine.readOnlySource(publicKey: "ssh-ed25519 AAAA pull@box\n")
-            == "restrict,command=\"internal-sftp -R\" ssh-ed25519 AAAA pull@box")
-        #expect(throws: ImgBackupError.self) { try AuthorizedKeysLine.readOnlySource(publicKey: "ssh-ed25519 A\nssh-ed25519 B") }
+    @Test func theSourceHostLineIsReadOnlySFTPInTheSandbox() throws {
+        let line = try AuthorizedKeysLine.readOnlySource(publicKey: "ssh-ed25519 AAAA pull@box\n", paths: ["/etc", "/home/pull"])
+        #expect(line.hasPrefix("restrict,command=\"") && line.hasSuffix("\" ssh-ed25519 AAAA pull@box"))
+        #expect(line.contains("'/usr/lib/openssh/sftp-server' -R -P symlink,hardlink"))
+        #expect(line.contains("/home/pull") && !line.contains("internal-sftp"))
+        #expect(throws: ImgBackupError.self) {
+            try AuthorizedKeysLine.readOnlySource(publicKey: "ssh-ed25519 A\nssh-ed25519 B", paths: [])
+        }
+    }
+
+    /// The sandbox of the source line, run as sshd would with a probe in
+    /// sftp-server's place: it sees the source paths, read-only, and nothing
+    /// else of the host; a source path this host lacks is skipped.
+    @Test(.enabled(if: geteuid() == 0, "the sandbox needs root for its mount namespace"))
+    func theSourceHostSandboxHoldsOnlyTheSourcesReadOnly() throws {
+        let source = makeScratchDirectory("pull-sandbox")
+        defer { try? FileManager.default.removeItem(atPath: source) }
+        try "source data\n".write(toFile: "\(source)/data.txt", atomically: false, encoding: .utf8)
+        let probe = "\(source)/probe.sh"
+        try """
+            #!/bin/sh
+            ls -a /
+            cat \(source)/data.txt
+            touch \(source)/new 2>/dev/null && echo wrote || echo read-only
+            cat /etc/hostname 2>/dev/null || echo no-hostname
+
+            """.write(toFile: probe, atomically: false, encoding: .utf8)
+        chmod(probe, 0o755)
+        let line = try AuthorizedKeysLine.readOnlySource(
+            publicKey: AuthorizedKeysLineTests.publicKey, paths: [source, "/nonexistent/source"], sftpServer: probe)
+        let result = try AuthorizedKeysLineTests.dispatch(AuthorizedKeysLineTests.forcedCommand(of: line), request: "internal-sftp")
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(result.status == 0, "\(result)")
+        #expect(lines.contains("source data") && lines.contains("read-only") && lines.contains("no-hostname"), "\(result)")
+        #expect(!lines.contains("nonexistent") && !lines.contains("root") && !lines.contains("home"), "\(lines)")
+        #expect(!FileManager.default.fileExists(atPath: "\(source)/new"))
     }
 
     /// A run's directories, with a pulled host's tree where its mount would be.

@@ -125,3 +125,40 @@ def test_the_key_runs_no_command_and_reads_nothing_outside_the_backup_directory(
         written = client(host, "sftp", "-b", "-", f"{USER}@127.0.0.1", stdin=f"put {os.path.join(base, 'backups', 'neighbour.txt')} {planted}\n")
         assert written.returncode != 0, f"{planted} was writable through the key"
     assert not os.path.exists("/usr/planted")
+
+
+def remote_command_line(argv):
+    """What imgbackup sends for an NBD command: every word single-quoted (NBDEndpointBuilder)."""
+    return " ".join("'" + word.replace("'", "'\\''") + "'" for word in argv)
+
+
+def test_a_stolen_key_plants_no_link_and_its_nbd_command_serves_nothing_else(host, restricted):
+    """Issue 17, as a thief of the restricted key would try it: over SFTP,
+    link a name to another file; then, with a link in place, connect with
+    the target's exact NBD command and read what nbdkit serves."""
+    name, storage, base, _ = restricted
+    neighbour = os.path.join(base, "backups", "neighbour.txt")
+    image = os.path.join(storage, "restricted.img")
+    for request, planted in [(f"symlink {neighbour} {storage}/planted-link\n", "planted-link"),
+                             (f"ln {image} {storage}/planted-hardlink\n", "planted-hardlink")]:
+        made = client(host, "sftp", "-b", "-", f"{USER}@127.0.0.1", stdin=request)
+        assert made.returncode != 0, f"SFTP made {planted}"
+        assert not os.path.lexists(os.path.join(storage, planted))
+
+    # A link that got there some other way (the host's own admin, an older line): swap it in for the image.
+    os.rename(image, image + ".aside")
+    os.symlink(neighbour, image)
+    try:
+        ssh = ["ssh", "-p", str(RESTRICTED_PORT), "-o", f"IdentityFile={host.work}/ssh/client_ed25519", "-o", "IdentitiesOnly=yes",
+               "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={host.work}/ssh/known_hosts", f"{USER}@127.0.0.1",
+               remote_command_line(["nbdkit", "--single", "--exit-with-parent", "file", image])]
+        served = subprocess.run(["nbdcopy", "--", "[", *ssh, "]", "-"], capture_output=True, timeout=60)
+        print(f"nbdcopy -> {served.returncode}\n{served.stderr.decode(errors='replace')}")
+        assert b"not for this key" not in served.stdout, "the NBD command served another file through a symlink"
+        assert served.returncode != 0
+    finally:
+        os.remove(image)
+        os.rename(image + ".aside", image)
+    # The image itself is still served through the same command: the sandbox took nothing away.
+    host.ok("trim", name)
+    assert_nothing_left(host, name)

@@ -66,9 +66,11 @@ def server(host):
     with open(os.path.join(keys, "known_hosts"), "w") as known:
         known.write(f"[127.0.0.1]:{SOURCE_PORT} {' '.join(host_key)}\n")
     server = SourceServer(base, key, os.path.join(base, "authorized_keys"))
-    name = host.add_target("pull_keys", tables={"copy": server.copy_table("rsync", "/etc")})
+    # Every source the tests pull lies under base: the line's sandbox holds base alone, read-only.
+    name = host.add_target("pull_keys", tables={"copy": server.copy_table("rsync", base)})
     line = host.ok("authorized-keys", "--source", name).stdout
-    assert line == f'restrict,command="internal-sftp -R" {open(key + ".pub").read().strip()}\n'
+    assert line.startswith('restrict,command="') and line.endswith(f'" {open(key + ".pub").read().strip()}\n')
+    assert "sftp-server' -R -P symlink,hardlink" in line and line.count("\n") == 1
     with open(server.keys_file, "w") as out:
         out.write(line)
     # UsePAM: root is locked on these machines (see backup-host.sh).
@@ -147,6 +149,10 @@ def test_rsync_pulls_owners_and_modes_and_the_server_stays_read_only(host, serve
     assert write.returncode != 0 and not os.path.exists(planted), "the source key must not write"
     shell = server.client("ssh", "root@127.0.0.1", "id")
     assert "uid=" not in shell.stdout, "the source key must not run commands"
+    # It reads the source paths and nothing else of the host, even as root (issue 17).
+    for path in ["/etc/shadow", "/root/.ssh/authorized_keys", f"{host.work}/keys/demo.key"]:
+        fetched = server.client("sftp", "-b", "-", "root@127.0.0.1", stdin=f"get {path} /tmp/fetched\n")
+        assert fetched.returncode != 0 and not os.path.exists("/tmp/fetched"), f"{path} was readable through the source key"
     host.discard(name)
 
 

@@ -80,6 +80,14 @@ extension Target.Copy {
     }
 
     /// The hosts sources are pulled from, in order of first mention.
+    /// The paths of the ssh:// sources, on whichever host: what the source
+    /// hosts' sandbox (authorized-keys --source) binds.
+    public var sourcePaths: [String] {
+        var paths: [String] = []
+        for case .remote(_, let path) in parsedSources where !paths.contains(path) { paths.append(path) }
+        return paths
+    }
+
     public var sourceHosts: [SourceHost] {
         var hosts: [SourceHost] = []
         for case .remote(let host, _) in parsedSources where !hosts.contains(host) { hosts.append(host) }
