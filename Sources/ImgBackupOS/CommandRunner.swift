@@ -65,6 +65,9 @@ public enum CommandInput: Sendable {
     /// The read end of a pipe from the previous command. The runner closes
     /// it once the child has it.
     case descriptor(Int32)
+    /// Plain text (sftp's batch): through an in-memory file, so no file of
+    /// a predictable name in a shared directory is ever involved.
+    case text(String)
 }
 
 /// A piece of output seen while a command runs.
@@ -197,6 +200,11 @@ public struct SubprocessCommandRunner: CommandRunning {
         case .descriptor(let fd):
             inputFile = nil
             input = .fileDescriptor(FileDescriptor(rawValue: fd), closeAfterSpawningProcess: true)
+        case .text(let text):
+            let file = try MemoryFile(name: "stdin")
+            try file.write(Array(text.utf8))
+            inputFile = file
+            input = .fileDescriptor(FileDescriptor(rawValue: file.descriptor), closeAfterSpawningProcess: false)
         }
         // The secret's file is emptied however the command ends.
         defer { inputFile?.empty() }
@@ -296,10 +304,17 @@ final class MemoryFile: Sendable {
         return got > 0 ? Array(bytes[0..<got]) : []
     }
 
-    /// Fills the file with `secret` and rewinds it for the child to read.
+    /// Fills the file with `secret` for the child to read from the start.
     func write(_ secret: SecureBytes) throws(SystemCallError) {
         let written = secret.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
         guard written == secret.count else {
+            throw SystemCallError(call: "pwrite", object: "memfd", errno: written < 0 ? errno : EIO)
+        }
+    }
+
+    func write(_ bytes: [UInt8]) throws(SystemCallError) {
+        let written = bytes.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+        guard written == bytes.count else {
             throw SystemCallError(call: "pwrite", object: "memfd", errno: written < 0 ? errno : EIO)
         }
     }

@@ -37,12 +37,39 @@ public enum RemoteFiles {
         }
     }
 
+    /// Opens a file in the mounted remote directory the remote cannot
+    /// redirect: not through a symlink (O_NOFOLLOW: ELOOP), only a regular
+    /// file (EINVAL otherwise), and only one on the same mount as its
+    /// directory (EXDEV otherwise: a bind or a link that escaped the mount).
+    /// Returns the descriptor; the caller closes it.
+    public static func openRegularFile(_ path: String, flags: Int32) throws(SystemCallError) -> Int32 {
+        let fd = try checked("open", path) { open(path, flags | O_NOFOLLOW | O_CLOEXEC) }
+        var file = stat()
+        var directory = stat()
+        let parent = path.lastIndex(of: "/").map { String(path[..<$0]) }.map { $0.isEmpty ? "/" : $0 } ?? "."
+        guard fstat(fd, &file) == 0, stat(parent, &directory) == 0 else {
+            let failure = SystemCallError(call: "stat", object: path, errno: errno)
+            close(fd)
+            throw failure
+        }
+        if (file.st_mode & S_IFMT) != S_IFREG || file.st_dev != directory.st_dev {
+            close(fd)
+            throw SystemCallError(
+                call: (file.st_mode & S_IFMT) != S_IFREG ? "open (not a regular file)" : "open (not on the remote's mount)",
+                object: path, errno: (file.st_mode & S_IFMT) != S_IFREG ? EINVAL : EXDEV)
+        }
+        return fd
+    }
+
     /// The text of a small remote file, or nil if it does not exist.
     public static func read(_ path: String, deadline: Duration) async throws -> String? {
         try await withAbandonableDeadline(deadline, operation: "read \(path)") {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            if fd < 0 && errno == ENOENT { return nil }
-            guard fd >= 0 else { throw SystemCallError(call: "open", object: path, errno: errno) }
+            let fd: Int32
+            do {
+                fd = try openRegularFile(path, flags: O_RDONLY)
+            } catch let error as SystemCallError where error.errno == ENOENT {
+                return nil
+            }
             defer { close(fd) }
             var bytes = [UInt8](repeating: 0, count: 4096)
             let got = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
@@ -68,18 +95,25 @@ public enum RemoteFiles {
     }
 
     /// Makes `path` `size` bytes long; the new part is a hole (sparse).
+    /// Through the descriptor: a symlink put in the image's place is refused.
     public static func grow(_ path: String, to size: UInt64, deadline: Duration) async throws {
         try await withAbandonableDeadline(deadline, operation: "grow \(path)") {
-            _ = try checked("truncate", path) { truncate(path, off_t(size)) }
+            guard let length = off_t(exactly: size) else { throw SystemCallError(call: "ftruncate", object: path, errno: EFBIG) }
+            let fd = try openRegularFile(path, flags: O_WRONLY)
+            defer { close(fd) }
+            _ = try checked("ftruncate", path) { ftruncate(fd, length) }
         }
     }
 
-    /// Apparent size of `path`.
+    /// Apparent size of `path` (the file itself, never what a symlink points to).
     public static func size(_ path: String, deadline: Duration) async throws -> UInt64 {
         try await withAbandonableDeadline(deadline, operation: "stat \(path)") {
             var info = stat()
-            try checked("stat", path) { stat(path, &info) }
-            return UInt64(info.st_size)
+            try checked("stat", path) { lstat(path, &info) }
+            guard (info.st_mode & S_IFMT) == S_IFREG else {
+                throw SystemCallError(call: "stat (not a regular file)", object: path, errno: EINVAL)
+            }
+            return UInt64(clamping: info.st_size)
         }
     }
 }
@@ -129,10 +163,17 @@ public enum LocalFiles {
     /// Writes a whole file in one step (temporary file, fsync, rename), mode
     /// 0600 unless told otherwise (whatever the umask): a crash leaves the
     /// old contents or the new, never half.
+    ///
+    /// The temporary file has a random name and is created new (mkstemp:
+    /// O_CREAT|O_EXCL), so a symlink someone planted in a directory others
+    /// can write (a metrics collector's) is never followed; rename replaces
+    /// a link at `path` itself rather than writing through it.
     public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = 0o600) throws(SystemCallError) {
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw SystemCallError(call: "open", object: temporary, errno: errno) }
+        var template = Array("\(path).tmp-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        let temporary = String(cString: template)
+        guard fd >= 0 else { throw SystemCallError(call: "mkstemp", object: temporary, errno: errno) }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         guard fchmod(fd, mode) == 0 else {
             let chmodErrno = errno
             close(fd)
@@ -151,15 +192,25 @@ public enum LocalFiles {
         try rename(temporary, to: path)
     }
 
-    /// Size and free space (for unprivileged users) of the filesystem holding `path`.
-    public static func capacity(_ path: String) throws(SystemCallError) -> (total: UInt64, available: UInt64) {
+    /// Size, free space and free space for unprivileged users of the filesystem holding `path`.
+    public static func capacity(_ path: String) throws(SystemCallError) -> (total: UInt64, free: UInt64, available: UInt64) {
         var info = statvfs()
         _ = try checked("statvfs", path) { statvfs(path, &info) }
-        return (UInt64(info.f_blocks) * UInt64(info.f_frsize), UInt64(info.f_bavail) * UInt64(info.f_frsize))
+        // Through sshfs these are the server's numbers: saturate, never trap.
+        let block = UInt64(info.f_frsize)
+        return (saturatingProduct(UInt64(info.f_blocks), block), saturatingProduct(UInt64(info.f_bfree), block),
+                saturatingProduct(UInt64(info.f_bavail), block))
     }
 
     /// The file's text, or nil when it does not exist or cannot be read.
     public static func contents(_ path: String) -> String? {
         try? String(contentsOfFile: path, encoding: .utf8)
     }
+}
+
+/// `a * b`, or UInt64.max where it would overflow: for sizes the remote
+/// reports (block counts times block sizes), which it may make as large as it likes.
+public func saturatingProduct(_ a: UInt64, _ b: UInt64) -> UInt64 {
+    let (product, overflow) = a.multipliedReportingOverflow(by: b)
+    return overflow ? .max : product
 }

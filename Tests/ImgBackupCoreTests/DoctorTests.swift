@@ -22,6 +22,8 @@ import Testing
         func isMountPoint(_ path: String) -> Bool { mountPoints.contains(path) }
         func locate(_ program: String) -> String? { missingPrograms.contains(program) ? nil : "/usr/bin/\(program)" }
         func moduleAvailable(_ module: String) async -> Bool { false }
+        var sshfsHelp: String? = "    -o contain_symlinks    reject absolute symlinks and symlinks containing ..\n"
+        func helpText(of program: String) async -> String? { program == "sshfs" ? sshfsHelp : nil }
         func lookAtRemote(_ target: Target) async -> RemoteLook { remote }
         func lookAtNBD(_ target: Target) async -> NBDLook { nbd }
         func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook { source }

@@ -133,3 +133,27 @@ def test_an_older_copy_of_the_image_is_refused_until_a_person_accepts_it(host):
     host.ok("close", name)
     assert open(os.path.join(host.state, name, "generation")).read().strip() == "3"
     host.discard(name)
+
+
+def test_an_image_replaced_by_a_symlink_to_a_client_file_is_never_opened_or_grown(host):
+    """The remote puts a symlink where the image was, absolute or climbing out
+    with ..: through sshfs it would resolve against this machine's own files,
+    as root. Here the victim is a LUKS image the key opens, outside the
+    remote directory, so following the link would succeed."""
+    name = host.add_target("linked")
+    host.clone_image(name)
+    victim = os.path.join(host.work, "victim.img")
+    os.replace(host.image(name), victim)
+    size = os.path.getsize(victim)
+    digest = sha256_of(victim)
+    relative = os.path.relpath(victim, host.storage)
+    for target in (victim, relative):
+        os.symlink(target, host.image(name))
+        for command in (["open", name], ["resize", name, "--size", "128M"]):
+            result = host.run(*command)
+            assert result.returncode == 6, result.stderr
+            assert f"refusing to open the image {host.runtime}/{name}/remote/{name}.img: on the remote it is a symbolic link" in result.stderr
+            assert_nothing_left(host, name)
+        assert os.path.getsize(victim) == size and sha256_of(victim) == digest
+        os.remove(host.image(name))
+    os.remove(victim)

@@ -84,6 +84,11 @@ public struct SSHFSLayer: Layer {
             // remote left ext4 needing a manual fsck). With this, the write
             // that failed is the write that reports it.
             "sshfs_sync",
+            // The remote may plant symlinks: an absolute one (or one with
+            // ..) would otherwise resolve against this machine's own files,
+            // as root. sshfs refuses them with this (a default of Debian's
+            // 3.7.3-1.2~deb12u1, asked for anyway; doctor checks for it).
+            "contain_symlinks",
             // Keepalives detect a dead connection; a frozen sftp-server behind a
             // live sshd is the watchdog's job (sshd still answers keepalives).
             "ServerAliveInterval=15",

@@ -41,6 +41,8 @@ public protocol SystemInspecting: Sendable {
     func locate(_ program: String) -> String?
     /// Whether modprobe could load `module` (loaded, built in, or on disk).
     func moduleAvailable(_ module: String) async -> Bool
+    /// What `program --help` prints (stdout and stderr), nil when it cannot run.
+    func helpText(of program: String) async -> String?
     /// The remote directory of `target` as SFTP sees it.
     func lookAtRemote(_ target: Target) async -> RemoteLook
     /// The target's NBD export, connected to as the bridge would, then left.
@@ -158,6 +160,16 @@ public struct DoctorOperation {
                     .fail(
                         scope, .system, "/etc/fuse.conf lacks user_allow_other, which sshfs's allow_root needs without root",
                         fix: "echo user_allow_other >> /etc/fuse.conf"))
+            }
+        }
+        if system.locate("sshfs") != nil {
+            if let help = await system.helpText(of: "sshfs"), help.contains("contain_symlinks") {
+                findings.append(.ok(scope, "sshfs keeps the remote's symlinks inside its mount (contain_symlinks)"))
+            } else {
+                findings.append(
+                    .fail(
+                        scope, .system, "sshfs has no contain_symlinks option: a symlink the backup host plants could lead to this machine's files",
+                        fix: "upgrade sshfs (Debian 12: 3.7.3-1.2~deb12u1 or later)"))
             }
         }
         findings.append(.ok(scope, "the nbd module is not needed (imgbackup bridges NBD through FUSE)"))
@@ -330,6 +342,11 @@ public struct SystemInspector: SystemInspecting {
         return result.succeeded
     }
 
+    public func helpText(of program: String) async -> String? {
+        guard let result = try? await runner.run(Command(program, ["--help"], timeout: .seconds(10))) else { return nil }
+        return result.standardOutput + result.standardError
+    }
+
     /// One sftp session, as the target's key: cd to the directory, df, ls the image.
     public func lookAtRemote(_ target: Target) async -> RemoteLook {
         let batch = ["cd \(Self.sftpQuoted(target.remote.directory))", "df .", "-ls -ln \(Self.sftpQuoted(target.image))"]
@@ -359,18 +376,16 @@ public struct SystemInspector: SystemInspecting {
     struct SFTPFailure: Error { let reason: String }
 
     private func sftp(_ batch: [String], destination: String, port: Int, options: [String]) async -> Result<CommandResult, SFTPFailure> {
-        let batchFile: String
-        do {
-            batchFile = try Self.writeBatch(batch)
-        } catch {
-            return .failure(SFTPFailure(reason: "cannot write sftp's batch file: \(error)"))
-        }
-        defer { unlink(batchFile) }
-        var arguments = ["-b", batchFile, "-P", String(port)]
+        // The batch on stdin: one line per command, never a `!` shell escape
+        // (every line starts with a command of ours; paths are quoted and
+        // hold no line break).
+        var arguments = ["-b", "-", "-P", String(port)]
         for option in options { arguments += ["-o", option] }
         arguments.append(destination)
+        var command = Command("sftp", arguments, timeout: Self.remoteLimit)
+        command.input = .text(batch.joined(separator: "\n") + "\n")
         do {
-            return .success(try await runner.run(Command("sftp", arguments, timeout: Self.remoteLimit)))
+            return .success(try await runner.run(command))
         } catch {
             return .failure(SFTPFailure(reason: "\(error)"))
         }
@@ -417,7 +432,8 @@ public struct SystemInspector: SystemInspecting {
         }
         // "Size Used Avail (root) %Capacity" in KiB (OpenSSH's sftp df).
         let numbers = lines.dropFirst(header + 1).first?.split(separator: " ").compactMap { UInt64($0) } ?? []
-        let available = numbers.count >= 3 ? numbers[2] * 1024 : nil
+        // The server's number: saturate rather than trap.
+        let available = numbers.count >= 3 ? saturatingProduct(numbers[2], 1024) : nil
         // "-rw------- 1 0 0 100663296 Nov 22 22:00 image.img": the fifth field is the size.
         let imageBytes = lines.first { $0.hasSuffix(" \(image)") && !$0.hasPrefix("sftp>") }.flatMap { line in
             let fields = line.split(separator: " ")
@@ -427,14 +443,11 @@ public struct SystemInspector: SystemInspecting {
     }
 
     /// sftp's batch syntax: double quotes, with \ and " escaped inside.
+    /// One quoted word for sftp's batch; a line break (which would start a
+    /// new batch line) becomes a space, which matches no real path.
     static func sftpQuoted(_ word: String) -> String {
-        "\"" + word.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
-    }
-
-    private static func writeBatch(_ lines: [String]) throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("imgbackup-doctor-\(getpid()).sftp").path
-        try LocalFiles.writeAtomically(path, lines.joined(separator: "\n") + "\n")
-        return path
+        let oneLine = word.replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\r", with: " ")
+        return "\"" + oneLine.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 }
 

@@ -193,12 +193,9 @@ public struct StatusOperation {
     }
 
     static func usage(_ mountPoint: String) -> TargetStatus.Usage? {
-        var info = statvfs()
-        guard statvfs(mountPoint, &info) == 0 else { return nil }
-        let block = UInt64(info.f_frsize)
-        let size = UInt64(info.f_blocks) * block
+        guard let capacity = try? LocalFiles.capacity(mountPoint) else { return nil }
         return TargetStatus.Usage(
-            sizeBytes: size, usedBytes: size - UInt64(info.f_bfree) * block, availableBytes: UInt64(info.f_bavail) * block)
+            sizeBytes: capacity.total, usedBytes: capacity.total - min(capacity.free, capacity.total), availableBytes: capacity.available)
     }
 }
 
