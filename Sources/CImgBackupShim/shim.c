@@ -101,3 +101,14 @@ int imgb_dm_remove(const char *name) {
     close(control);
     return status;
 }
+
+int imgb_set_not_dumpable(void) {
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+int imgb_protect_secret_pages(void *buffer, size_t length) {
+    int result = 0;
+    if (madvise(buffer, length, MADV_DONTDUMP) != 0) result = -errno;
+    if (mlock(buffer, length) != 0 && result == 0) result = -errno;
+    return result;
+}

@@ -10,6 +10,10 @@ public enum KeyFileProblem: Error, Sendable, Equatable {
     case empty
     case tooLarge(limit: Int)
     case unreadable(SystemCallError)
+    /// Owned by another user than the one reading it (root, for a run).
+    case foreignOwner(uid: UInt32)
+    /// Its directory lets others replace it: the directory and its mode.
+    case looseDirectory(path: String, mode: UInt32)
 
     public static func == (lhs: KeyFileProblem, rhs: KeyFileProblem) -> Bool {
         switch (lhs, rhs) {
@@ -17,6 +21,8 @@ public enum KeyFileProblem: Error, Sendable, Equatable {
         case (.notRegularFile, .notRegularFile), (.empty, .empty): return true
         case (.tooLarge(let a), .tooLarge(let b)): return a == b
         case (.unreadable(let a), .unreadable(let b)): return a.errno == b.errno
+        case (.foreignOwner(let a), .foreignOwner(let b)): return a == b
+        case (.looseDirectory(let a, let m), .looseDirectory(let b, let n)): return a == b && m == n
         default: return false
         }
     }
@@ -24,14 +30,19 @@ public enum KeyFileProblem: Error, Sendable, Equatable {
 
 /// Reads a key file the way `cryptsetup --key-file` does (every byte,
 /// trailing newline included), after refusing one that group or others can
-/// read or write.
+/// read or write, one another user owns, or one in a directory others could
+/// swap it in. Opened without following a symlink and without blocking, so
+/// a FIFO at the path is refused instead of hanging a run forever.
 public enum KeyFile {
     /// cryptsetup's default key file size limit.
     public static let sizeLimit = 8 * 1024 * 1024
 
     public static func read(path: String) throws(KeyFileProblem) -> SecureBytes {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
-        guard fd >= 0 else { throw .unreadable(SystemCallError(call: "open", object: path, errno: errno)) }
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)
+        guard fd >= 0 else {
+            if errno == ELOOP { throw .notRegularFile }
+            throw .unreadable(SystemCallError(call: "open", object: path, errno: errno))
+        }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
@@ -40,6 +51,8 @@ public enum KeyFile {
         guard (info.st_mode & S_IFMT) == S_IFREG else { throw .notRegularFile }
         let mode = UInt32(info.st_mode & 0o7777)
         guard mode & 0o077 == 0 else { throw .loosePermissions(mode: mode) }
+        guard info.st_uid == geteuid() else { throw .foreignOwner(uid: info.st_uid) }
+        try requireSafeDirectory(of: path)
         guard info.st_size > 0 else { throw .empty }
         guard info.st_size <= sizeLimit else { throw .tooLarge(limit: sizeLimit) }
 
@@ -63,6 +76,22 @@ public enum KeyFile {
 }
 
 extension KeyFile {
+    /// The key file's directory: others may not write it (they could put
+    /// their own key in its place), unless it is sticky (/tmp-like: they
+    /// cannot replace a file they do not own).
+    static func requireSafeDirectory(of path: String) throws(KeyFileProblem) {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) }.map { $0.isEmpty ? "/" : $0 } ?? "."
+        var info = stat()
+        guard stat(directory, &info) == 0 else {
+            throw .unreadable(SystemCallError(call: "stat", object: directory, errno: errno))
+        }
+        let mode = UInt32(info.st_mode & 0o7777)
+        let othersMayReplace = mode & 0o022 != 0 && mode & UInt32(S_ISVTX) == 0
+        if othersMayReplace || (info.st_uid != geteuid() && info.st_uid != 0) {
+            throw .looseDirectory(path: directory, mode: mode)
+        }
+    }
+
     /// The most a key read from a stream (stdin, `--key-fd`, a key
     /// command's output) may be. One buffer of this size is filled, so the
     /// key is never copied by a growing array and left behind in freed memory.

@@ -7,15 +7,28 @@ import Glibc
 
 /// mount(2) and umount2(2), run where a deadline can abandon them.
 public enum Mounts {
-    /// Mounts `device` at `mountPoint`. On storage that stopped answering the
-    /// syscall can block in the kernel forever: the deadline abandons it.
+    /// Mounts `device` at `mountPoint`, nosuid and nodev: what the backups
+    /// hold (a set-uid program, a device node copied from a source) never
+    /// takes effect here. On storage that stopped answering the syscall can
+    /// block in the kernel forever: the deadline abandons it.
     public static func mount(
         device: String, at mountPoint: String, type: String, options: String = "", deadline: Duration
     ) async throws {
         try await withAbandonableDeadline(deadline, operation: "mount \(device) on \(mountPoint)") {
             _ = try checked("mount", mountPoint) {
-                Glibc.mount(device, mountPoint, type, 0, options.isEmpty ? nil : options)
+                Glibc.mount(device, mountPoint, type, UInt(MS_NOSUID | MS_NODEV), options.isEmpty ? nil : options)
             }
+        }
+    }
+
+    /// Makes the root of the filesystem mounted at `mountPoint` root's alone
+    /// (0700): other local users cannot read the backups, nor sit in the
+    /// mount and keep it busy when the run wants to unmount it.
+    public static func restrictRootToOwner(_ mountPoint: String) throws(SystemCallError) {
+        var info = stat()
+        _ = try checked("stat", mountPoint) { stat(mountPoint, &info) }
+        if info.st_mode & 0o077 != 0 {
+            _ = try checked("chmod", mountPoint) { chmod(mountPoint, 0o700) }
         }
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ImgBackupCore
+import ImgBackupOS
 
 /// Runs the command and turns every failure into one line on stderr and the
 /// exit status design.md promises. argument-parser's own errors (usage, help)
@@ -8,6 +9,7 @@ import ImgBackupCore
 @main
 enum Entry {
     static func main() async {
+        ProcessHardening.apply()
         do {
             var command = try ImgBackup.parseAsRoot(
                 GlobalOptions.movingLeadingGlobals(Array(CommandLine.arguments.dropFirst())))

@@ -26,6 +26,36 @@ import Testing
         let error = #expect(throws: KeyFileProblem.self) { try KeyFile.read(path: "\(scratch.path)/missing") }
         if case .unreadable(let cause) = error { #expect(cause.errno == ENOENT) } else { Issue.record("got \(String(describing: error))") }
     }
+
+    /// A FIFO at key_file would block a run forever; a symlink could lead anywhere.
+    @Test func refusesAFIFOAndASymlinkWithoutBlocking() {
+        let scratch = ScratchDirectory()
+        let fifo = "\(scratch.path)/fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        #expect(throws: KeyFileProblem.notRegularFile) { try KeyFile.read(path: fifo) }
+        let key = scratch.file("key", size: 0, mode: 0o600, contents: Array("secret".utf8))
+        #expect(symlink(key, "\(scratch.path)/link") == 0)
+        #expect(throws: KeyFileProblem.notRegularFile) { try KeyFile.read(path: "\(scratch.path)/link") }
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "chown needs root"))
+    func refusesAKeyOwnedByAnotherUser() {
+        let scratch = ScratchDirectory()
+        let key = scratch.file("key", size: 0, mode: 0o600, contents: Array("secret".utf8))
+        #expect(chown(key, 64_000, 64_000) == 0)
+        #expect(throws: KeyFileProblem.foreignOwner(uid: 64_000)) { try KeyFile.read(path: key) }
+    }
+
+    /// Others who may write the directory could swap the key for their own; a
+    /// sticky directory (like /tmp) keeps them from replacing our file.
+    @Test func refusesAKeyInADirectoryOthersMayWrite() {
+        let scratch = ScratchDirectory()
+        let key = scratch.file("key", size: 0, mode: 0o600, contents: Array("secret".utf8))
+        #expect(chmod(scratch.path, 0o777) == 0)
+        #expect(throws: KeyFileProblem.looseDirectory(path: scratch.path, mode: 0o777)) { try KeyFile.read(path: key) }
+        #expect(chmod(scratch.path, 0o1777) == 0)
+        #expect(throws: Never.self) { _ = try KeyFile.read(path: key) }
+    }
 }
 
 #if canImport(Glibc)

@@ -217,3 +217,46 @@ def test_the_key_never_reaches_argv_environment_output_logs_state_or_the_remote(
         while chunk := image.read(1 << 20):
             assert secret not in chunk
     assert_nothing_left(host, name)
+
+
+def process_memory_contains(pid, needle):
+    """Whether any readable mapping of process `pid` holds `needle` (root
+    reads /proc/PID/mem even of a process that is not dumpable)."""
+    found = False
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as memory:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            if "r" not in fields[1] or fields[-1] in ("[vvar]", "[vsyscall]"):
+                continue
+            try:
+                memory.seek(start)
+                if needle in memory.read(end - start):
+                    found = True
+            except (OSError, ValueError, OverflowError):
+                continue
+    return found
+
+
+def test_the_key_is_gone_from_the_process_memory_while_the_copy_step_runs(host):
+    """Issue 17: the key is kept only until the mapping is up; during the
+    copy step (which may take hours) a crash or a memory read finds nothing."""
+    key = open(os.path.join(host.work, "keys", "demo.key"), "rb").read()
+    ready = os.path.join(host.work, "keymem.ready")
+    name = host.add_target("keymem", tables={"copy": {
+        "method": "command", "command": ["sh", "-c", f"touch {ready}; sleep 15"]}})
+    host.clone_image(name)
+    run = subprocess.Popen([BIN, "--config", host.config, "run", name], env=host.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(ready) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert os.path.exists(ready), "the copy step never started"
+        assert not process_memory_contains(run.pid, key), "the key is still in imgbackup's memory during the copy step"
+    finally:
+        out, err = run.communicate(timeout=300)
+        print(out.decode(errors="replace") + err.decode(errors="replace"))
+    assert run.returncode == 0
+    os.remove(ready)
+    host.discard(name)

@@ -49,6 +49,16 @@ int imgb_syncfs(int fd);
 /// (writeback deadlock). prctl is variadic, hence the wrapper.
 int imgb_set_io_flusher(void);
 
+/// prctl(PR_SET_DUMPABLE, 0): no core dump of this process (it holds
+/// key bytes), and other users' processes cannot ptrace it or read its
+/// memory through /proc. Returns 0 or -errno.
+int imgb_set_not_dumpable(void);
+
+/// Keeps `length` bytes at `buffer` (page-aligned) out of swap (mlock) and
+/// out of core dumps (MADV_DONTDUMP). Returns 0, or -errno of the first
+/// call that failed (mlock fails beyond RLIMIT_MEMLOCK: the caller goes on).
+int imgb_protect_secret_pages(void *buffer, size_t length);
+
 /// EXT4_IOC_SHUTDOWN with EXT4_GOING_FLAGS_NOLOGFLUSH on a descriptor of the
 /// mounted filesystem: the journal is aborted as at a power cut, writing
 /// nothing more. Returns 0 or -errno.

@@ -85,6 +85,9 @@ public enum KeyLoader {
         case .empty: "it is empty"
         case .tooLarge(let limit): "larger than \(ByteSize.format(UInt64(limit)))"
         case .unreadable(let error): error.reason
+        case .foreignOwner(let uid): "it belongs to another user (uid \(uid))"
+        case .looseDirectory(let directory, let mode):
+            "others can replace it: its directory \(directory) is writable by group or others or not ours (mode \(String(mode, radix: 8)))"
         }
     }
 
@@ -92,6 +95,10 @@ public enum KeyLoader {
         switch problem {
         case .loosePermissions:
             return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))", hint: fix.isEmpty ? nil : fix)
+        case .foreignOwner:
+            return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))", hint: "chown root: it, or keep the key elsewhere")
+        case .looseDirectory:
+            return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))", hint: "keep key files in a directory only root can write, such as /etc/imgbackup/keys (mode 700)")
         case .unreadable:
             return ImgBackupError(.badKey, "failed to read \(what): \(describe(problem))")
         case .notRegularFile, .empty, .tooLarge:

@@ -39,7 +39,7 @@ public struct FilesystemLayer: Layer {
                 hint: "check 'filesystem' in the target's config")
         }
         do {
-            try LocalFiles.makeDirectories(mountPoint, mode: 0o755)
+            try LocalFiles.makeDirectories(mountPoint, mode: 0o700)
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "create the mount point \(mountPoint)")
         }
@@ -54,6 +54,12 @@ public struct FilesystemLayer: Layer {
                 hint: "the image may be truncated (compare the remote file's size with the target's size) or its filesystem damaged")
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "mount \(device) at \(mountPoint)")
+        }
+        do {
+            try Mounts.restrictRootToOwner(mountPoint)
+        } catch {
+            // The stack recorded the intent before up(): its unwind unmounts.
+            throw ImgBackupError.wrapping(error, .system, failedTo: "make \(mountPoint) root's alone")
         }
         return intent
     }

@@ -85,11 +85,16 @@ public struct RunOperation: Sendable {
     /// image was open; a failure after that is in the outcome, and the
     /// stack is closed either way.
     private func cycle(_ copy: Target.Copy) async throws(ImgBackupError) -> Outcome {
-        let key = try await environment.key(for: target)
-        let lock = try TargetLock.acquire(target, paths: environment.paths)
-        defer { withExtendedLifetime(lock) {} }
         let open = OpenOperation(target: target, environment: environment, breakLock: breakLock)
-        let mountPoint = try await open.bringUp(key: key, operation: Self.operationName, sources: copy)
+        // The key lives only until the mapping is up: nothing holds it
+        // during the copy step, so its pages are wiped (SecureBytes) before
+        // any copy tool runs.
+        let (lock, mountPoint) = try await { () async throws(ImgBackupError) in
+            let key = try await environment.key(for: target)
+            let lock = try TargetLock.acquire(target, paths: environment.paths)
+            return (lock, try await open.bringUp(key: key, operation: Self.operationName, sources: copy))
+        }()
+        defer { withExtendedLifetime(lock) {} }
 
         var outcome = Outcome()
         let device = "/dev/mapper/\(target.mappingName)"
