@@ -153,9 +153,12 @@ final class NBDEventLoop: @unchecked Sendable {
                     // Pairs of (length, flags).
                     var index = 0
                     while index + 1 < count {
+                        // The server's numbers: 32-bit lengths, a count it chose; saturate, never trap.
                         let length = UInt64(entries[index])
-                        request.covered += length
-                        if entries[index + 1] & UInt32(LIBNBD_STATE_HOLE) == 0 { request.allocated += length }
+                        request.covered += min(length, .max - request.covered)
+                        if entries[index + 1] & UInt32(LIBNBD_STATE_HOLE) == 0 {
+                            request.allocated += min(length, .max - request.allocated)
+                        }
                         index += 2
                     }
                     return 0

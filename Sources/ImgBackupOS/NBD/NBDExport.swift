@@ -92,11 +92,22 @@ public final class NBDExport: @unchecked Sendable {
             let request = NBDRequest(.blockStatus(count: min(size - offset, 1 << 31), offset: offset))
             let error = perform(request, on: loops[0])
             if error != 0 { return .failure(SystemCallError(call: "nbd_block_status", object: "export", errno: error)) }
-            guard request.covered > 0 else { break }
-            allocated += request.allocated
-            offset += request.covered
+            guard let step = Self.step(offset: offset, size: size, covered: request.covered, allocated: request.allocated) else { break }
+            allocated += step.allocated
+            offset += step.covered
         }
         return .success(allocated)
+    }
+
+    /// How far one block-status answer moves the scan: the server says how
+    /// much it covered and how much of that is allocated, and may say more
+    /// than was asked (or than exists). Clamped to what is left of the
+    /// export, so no answer can overflow or run the count past `size`;
+    /// nil when it covered nothing (the scan stops).
+    static func step(offset: UInt64, size: UInt64, covered: UInt64, allocated: UInt64) -> (covered: UInt64, allocated: UInt64)? {
+        guard covered > 0, offset < size else { return nil }
+        let covered = min(covered, size - offset)
+        return (covered, min(allocated, covered))
     }
 
     private func perform(_ request: NBDRequest, on loop: NBDEventLoop) -> Int32 {
