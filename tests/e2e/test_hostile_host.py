@@ -8,15 +8,15 @@ import shutil
 import subprocess
 
 from conftest import assert_nothing_left, sha256_of
-from luks2_forge import null_keyslot, read_metadata
+from luks2_forge import null_keyslot
 
 
 def attacker_image(host, name, work):
     """What the host does: format an image of its own with a volume key it
     chose, copy our header's UUID into it (plaintext, in the header), and
     turn keyslot 0 into cipher_null so that any passphrase opens it."""
+    # The UUID as plaintext bytes of our header: the forged one gets them exactly.
     with open(host.image(name), "rb") as ours:
-        _, metadata = read_metadata(ours)
         ours.seek(168)
         uuid = ours.read(40).split(b"\0")[0].decode()
     volume_key = os.urandom(64)
@@ -31,7 +31,15 @@ def attacker_image(host, name, work):
                     "--volume-key-file", os.path.join(work, "vk"), "--key-size", "512", "--sector-size", "4096",
                     "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
                     "--key-file", os.path.join(work, "attacker.key"), forged], check=True)
-    null_keyslot(forged, volume_key)
+    null_keyslot(forged, volume_key, uuid=uuid)
+    # And a filesystem inside, so that a client fooled by the header would
+    # mount it and write its backup there, under the host's volume key.
+    mapping = f"attacker-{os.path.basename(work)}"
+    subprocess.run(["cryptsetup", "open", "--key-file", os.path.join(work, "attacker.key"), forged, mapping], check=True)
+    try:
+        subprocess.run(["mkfs.ext4", "-q", f"/dev/mapper/{mapping}"], check=True)
+    finally:
+        subprocess.run(["cryptsetup", "close", mapping], check=True)
     return forged, volume_key
 
 
