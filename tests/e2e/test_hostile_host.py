@@ -7,8 +7,10 @@ import os
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import assert_nothing_left, sha256_of
-from luks2_forge import null_keyslot
+from luks2_forge import null_keyslot, read_metadata
 
 
 def attacker_image(host, name, work):
@@ -165,3 +167,64 @@ def test_an_image_replaced_by_a_symlink_to_a_client_file_is_never_opened_or_grow
         assert os.path.getsize(victim) == size and sha256_of(victim) == digest
         os.remove(host.image(name))
     os.remove(victim)
+
+
+def find_block(device, block):
+    """The offset of the 4 KiB `block` on `device`, scanning 4 KiB-aligned blocks."""
+    with open(device, "rb") as source:
+        offset = 0
+        while True:
+            chunk = source.read(16 << 20)
+            if not chunk:
+                return None
+            for start in range(0, len(chunk), 4096):
+                if chunk[start:start + 4096] == block:
+                    return offset + start
+            offset += len(chunk)
+
+
+@pytest.mark.parametrize("filesystem", ["ext4", "btrfs"])
+def test_what_each_filesystem_detects_when_the_host_flips_ciphertext_of_file_data(host, filesystem):
+    """What remains (docs/threat-model.md): XTS has no integrity. The host
+    flips one byte in each of 4 encrypted sectors of a file's data; ext4
+    hands back the file with 16 bytes of noise per flip (one AES block),
+    btrfs refuses to read it (its data checksums)."""
+    name = host.add_target(f"flip_{filesystem}", filesystem=filesystem, size="160M")
+    if filesystem == "ext4":
+        host.clone_image(name)
+    else:
+        host.ok("init", name)
+    data = os.urandom(1 << 20)
+    mount = host.ok("open", name).stdout.strip()
+    with open(os.path.join(mount, "file.bin"), "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    offset = find_block(f"/dev/mapper/imgbackup-{name}", data[:4096])
+    host.ok("close", name)
+    assert offset is not None, "the file's first block is not on the device"
+    with open(host.image(name), "r+b") as image:
+        _, metadata = read_metadata(image)
+        start = int(metadata["segments"]["0"]["offset"]) + offset
+        for sector in (0, 1, 7, 100):  # 4 KiB sectors of the file's first extent
+            image.seek(start + sector * 4096 + 123)
+            byte = image.read(1)
+            image.seek(start + sector * 4096 + 123)
+            image.write(bytes([byte[0] ^ 0x01]))
+    mount = host.ok("open", name).stdout.strip()
+    try:
+        with open(os.path.join(mount, "file.bin"), "rb") as source:
+            read = source.read()
+        outcome = "read"
+    except OSError as error:
+        outcome, read = f"error {error.errno}", b""
+    host.ok("close", name)
+    differing = sum(1 for a, b in zip(read, data) if a != b)
+    print(f"{filesystem}: {outcome}, {differing} bytes differ after 4 flipped ciphertext bytes")
+    if filesystem == "ext4":
+        # Undetected: the file reads back, 4 AES blocks (16 bytes each) of noise.
+        assert outcome == "read" and len(read) == len(data)
+        assert 4 * 16 - 8 <= differing <= 4 * 16
+    else:
+        assert outcome == "error 5", "btrfs's checksums must refuse the damaged data (EIO)"
+    host.discard(name)
