@@ -228,3 +228,36 @@ def test_what_each_filesystem_detects_when_the_host_flips_ciphertext_of_file_dat
     else:
         assert outcome == "error 5", "btrfs's checksums must refuse the damaged data (EIO)"
     host.discard(name)
+
+
+def test_a_lock_file_with_terminal_escapes_is_printed_as_text(host):
+    """The host writes escape sequences and line breaks into the lock file's
+    fields: the refusal stays one line, with the bytes escaped."""
+    name = host.add_target("escapes")
+    host.clone_image(name)
+    with open(host.image(name) + ".lock", "w") as lock:
+        lock.write("host=evil\x1b[2J\x1b]0;owned\x07\npid=4242\ntarget=x\u202ey\nsince=now\ntoken=abc\n")
+    result = host.run("open", name)
+    assert result.returncode == 4, result.stderr
+    assert "\x1b" not in result.stderr and "\u202e" not in result.stderr and "\x07" not in result.stderr
+    assert "evil\\u{1b}[2J\\u{1b}]0;owned\\u{7}" in result.stderr and "x\\u{202e}y" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    os.remove(host.image(name) + ".lock")
+    assert_nothing_left(host, name)
+    host.discard(name)
+
+
+def test_the_decrypted_mount_is_roots_alone_and_honours_no_devices_or_setuid(host):
+    """Other local users can neither read the backups nor sit in the mount;
+    a device node or set-uid program inside a backup takes no effect here."""
+    name = host.add_target("private")
+    host.clone_image(name)
+    mount = host.ok("open", name).stdout.strip()
+    try:
+        assert os.stat(mount).st_mode & 0o777 == 0o700
+        with open("/proc/self/mountinfo") as mountinfo:
+            options = next(line.split()[5] for line in mountinfo if line.split()[4] == mount)
+        assert "nosuid" in options.split(",") and "nodev" in options.split(","), options
+    finally:
+        host.ok("close", name)
+    host.discard(name)
