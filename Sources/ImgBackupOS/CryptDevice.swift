@@ -220,10 +220,12 @@ public final class CryptDevice {
     /// (after that device grew). LUKS2 keeps the volume key in the kernel
     /// keyring only while activating, so `key` unlocks it again first; the
     /// mapping itself is never closed.
-    public static func growActive(name: String, key: SecureBytes) throws(CryptSetupError) {
+    /// With `detachedHeader`, the metadata and keyslots come from that local
+    /// file (a checked copy), not from the device under the mapping.
+    public static func growActive(name: String, key: SecureBytes, detachedHeader: String? = nil) throws(CryptSetupError) {
         silenceGlobalLog()
         var cd: OpaquePointer?
-        let status = crypt_init_by_name(&cd, name)
+        let status = crypt_init_by_name_and_header(&cd, name, detachedHeader)
         guard status == 0, let cd else {
             throw CryptSetupError(call: "crypt_init_by_name", device: "/dev/mapper/\(name)", errno: -status, log: nil)
         }

@@ -266,11 +266,14 @@ def sha256_of(path, limit=None):
 
 
 def tree_digest(root):
-    """sha256 of every file under root, by relative path (lost+found aside)."""
+    """sha256 of every file under root, by relative path (lost+found and
+    imgbackup's own generation marker at the filesystem's root aside)."""
     result = {}
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = [d for d in subdirs if d != "lost+found"]
         for name in files:
+            if name == ".imgbackup-generation" and directory == root:
+                continue
             path = os.path.join(directory, name)
             result[os.path.relpath(path, root)] = sha256_of(path)
     return result

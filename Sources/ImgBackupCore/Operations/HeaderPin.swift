@@ -86,7 +86,7 @@ struct CheckedHeader {
             copies = try LUKS2Metadata.readCopies(device: device)
         } catch .noPrimaryHeader {
             throw ImgBackupError(
-                .luks, "failed to unlock the image: it has no LUKS2 header", hint: "is this an imgbackup image? 'imgbackup init' makes one")
+                .luks, "failed to unlock the image: it has no LUKS header", hint: "is this an imgbackup image? 'imgbackup init' makes one")
         } catch {
             throw ImgBackupError(.luks, "failed to read the LUKS2 header: \(error)")
         }

@@ -126,12 +126,26 @@ public struct ResizeOperation {
             }
         }
         let mapping = target.mappingName
+        // Growing the mapping unlocks the header again: check it against the
+        // pin as open does, and let libcryptsetup read only the checked copy,
+        // or a header swapped in since the open would change the live key.
+        let (name, expected) = (target.name, LUKSIdentity(paths: environment.paths).expectation(for: target.name))
+        let detached = environment.paths.detachedHeader(target.name)
         do {
             try await withAbandonableDeadline(remoteCall, operation: "grow the loop device and /dev/mapper/\(mapping)") {
-                for device in LoopDevice.devices(backingFile: image) {
+                let devices = LoopDevice.devices(backingFile: image)
+                for device in devices {
                     try LoopDevice.refreshCapacity(device)
                 }
-                try CryptDevice.growActive(name: mapping, key: key)
+                guard let device = devices.first else {
+                    throw ImgBackupError(.invalidState, "no loop device is attached to \(image)", hint: "run 'imgbackup close \(name)', then resize again")
+                }
+                let header = try CheckedHeader.read(device: device, expected: expected)
+                try LUKS2Metadata.withDetachedHeader(
+                    from: device, copies: header.copies, areas: header.keyslotAreas, length: header.dataOffset, at: detached
+                ) { () throws in
+                    try CryptDevice.growActive(name: mapping, key: key, detachedHeader: detached)
+                }
             }
         } catch let error as CryptSetupError where error.isWrongKey {
             throw ImgBackupError(.badKey, "failed to grow /dev/mapper/\(mapping): the key does not open \(target.image)")
