@@ -6,7 +6,7 @@ import ImgBackupOS
 public struct ImgBackupError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         public let name: String
-        /// The process exit status (design.md: 0 ok, 1 usage/config, 2 copy
+        /// The process exit status (docs/usage.md: 0 ok, 1 usage/config, 2 copy
         /// step, 3 hang, 4 locked/open, 5 key/LUKS, others for the rest).
         public let exitStatus: Int32
 

@@ -12,7 +12,7 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Say what is happening (twice for debug detail).")
     var verbose: Int
 
-    /// design.md's command line is `imgbackup [--config FILE] COMMAND ...`:
+    /// The documented command line is `imgbackup [--config FILE] COMMAND ...`:
     /// global options may come before the subcommand. argument-parser reads
     /// options per subcommand, so move leading ones to just after it.
     /// Subcommands that only hold subcommands.

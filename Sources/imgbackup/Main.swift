@@ -4,7 +4,7 @@ import ImgBackupCore
 import ImgBackupOS
 
 /// Runs the command and turns every failure into one line on stderr and the
-/// exit status design.md promises. argument-parser's own errors (usage, help)
+/// exit status docs/usage.md promises. argument-parser's own errors (usage, help)
 /// keep their text but exit 1 for usage errors, as the contract says.
 @main
 enum Entry {
