@@ -17,13 +17,18 @@ public struct LUKS2MetadataCopy: Sendable {
     /// The JSON area up to its first NUL, as libcryptsetup reads it; nil
     /// when that is not valid UTF-8.
     public let json: String?
+    /// Every byte of the copy as it was read (binary header and JSON area):
+    /// what the detached header is made of, so libcryptsetup gets the very
+    /// bytes that were checked, not a second answer from the remote.
+    public let raw: [UInt8]
 
-    public init(offset: UInt64, size: UInt64, sequenceID: UInt64, uuid: String, json: String?) {
+    public init(offset: UInt64, size: UInt64, sequenceID: UInt64, uuid: String, json: String?, raw: [UInt8] = []) {
         self.offset = offset
         self.size = size
         self.sequenceID = sequenceID
         self.uuid = uuid
         self.json = json
+        self.raw = raw
     }
 }
 
@@ -58,9 +63,10 @@ public enum LUKS2Metadata {
     }
 
     /// Runs `body` while `path` holds a detached header (a new file, mode
-    /// 0600): the metadata copies and the keyslot areas `areas` (offset,
-    /// length), read from `device`, everything else a hole, `length` bytes
-    /// in all. Everything else libcryptsetup could read as a header is zeros.
+    /// 0600): the metadata copies as they were read and checked, and the
+    /// keyslot areas `areas` (offset, length), read from `device` (their
+    /// contents need no check: the pinned digest verifies what they unlock),
+    /// everything else a hole, `length` bytes in all. Everything else libcryptsetup could read as a header is zeros.
     /// The file is removed afterwards (and a stale one before).
     public static func withDetachedHeader<T>(
         from device: String, copies: [LUKS2MetadataCopy], areas: [(offset: UInt64, length: UInt64)], length: UInt64,
@@ -79,10 +85,18 @@ public enum LUKS2Metadata {
         let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw .io(SystemCallError(call: "open", object: path, errno: errno)) }
         defer { close(descriptor) }
-        let ranges = copies.map { (offset: $0.offset, length: $0.size) } + areas
-        for range in ranges {
-            let bytes = try source.read(at: range.offset, count: Int(range.length))
-            let written = bytes.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, off_t(range.offset)) }
+        var pieces: [(offset: UInt64, bytes: [UInt8])] = []
+        for copy in copies {
+            guard copy.raw.count == Int(copy.size) else {
+                throw .badHeader(device: device, offset: copy.offset, reason: "was not read whole")
+            }
+            pieces.append((copy.offset, copy.raw))
+        }
+        for area in areas {
+            pieces.append((area.offset, try source.read(at: area.offset, count: Int(area.length))))
+        }
+        for (offset, bytes) in pieces {
+            let written = bytes.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
             guard written == bytes.count else {
                 throw .io(SystemCallError(call: "pwrite", object: path, errno: written < 0 ? errno : EIO))
             }
@@ -153,6 +167,6 @@ private final class DeviceFile {
         let text = String(validating: area.prefix { $0 != 0 }, as: UTF8.self)
         return LUKS2MetadataCopy(
             offset: offset, size: size, sequenceID: sequenceID,
-            uuid: String(decoding: uuidBytes, as: UTF8.self), json: text)
+            uuid: String(decoding: uuidBytes, as: UTF8.self), json: text, raw: header + area)
     }
 }

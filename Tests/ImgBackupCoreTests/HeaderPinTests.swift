@@ -165,4 +165,30 @@ import Testing
         #expect(slot == 0)
         #expect(!FileManager.default.fileExists(atPath: detached))
     }
+
+    /// The remote answers the check with one header and the next read with
+    /// another: the detached copy holds what was checked, byte for byte.
+    @Test func theDetachedCopyHoldsTheCheckedBytesWhateverTheDeviceSaysNext() throws {
+        let scratch = makeScratchDirectory("pin")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let image = try Self.image(scratch)
+        let header = try CheckedHeader.read(device: image, expected: .firstUse)
+        // After the check, the "remote" changes both metadata copies.
+        let handle = try #require(FileHandle(forWritingAtPath: image))
+        try handle.seek(toOffset: 0)
+        handle.write(Data(count: Int(2 * header.copies[0].size)))
+        try handle.close()
+        let detached = "\(scratch)/detached"
+        try LUKS2Metadata.withDetachedHeader(
+            from: image, copies: header.copies, areas: header.keyslotAreas, length: header.dataOffset, at: detached
+        ) { () throws in
+            let written = try #require(FileManager.default.contents(atPath: detached))
+            for copy in header.copies {
+                #expect(Array(written[Int(copy.offset)..<Int(copy.offset + copy.size)]) == copy.raw)
+            }
+            let crypt = try CryptDevice(devicePath: image, detachedHeader: detached)
+            try crypt.load()
+            #expect(try crypt.activate(name: nil, key: Self.key("right key")) == 0)
+        }
+    }
 }
