@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 /* From fs/ext4/ext4.h, which is not a uapi header (the same number as XFS_IOC_GOINGDOWN). */
@@ -111,4 +112,30 @@ int imgb_protect_secret_pages(void *buffer, size_t length) {
     if (madvise(buffer, length, MADV_DONTDUMP) != 0) result = -errno;
     if (mlock(buffer, length) != 0 && result == 0) result = -errno;
     return result;
+}
+
+static volatile int imgb_stop_signal_fd = -1;
+
+static void imgb_on_stop_signal(int signal) {
+    int saved = errno;
+    unsigned char number = (unsigned char)signal;
+    ssize_t written = write(imgb_stop_signal_fd, &number, 1);
+    (void)written; /* a full pipe already holds a signal to act on */
+    errno = saved;
+}
+
+int imgb_catch_stop_signals(void) {
+    int ends[2];
+    if (pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) return -errno;
+    imgb_stop_signal_fd = ends[1];
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = imgb_on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    const int signals[] = {SIGTERM, SIGINT, SIGHUP};
+    for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
+        if (sigaction(signals[i], &action, NULL) != 0) return -errno;
+    }
+    return ends[0];
 }

@@ -7,8 +7,16 @@ import Glibc
 /// Counters of a block device from /sys/block/NAME/stat: how a watcher tells
 /// that writes are making progress without touching the device itself.
 public struct BlockDeviceStats: Sendable, Equatable {
+    public init(sectorsRead: UInt64, sectorsWritten: UInt64) {
+        self.sectorsRead = sectorsRead
+        self.sectorsWritten = sectorsWritten
+    }
+
     public let sectorsRead: UInt64
     public let sectorsWritten: UInt64
+    /// Kernels since 4.18 count discards too (what fstrim sends).
+    public var sectorsDiscarded: UInt64 = 0
+    public var bytesDiscarded: UInt64 { sectorsDiscarded * 512 }
     public var bytesWritten: UInt64 { sectorsWritten * 512 }
     public var bytesRead: UInt64 { sectorsRead * 512 }
 
@@ -21,7 +29,9 @@ public struct BlockDeviceStats: Sendable, Equatable {
         let fields = text.split(separator: " ").compactMap { UInt64($0) }
         // Field 3 is sectors read, field 7 sectors written (Documentation/block/stat.rst).
         guard fields.count >= 7 else { return nil }
-        return BlockDeviceStats(sectorsRead: fields[2], sectorsWritten: fields[6])
+        var stats = BlockDeviceStats(sectorsRead: fields[2], sectorsWritten: fields[6])
+        if fields.count >= 15 { stats.sectorsDiscarded = fields[14] }  // field 15: sectors discarded
+        return stats
     }
 
     /// "dm-3" for /dev/mapper/x, "loop0" for /dev/loop0.

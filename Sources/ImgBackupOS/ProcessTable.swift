@@ -45,8 +45,24 @@ public enum ProcessTable {
                     return pid
                 }
             }
+            // A mapped file keeps the mount busy too (a tool's mmap of what it reads).
+            if let maps = KernelFile.text("/proc/\(entry)/maps"),
+                maps.split(separator: "\n").contains(where: { line in line.firstIndex(of: "/").map { isUnder(String(line[$0...])) } ?? false })
+            {
+                return pid
+            }
             return nil
         }
+    }
+
+    /// Whether `pid` is a live process: not gone, and not a zombie waiting
+    /// to be reaped (its files are closed already).
+    public static func isAlive(_ pid: pid_t) -> Bool {
+        guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
+        // /proc/PID/stat: "pid (comm) S ...": the state follows the last ')'.
+        guard let text = KernelFile.text("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return true }
+        let state = text[text.index(after: close)...].drop(while: { $0 == " " }).first
+        return state != "Z" && state != "X"
     }
 
     /// SIGTERM, up to `grace` for them to go, then SIGKILL.
@@ -54,9 +70,44 @@ public enum ProcessTable {
         for pid in pids { kill(pid, SIGTERM) }
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: grace)
-        while clock.now < deadline, pids.contains(where: { kill($0, 0) == 0 }) {
+        while clock.now < deadline, pids.contains(where: { isAlive($0) }) {
             try? await Task.sleep(for: .milliseconds(50))
         }
-        for pid in pids where kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        for pid in pids where isAlive(pid) { kill(pid, SIGKILL) }
+    }
+
+    /// Stops every process that uses `path` and waits until none does:
+    /// each one's process group gets SIGTERM, then after `grace` SIGKILL,
+    /// and the table is read again (a tool may start children while it
+    /// stops). A process killed but still closing its files counts as using
+    /// the path until it is gone. Returns what still uses it at `deadline`:
+    /// processes stuck in the kernel on a dead transport, which only a
+    /// forced unmount gets past.
+    public static func stopAll(using path: String, grace: Duration, deadline: Duration) async -> [pid_t] {
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: deadline)
+        let ownGroup = getpgrp()
+        var signalled: [pid_t: ContinuousClock.Instant] = [:]
+        while true {
+            let users = processes(using: path).filter(isAlive)
+            if users.isEmpty || clock.now >= end { return users }
+            for pid in users {
+                guard let first = signalled[pid] else {
+                    signalled[pid] = clock.now
+                    signal(pid, SIGTERM, ownGroup: ownGroup)
+                    continue
+                }
+                if clock.now - first >= grace { signal(pid, SIGKILL, ownGroup: ownGroup) }
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    /// The process's group when it has one of its own (a tool imgbackup
+    /// started), else the process alone: never imgbackup's own group.
+    private static func signal(_ pid: pid_t, _ number: Int32, ownGroup: pid_t) {
+        let group = getpgid(pid)
+        if group > 1, group != ownGroup { kill(-group, number) }
+        kill(pid, number)
     }
 }

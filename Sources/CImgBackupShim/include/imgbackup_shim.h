@@ -70,4 +70,12 @@ int imgb_ext4_shut_down_without_log_flush(int fd);
 /// libcryptsetup counts as not active and will not remove. Returns 0 or -errno.
 int imgb_dm_remove(const char *name);
 
+/// Catches SIGTERM, SIGINT and SIGHUP with a handler that writes the signal's
+/// number (one byte) to a non-blocking pipe and returns: the self-pipe trick,
+/// because a handler may only call async-signal-safe functions, and Swift
+/// code cannot be one. A handler (not SIG_IGN) resets to the default across
+/// exec, so the tools imgbackup starts still stop on SIGTERM. Returns the
+/// pipe's read end (non-blocking, close-on-exec) or -errno.
+int imgb_catch_stop_signals(void);
+
 #endif
