@@ -7,7 +7,8 @@ public struct ImgBackupError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         public let name: String
         /// The process exit status (docs/usage.md: 0 ok, 1 usage/config, 2 copy
-        /// step, 3 hang, 4 locked/open, 5 key/LUKS, others for the rest).
+        /// step, 3 hang, 4 locked/open, 5 key/LUKS, 6 remote, 7 local, 8 left
+        /// up, 9 interrupted).
         public let exitStatus: Int32
 
         public static let usage = Code(name: "usage", exitStatus: 1)
@@ -28,6 +29,9 @@ public struct ImgBackupError: Error, Sendable, CustomStringConvertible {
         public static let timeout = Code(name: "timeout", exitStatus: 7)
         /// Teardown could not finish; something is still up.
         public static let invalidState = Code(name: "invalidState", exitStatus: 8)
+        /// A stop signal (SIGTERM, SIGINT, SIGHUP) ended the command; what
+        /// it had open was closed.
+        public static let interrupted = Code(name: "interrupted", exitStatus: 9)
 
         public var description: String { name }
     }
@@ -69,5 +73,13 @@ extension ImgBackupError {
         case let error as CustomStringConvertible: return error.description
         default: return String(describing: error)
         }
+    }
+}
+
+extension ImgBackupError {
+    /// A stop signal ended `what`; `cause` is how the work itself ended.
+    static func interrupted(by signal: Int32?, _ what: String, cause: ImgBackupError? = nil) -> ImgBackupError {
+        let name = signal.map(StopSignals.name(of:)) ?? "a stop signal"
+        return ImgBackupError(.interrupted, "interrupted by \(name): \(what)", cause: cause)
     }
 }

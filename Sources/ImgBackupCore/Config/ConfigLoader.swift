@@ -60,8 +60,30 @@ public enum ConfigLoader {
             configuration.metricsDirectory = try metrics.absolutePath("directory")
             try metrics.rejectUnknownKeys()
         }
+        configuration.notifyCommand = try notifyCommand(document)
         try document.rejectUnknownKeys()
         return configuration
+    }
+
+    private static func notifyCommand(_ document: TableReader) throws(ImgBackupError) -> [String]? {
+        guard let notify = try document.table("notify") else { return nil }
+        let command = try notify.stringArray("command")
+        if let command, command.first?.isEmpty ?? true {
+            throw notify.error("command", "must be a non-empty argv whose first element is a program name or absolute path")
+        }
+        try notify.rejectUnknownKeys()
+        return command
+    }
+
+    /// The notify command of a config that does not load as a whole (a bad
+    /// key elsewhere): a failed run still tells someone. Nil when the file
+    /// cannot be read or is not TOML at all.
+    public static func notifyCommandLeniently(path: String) -> [String]? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), TOMLPreflight.firstProblem(in: text) == nil,
+            let root = try? TOMLTable(string: text)
+        else { return nil }
+        let document = TableReader(table: root, keyPath: [], context: .init(path: path, lines: LineLocator(text)))
+        return try? notifyCommand(document)
     }
 
     private static func readTarget(name: String, _ table: TableReader) throws(ImgBackupError) -> Target {
@@ -208,6 +230,7 @@ public enum ConfigLoader {
         var copy = Target.Copy(method: method)
         copy.sources = try table.stringArray("sources") ?? []
         copy.exclude = try table.stringArray("exclude") ?? []
+        copy.oneFileSystem = try table.bool("one_file_system") ?? true
         copy.sourceSubvolume = try table.absolutePath("source_subvolume")
         copy.command = try table.stringArray("command")
         copy.snapshotDirectory = try table.absolutePath("snapshot_directory")

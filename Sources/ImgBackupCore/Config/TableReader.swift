@@ -59,6 +59,12 @@ final class TableReader {
         return int
     }
 
+    func bool(_ key: String) throws(ImgBackupError) -> Bool? {
+        guard let value = value(key) else { return nil }
+        guard let bool = value.bool else { throw typeError(key, expected: "true or false", got: value) }
+        return bool
+    }
+
     func count(_ key: String) throws(ImgBackupError) -> Int? {
         guard let int = try int(key) else { return nil }
         guard int >= 0 else { throw error(key, "must not be negative") }

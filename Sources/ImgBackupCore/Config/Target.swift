@@ -37,6 +37,10 @@ public struct Target: Sendable, Equatable {
         public var method: Method
         public var sources: [String] = []
         public var exclude: [String] = []
+        /// rsync, borg: each source stays on its own filesystem (`-x`,
+        /// `--one-file-system`), so a source of "/" is the root filesystem,
+        /// not every mount under it (the image's own mount included).
+        public var oneFileSystem = true
         public var sourceSubvolume: String?
         public var command: [String]?
         /// btrfs-send: where the local read-only snapshots live (on the
@@ -106,7 +110,9 @@ public struct Target: Sendable, Equatable {
     }
 
     /// The device-mapper name: /dev/mapper/imgbackup-NAME.
-    public var mappingName: String { "imgbackup-\(name)" }
+    public var mappingName: String { "\(Self.mappingPrefix)\(name)" }
+    /// Every target's device-mapper name starts with it.
+    public static let mappingPrefix = "imgbackup-"
 
     /// Target names become file and device names: keep them plain.
     public static func isValidName(_ name: String) -> Bool {
@@ -124,6 +130,8 @@ public struct Configuration: Sendable {
     /// `[metrics] directory`: where `run` writes Prometheus textfile metrics
     /// (nil: the default, under the state directory).
     public var metricsDirectory: String? = nil
+    /// `[notify] command`: run after every `run` that did not succeed.
+    public var notifyCommand: [String]? = nil
 
     public func target(named name: String) throws(ImgBackupError) -> Target {
         if let target = targets.first(where: { $0.name == name }) { return target }

@@ -41,6 +41,9 @@ struct BorgCopy: CopyMethod {
             // file is read again whenever files before it came or went.
             arguments.append("--files-cache=ctime,size")
         }
+        if context.copy.oneFileSystem { arguments.append("--one-file-system") }
+        // pp: a path prefix (borg matches paths without their leading "/").
+        for path in context.ownMounts { arguments += ["--exclude", "pp:\(path)"] }
         for pattern in context.excludePatterns { arguments += ["--exclude", pattern] }
         arguments.append("\(repository)::\(name)")
         arguments += context.sourcePaths(rooted: false)

@@ -108,6 +108,19 @@ public struct CopyContext: Sendable {
     }
     var pointName: String { BackupPointName.make(now) }
 
+    /// imgbackup's own mounts, as absolute paths a copy tool leaves out
+    /// whatever the sources: the runtime directory (remote directories,
+    /// source hosts, NBD bridges), this target's mount point and every
+    /// other imgbackup image mounted now. A backup must never contain a
+    /// backup, or recurse into the image it is writing.
+    var ownMounts: [String] {
+        let mapped = MountTable.entries()
+            .filter { $0.source.hasPrefix("/dev/mapper/\(Target.mappingPrefix)") }
+            .map(\.mountPoint)
+        var seen = Set<String>()
+        return ([environment.paths.runtimeDirectory, mountPoint] + mapped).filter { seen.insert($0).inserted }
+    }
+
     /// Runs a tool, showing its progress lines (as `parse` reads them) on the
     /// terminal while it runs.
     func run(_ command: Command, progress parse: (@Sendable (String) -> String?)? = nil) async throws(ImgBackupError)
@@ -118,10 +131,13 @@ public struct CopyContext: Sendable {
         let heartbeat = heartbeat
         command.observer = { output in
             heartbeat.beat()
-            guard let parse, let display else { return }
+            guard let parse else { return }
             // Progress lines end in \r (rsync, borg) or \n.
             let lines = output.text.split(whereSeparator: { $0 == "\r" || $0 == "\n" })
-            if let line = lines.reversed().lazy.compactMap({ parse(String($0)) }).first { display.update(line) }
+            if let line = lines.reversed().lazy.compactMap({ parse(String($0)) }).first {
+                heartbeat.note(progress: line)
+                display?.update(line)
+            }
         }
         defer { if parse != nil { environment.progress?.finish() } }
         do {

@@ -37,7 +37,10 @@ struct RsyncCopy: CopyMethod {
             "--relative",
             "--info=progress2,stats2", "--no-human-readable",
         ]
+        if context.copy.oneFileSystem { arguments.append("--one-file-system") }
         if let previous { arguments.append("--link-dest=\(snapshots)/\(previous)") }
+        // With --relative and absolute sources, "/PATH" is anchored at "/".
+        arguments += context.ownMounts.map { "--exclude=\($0)" }
         arguments += context.excludePatterns.map { "--exclude=\($0)" }
         arguments += context.sourcePaths(rooted: true)
         arguments.append(incomplete + "/")

@@ -5,7 +5,7 @@ import Logging
 /// state record alone, so it also finishes the job of a crashed command; with
 /// no record it still checks every place a layer of this target could be
 /// (every `down` is idempotent), so closing a closed target is a quiet success.
-public struct CloseOperation {
+public struct CloseOperation: Sendable {
     public let target: Target
     public let environment: OperationEnvironment
     public let force: Bool
@@ -43,16 +43,23 @@ public struct CloseOperation {
     }
 
     /// A `run` killed mid-copy leaves its copy step running (in its own
-    /// process group) with files open in the image. When the run that owned
-    /// the stack is gone, stop whatever still uses the mount: only a run's
-    /// mount, never one a person opened and may be working in.
+    /// process group) with files open in the image. When the command that
+    /// owned the stack is gone, stop whatever still uses the mount, and wait
+    /// until it has gone: only an unattended command's mount, never one a
+    /// person opened and may be working in.
     private func stopOrphanedCopyStep(_ record: StateRecord) async {
-        guard record.operation == RunOperation.operationName, record.pid != getpid(), kill(record.pid, 0) != 0 else { return }
+        guard TargetLock.unattendedOperations.contains(record.operation), record.pid != getpid(),
+            !ProcessTable.isAlive(record.pid), MountTable.isMountPoint(target.mountPoint)
+        else { return }
         let users = ProcessTable.processes(using: target.mountPoint)
         guard !users.isEmpty else { return }
         environment.logger.notice(
-            "stopping what the interrupted run (pid \(record.pid)) left using \(target.mountPoint): pid \(users.map(String.init).joined(separator: ", "))")
-        await ProcessTable.terminate(users, grace: .seconds(5))
+            "stopping what the interrupted \(record.operation) (pid \(record.pid)) left using \(target.mountPoint): pid \(users.map(String.init).joined(separator: ", "))")
+        let left = await ProcessTable.stopAll(using: target.mountPoint, grace: .seconds(5), deadline: target.timeouts.teardown)
+        if !left.isEmpty {
+            environment.logger.notice(
+                "pid \(left.map(String.init).joined(separator: ", ")) still use\(left.count == 1 ? "s" : "") \(target.mountPoint) after \(target.timeouts.teardown.secondsText) (stuck on the remote?)")
+        }
     }
 
     public func run() async throws(ImgBackupError) -> Outcome {

@@ -6,7 +6,10 @@ import Logging
 ///
 /// The image is built under a temporary name and renamed into place only when
 /// it is complete, so the remote never holds a half-made image under the real
-/// name, and a failed init leaves nothing behind.
+/// name, and a failed init leaves nothing behind. Its stack is not the open
+/// target's (a partial image, no mount), so it is held by the builder's own
+/// scope (`unwindingOnFailure`); a stop signal ends it between layers or
+/// cancels the step that runs, and the unwinding is never cancelled.
 public struct InitOperation {
     public let target: Target
     public let environment: OperationEnvironment
@@ -37,7 +40,7 @@ public struct InitOperation {
         let key = try await environment.key(for: target)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
-        try TargetLock.requireClosed(target, store: environment.stateStore)
+        try await TargetLock.clearLeftovers(target, environment: environment)
 
         let builder = StackBuilder(target: target, environment: environment, operation: "init")
         let logger = environment.logger
@@ -90,6 +93,8 @@ public struct InitOperation {
             loop.release()
 
             logger.info("making \(target.filesystem.rawValue) on \(crypt.mappedDevice)")
+            let progress = JournalProgress.start("init of '\(target.name)'", device: crypt.mappedDevice, environment: environment)
+            defer { progress.stop() }
             try await FilesystemMaker(target: target, device: crypt.mappedDevice, environment: environment).run()
 
             // Close the image before giving it its real name.

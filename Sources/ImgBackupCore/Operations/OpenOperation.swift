@@ -44,7 +44,7 @@ public struct OpenOperation {
     /// hosts its ssh:// sources are on, read-only, on top: they come down
     /// first, with the same state record and hang handling.
     func bringUp(key: SecureBytes, operation: String = "open", sources copy: Target.Copy? = nil) async throws(ImgBackupError) -> String {
-        try TargetLock.requireClosed(target, store: environment.stateStore)
+        try await TargetLock.clearLeftovers(target, environment: environment)
         // Before anything touches the remote (the filesystem layer checks again).
         try FilesystemLayer.requireUsableMountPoint(target.mountPoint)
 

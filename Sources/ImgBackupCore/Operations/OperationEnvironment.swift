@@ -20,6 +20,11 @@ public struct OperationEnvironment: Sendable {
     public var processEnvironment: [String: String] = [:]
     /// Where `run` writes its Prometheus textfile metrics; nil: nowhere.
     public var metricsDirectory: String?
+    /// The stop signals this process received; tests give their own.
+    public var stopSignals: StopSignals = .shared
+    /// How often a long run, init or trim logs its progress when no
+    /// terminal shows it (``JournalProgress``); nil: never.
+    public var journalProgressInterval: Duration? = .seconds(60)
 
     public init(
         paths: RuntimePaths, runner: any CommandRunning = SubprocessCommandRunner(), logger: Logger,

@@ -54,19 +54,16 @@ public struct ResizeOperation {
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
 
-        let wasOpen = try openOverSSHFS()
-        if !wasOpen {
-            _ = try await OpenOperation(target: overSSHFS, environment: environment).bringUp(key: key, operation: "resize")
+        if try await openOverSSHFS() {
+            return try await grow(key: key, wasOpen: true)
         }
-        let grown: Report
-        do {
-            grown = try await grow(key: key, wasOpen: wasOpen)
-        } catch {
-            if !wasOpen { await closeKeepingFirst(error) }
-            throw error
+        let held = try await OpenOperation(target: overSSHFS, environment: environment).withOpenTarget(
+            operation: "resize", takeLock: false, key: { () throws(ImgBackupError) in key }
+        ) { _ throws(ImgBackupError) in
+            try await grow(key: key, wasOpen: false)
         }
-        if !wasOpen {
-            _ = try await CloseOperation(target: target, environment: environment).tearDown()
+        guard let grown = held.value, held.failure == nil else {
+            throw held.failure ?? ImgBackupError(.system, "failed to resize '\(target.name)'")
         }
         return grown
     }
@@ -79,12 +76,12 @@ public struct ResizeOperation {
     }
 
     /// Whether the target is open already, over sshfs; refuses other states.
-    private func openOverSSHFS() throws(ImgBackupError) -> Bool {
+    private func openOverSSHFS() async throws(ImgBackupError) -> Bool {
         guard let record = try environment.stateStore.load(target: target.name) else { return false }
         let layers = record.layers
         let mounted = layers.contains { if case .filesystem = $0 { StatusOperation.isUp($0) == true } else { false } }
         guard record.operation == "open", mounted else {
-            try TargetLock.requireClosed(target, store: environment.stateStore)  // says what is left over
+            try await TargetLock.clearLeftovers(target, environment: environment)  // or says what is left over
             return false
         }
         guard layers.contains(where: { if case .sshfs = $0 { true } else { false } }) else {
@@ -174,14 +171,6 @@ public struct ResizeOperation {
             throw ImgBackupError(
                 .system, "failed to grow the filesystem of '\(target.name)': \(result.failureSummary)",
                 hint: "the image and mapping did grow; run the same resize again to retry")
-        }
-    }
-
-    private func closeKeepingFirst(_ first: ImgBackupError) async {
-        do {
-            _ = try await CloseOperation(target: target, environment: environment).tearDown()
-        } catch {
-            environment.logger.error("\(error.description)")
         }
     }
 }

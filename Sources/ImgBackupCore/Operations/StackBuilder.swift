@@ -23,6 +23,7 @@ struct StackBuilder {
     var remoteDirectory: String { environment.paths.remoteMount(target.name) }
 
     func push(_ layer: any Layer) async throws(ImgBackupError) {
+        try stopIfInterrupted()
         do {
             try await stack.push(layer)
         } catch {
@@ -42,9 +43,17 @@ struct StackBuilder {
         return image
     }
 
+    /// Between layers: a stop signal ends the bring-up, and the caller's
+    /// unwinding takes down what is already up.
+    func stopIfInterrupted() throws(ImgBackupError) {
+        guard Task.isCancelled || environment.stopSignals.received != nil else { return }
+        throw .interrupted(by: environment.stopSignals.received, "stopped bringing target '\(target.name)' up")
+    }
+
     /// A lock held by someone else is their error (exit 4), not a failure to
     /// bring a layer up.
     private func pushLock(_ layer: RemoteLockLayer) async throws(ImgBackupError) {
+        try stopIfInterrupted()
         do {
             try await stack.push(layer)
         } catch let error as ImgBackupError {
@@ -75,6 +84,10 @@ struct StackBuilder {
         do {
             return try await body()
         } catch {
+            // A stop signal's cancellation may have surfaced as another failure.
+            let error = error.code != .interrupted && environment.stopSignals.received != nil
+                ? ImgBackupError.interrupted(by: environment.stopSignals.received, "stopped bringing target '\(target.name)' up", cause: error)
+                : error
             // After a hang the transport is gone: escalate at once.
             let report = await stack.unwind(force: error.code == .hung)
             guard let failure = report.firstFailure else { throw error }

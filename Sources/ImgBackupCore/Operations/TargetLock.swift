@@ -1,3 +1,4 @@
+import Foundation
 import ImgBackupOS
 
 /// The client-side lock of one target: an flock held for the duration of one
@@ -16,21 +17,62 @@ enum TargetLock {
             hint: "wait for it to finish")
     }
 
-    /// Refuses to bring a target up while a state record says layers of it
-    /// are (or may still be) up.
-    static func requireClosed(_ target: Target, store: StateStore) throws(ImgBackupError) {
+    /// What brought a stack up without a person waiting on it: when such a
+    /// command's process is gone, its leftovers are the next command's to
+    /// take down. A stack a person brought up with `open` is theirs.
+    static let unattendedOperations: Set<String> = ["run", "init", "trim", "resize", "key"]
+
+    /// Before a target is brought up, by a caller that holds the target
+    /// lock: nothing of it may be up. What a dead run (or init, trim,
+    /// resize, key) left is torn down here, saying so in one line, and the
+    /// caller goes on; a person's `open`, or a command still running,
+    /// is refused (exit 4) with its holder named.
+    static func clearLeftovers(_ target: Target, environment: OperationEnvironment) async throws(ImgBackupError) {
+        let store = environment.stateStore
         guard let record = try store.load(target: target.name) else { return }
-        let alive = kill(record.pid, 0) == 0 && record.pid != getpid()
-        let mounted = record.layers.contains { if case .filesystem = $0 { return true } else { return false } }
-        if mounted && record.operation == "open" {
+        let alive = record.pid != getpid() && ProcessTable.isAlive(record.pid)
+        let since = record.startedAt.formatted(.iso8601)
+        if record.operation == "open" {
+            let mounted = record.layers.contains { if case .filesystem = $0 { return true } else { return false } }
             throw ImgBackupError(
-                .alreadyOpen, "target '\(target.name)' is already open at \(target.mountPoint)",
+                .alreadyOpen,
+                mounted
+                    ? "target '\(target.name)' is already open at \(target.mountPoint) (opened by 'imgbackup open', pid \(record.pid), at \(since))"
+                    : "target '\(target.name)' has layers left over from an 'open' (pid \(record.pid)\(alive ? ", still running" : ", no longer running"), at \(since)) that did not finish",
                 hint: "run 'imgbackup close \(target.name)' first")
         }
-        throw ImgBackupError(
-            .alreadyOpen,
-            "target '\(target.name)' has layers left over from an '\(record.operation)' (pid \(record.pid)\(alive ? ", still running" : ", no longer running")) that did not finish",
-            hint: "run 'imgbackup close \(target.name)' to clean up")
+        // The caller holds the target lock, which such a command holds for
+        // its whole life: its process is gone, whatever the pid shows now.
+        guard unattendedOperations.contains(record.operation) else {
+            throw ImgBackupError(
+                .alreadyOpen, "target '\(target.name)' has layers of an '\(record.operation)' (pid \(record.pid), at \(since))",
+                hint: "run 'imgbackup close \(target.name)' to clean up")
+        }
+        environment.logger.notice(
+            "finishing the teardown of an interrupted '\(record.operation)' of '\(target.name)' (pid \(record.pid), started \(since)), then going on")
+        let name = target.name
+        let failure = await withUncancelledTask { () async -> ImgBackupError? in
+            do {
+                _ = try await CloseOperation(target: target, environment: environment).tearDown()
+                return nil
+            } catch {
+                // A run that died on a frozen transport left mounts a plain
+                // close cannot take down in time: force, as after a hang.
+                environment.logger.notice(
+                    "the leftovers of '\(name)' did not come down cleanly (\(ImgBackupError.reason(of: error))): forcing")
+            }
+            do {
+                _ = try await CloseOperation(target: target, environment: environment, force: true).tearDown()
+                return nil
+            } catch {
+                return ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(name)'")
+            }
+        }
+        if let failure {
+            throw ImgBackupError(
+                failure.code, "failed to clean up after the interrupted '\(record.operation)' of '\(name)': \(failure.message)",
+                hint: failure.hint)
+        }
     }
 }
 

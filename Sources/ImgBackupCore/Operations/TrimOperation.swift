@@ -27,17 +27,29 @@ public struct TrimOperation {
     }
 
     public func run() async throws(ImgBackupError) -> Report {
-        let mountPoint = try await OpenOperation(
-            target: target, environment: environment, allowDiscards: true, requireTrim: true
-        ).run()
+        let open = OpenOperation(target: target, environment: environment, allowDiscards: true, requireTrim: true)
+        let (target, environment) = (target, environment)
+        let held = try await open.withOpenTarget(
+            operation: "trim", key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
+        ) { session throws(ImgBackupError) -> Report in
+            try await trim(session)
+        }
+        guard let report = held.value, held.failure == nil else {
+            throw held.failure ?? ImgBackupError(.system, "failed to trim '\(target.name)'")
+        }
+        return report
+    }
+
+    /// fstrim on the open target, under the hang watchdog: a server that
+    /// freezes meanwhile is a hang like any other (exit 3, torn down with force).
+    private func trim(_ session: OpenSession) async throws(ImgBackupError) -> Report {
+        let mountPoint = session.mountPoint
         let image = "\(environment.paths.nbdMount(target.name))/\(ImageFileSystem.fileName)"
-        var report: Report?
-        var failure: ImgBackupError?
-        var hung = false
         let before = await allocated(image)
-        // fstrim sends discards through the bridge: a server that freezes
-        // meanwhile is a hang like any other (exit 3, stack torn down).
         let runner = environment.runner
+        let progress = JournalProgress.start(
+            "trim of '\(target.name)'", device: "/dev/mapper/\(target.mappingName)", environment: environment)
+        defer { progress.stop() }
         switch await HangGuard(target: target, environment: environment, step: "the trim").run({ () async throws(ImgBackupError) -> CommandResult in
             do {
                 return try await runner.run(Command("fstrim", ["-v", mountPoint], timeout: .seconds(24 * 3600)))
@@ -54,25 +66,17 @@ public struct TrimOperation {
                     target.name,
                     TargetStatus.Image(apparentBytes: apparent, allocatedBytes: after, source: "trim", measuredAt: Date()))
             }
-            report = Report(
+            return Report(
                 trimmedBytes: Self.trimmedBytes(fromFstrim: result.standardOutput), allocatedBefore: before,
                 allocatedAfter: after)
         case .finished(.success(let result)):
-            failure = ImgBackupError(.system, "failed to trim \(mountPoint): \(result.failureSummary)")
+            throw ImgBackupError(.system, "failed to trim \(mountPoint): \(result.failureSummary)")
         case .finished(.failure(let error)):
-            failure = error
+            throw error
         case .hung(let error, _):
-            failure = error
-            hung = true
+            session.hung.set()
+            throw error
         }
-        // Always close, also when fstrim failed or hung.
-        do {
-            _ = try await CloseOperation(target: target, environment: environment, force: hung).run()
-        } catch {
-            throw failure ?? error
-        }
-        if let failure { throw failure }
-        return report!
     }
 
     /// The remote's allocated bytes, from the bridge (nil if the server cannot tell).

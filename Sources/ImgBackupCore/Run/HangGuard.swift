@@ -35,8 +35,20 @@ struct HangGuard: Sendable {
             step: step)
         let work = Task { () async throws -> T in try await body() }
         // Not a task group: a group would wait for a step stuck on the dead
-        // transport before returning.
-        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Outcome<T>, Never>) in
+        // transport before returning. Not structured either, so a stop
+        // signal's cancellation is handed on by hand: the step's commands
+        // get their teardown ladder, and the step ends with an error.
+        let outcome = await withTaskCancellationHandler {
+            await race(work, watchdog)
+        } onCancel: {
+            work.cancel()
+        }
+        if case .hung(_, let probe) = outcome { await recover(work, probe: probe) }
+        return outcome
+    }
+
+    private func race<T: Sendable>(_ work: Task<T, any Error>, _ watchdog: HangWatchdog) async -> Outcome<T> {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Outcome<T>, Never>) in
             let first = FirstResult(continuation)
             let dog = Task {
                 do {
@@ -52,8 +64,6 @@ struct HangGuard: Sendable {
                 first.resume(returning: .finished(result.mapError { ImgBackupError.wrapping($0, .copyFailed, failedTo: "run the copy step") }))
             }
         }
-        if case .hung(_, let probe) = outcome { await recover(work, probe: probe) }
-        return outcome
     }
 
     private func recover<T>(_ work: Task<T, any Error>, probe: TransportProbe) async {

@@ -51,7 +51,7 @@ public struct RunOperation: Sendable {
             failure = error
         }
         record.end = Date()
-        record.result = failure == nil ? .success : .failure
+        record.result = RunRecord.Result(failure: failure, stoppedBy: environment.stopSignals.received)
         record.exitCode = failure?.code.exitStatus ?? 0
         record.error = failure?.description
         do {
@@ -74,28 +74,54 @@ public struct RunOperation: Sendable {
     /// How a run names itself in the state record.
     static let operationName = "run"
 
-    private struct Outcome {
+    private struct Outcome: Sendable {
         var copy = CopyOutcome()
         var pruned: [String]?
         var bytesWritten: UInt64?
         var failure: ImgBackupError?
+        /// The image's transport stopped answering.
+        var hung = false
     }
 
     /// Lock, open, the middle, close. Throws what stopped it before the
     /// image was open; a failure after that is in the outcome, and the
-    /// stack is closed either way.
+    /// stack is closed either way (``OpenOperation/withOpenTarget``).
     private func cycle(_ copy: Target.Copy) async throws(ImgBackupError) -> Outcome {
         let open = OpenOperation(target: target, environment: environment, breakLock: breakLock)
         // The key lives only until the mapping is up: nothing holds it
         // during the copy step, so its pages are wiped (SecureBytes) before
         // any copy tool runs.
-        let (lock, mountPoint) = try await { () async throws(ImgBackupError) in
-            let key = try await environment.key(for: target)
-            let lock = try TargetLock.acquire(target, paths: environment.paths)
-            return (lock, try await open.bringUp(key: key, operation: Self.operationName, sources: copy))
-        }()
-        defer { withExtendedLifetime(lock) {} }
+        let held = try await open.withOpenTarget(
+            operation: Self.operationName, sources: copy, key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
+        ) { session in
+            await middle(session, copy: copy)
+        }
 
+        var outcome = held.value ?? Outcome()
+        if let later = held.failure {
+            if held.interruptedBy == nil, let first = outcome.failure {
+                // Keep the first error for the exit status; the second must not vanish.
+                environment.logger.error("\(later.description)")
+                outcome.failure = first
+            } else {
+                if let cause = outcome.failure, held.interruptedBy != nil, cause.code != .interrupted {
+                    environment.logger.info("the run stopped: \(cause.description)")
+                }
+                outcome.failure = later
+            }
+        }
+        if outcome.hung {
+            // After a hang the image is gone from under the hooks; they still
+            // run (a stopped service must start again), told what happened.
+            await runPostHooks(mountPoint: target.mountPoint, outcome: &outcome)
+        }
+        return outcome
+    }
+
+    /// The copy step under the hang watchdog, then (unless the transport
+    /// hung) the post-hooks and a measurement, with the target open.
+    private func middle(_ session: OpenSession, copy: Target.Copy) async -> Outcome {
+        let mountPoint = session.mountPoint
         var outcome = Outcome()
         let device = "/dev/mapper/\(target.mappingName)"
         let before = BlockDeviceStats.read(devicePath: device)
@@ -108,9 +134,10 @@ public struct RunOperation: Sendable {
         var guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
         guarded.sources = copy.sourceHosts
 
-        var hung = false
+        let progress = JournalProgress.start(
+            "run of '\(target.name)'", device: device, heartbeat: heartbeat, environment: environment)
         switch await guarded.run({ () async throws(ImgBackupError) -> Middle in
-            try await middle(context, copy: copy, writeOut: writeOut)
+            try await copyAndPrune(context, copy: copy, writeOut: writeOut)
         }) {
         case .finished(.success(let middle)):
             outcome.copy = middle.copy
@@ -120,37 +147,27 @@ public struct RunOperation: Sendable {
         case .hung(let error, let probe):
             // A frozen source host leaves the image and its transport whole:
             // its mount was aborted, the rest closes as after any failure.
-            hung = !probe.isSource
+            outcome.hung = !probe.isSource
             outcome.failure = error
         }
+        progress.stop()
+        if outcome.hung { session.hung.set() }
+        if writeOut.failed.isSet { session.imageWritesFailed.set() }
         // Bytes that reached the image, whatever the tool says.
         if let before, let after = BlockDeviceStats.read(devicePath: device), after.bytesWritten >= before.bytesWritten {
             outcome.bytesWritten = after.bytesWritten - before.bytesWritten
         }
-        if !hung {
-            await runPostHooks(mountPoint: mountPoint, outcome: &outcome)
-            await measureImage()
-        }
-
-        writeOut.release()  // its descriptor would keep the mount busy
-        do {
-            var close = CloseOperation(target: target, environment: environment, force: hung)
-            close.imageWritesFailed = writeOut.failed.isSet
-            _ = try await close.tearDown()
-        } catch {
-            if let first = outcome.failure {
-                // Keep the first error for the exit status; the second must not vanish.
-                environment.logger.error("\(error.description)")
-                outcome.failure = first
-            } else {
-                outcome.failure = error
+        if !outcome.hung {
+            // Uncancelled: a service a pre-hook stopped starts again after a stop signal too.
+            let hooked = await withUncancelledTask { [outcome] in
+                var hooked = outcome
+                await runPostHooks(mountPoint: mountPoint, outcome: &hooked)
+                await measureImage()
+                return hooked
             }
+            outcome = hooked
         }
-        if hung {
-            // After a hang the image is gone from under the hooks; they still
-            // run (a stopped service must start again), told what happened.
-            await runPostHooks(mountPoint: mountPoint, outcome: &outcome)
-        }
+        writeOut.release()  // its descriptor would keep the mount busy
         return outcome
     }
 
@@ -172,7 +189,7 @@ public struct RunOperation: Sendable {
     /// flush also follows a failed copy: what the copy left in the page
     /// cache goes out now, under the watchdog, so lost writes are known
     /// (and the next open checks the filesystem) instead of dropped at close.
-    private func middle(
+    private func copyAndPrune(
         _ context: CopyContext, copy: Target.Copy, writeOut: WriteOut
     ) async throws(ImgBackupError) -> Middle {
         let mountPoint = context.mountPoint
@@ -198,7 +215,7 @@ public struct RunOperation: Sendable {
     }
 
     private func runPostHooks(mountPoint: String, outcome: inout Outcome) async {
-        let result = outcome.failure == nil ? "success" : outcome.failure?.code == .hung ? "hung" : "failure"
+        let result = RunRecord.Result(failure: outcome.failure, stoppedBy: environment.stopSignals.received)
         do {
             try await runHooks(target.hooks.post, kind: "post-hook", mountPoint: mountPoint, result: result)
         } catch {
@@ -206,14 +223,19 @@ public struct RunOperation: Sendable {
         }
     }
 
+    /// How long a post-hook may take once a stop signal came: the unit's
+    /// TimeoutStopSec (5 min) must cover it and the whole teardown.
+    static let postHookLimitWhenStopping: Duration = .seconds(60)
+
     /// Hooks run in order as argv (no shell), with IMGBACKUP_TARGET,
     /// IMGBACKUP_MOUNT and, for post-hooks, IMGBACKUP_RESULT. A failing
     /// pre-hook stops the run before the copy; a failing post-hook fails it.
-    private func runHooks(_ hooks: [[String]], kind: String, mountPoint: String, result: String?) async throws(ImgBackupError) {
+    private func runHooks(_ hooks: [[String]], kind: String, mountPoint: String, result: RunRecord.Result?) async throws(ImgBackupError) {
         var environment = CommandCopy.environment(mount: mountPoint, target: target.name)
-        if let result { environment["IMGBACKUP_RESULT"] = result }
+        if let result { environment["IMGBACKUP_RESULT"] = result.rawValue }
+        let limit = self.environment.stopSignals.received == nil ? CopyContext.housekeepingLimit : Self.postHookLimitWhenStopping
         for hook in hooks {
-            let command = Command(hook[0], Array(hook.dropFirst()), timeout: CopyContext.housekeepingLimit, environment: environment)
+            let command = Command(hook[0], Array(hook.dropFirst()), timeout: limit, environment: environment)
             self.environment.logger.info("\(kind): \(command.displayText)")
             let outcome: CommandResult
             do {

@@ -5,7 +5,20 @@ import ImgBackupOS
 /// (`/var/lib/imgbackup/TARGET/runs.jsonl`, one JSON object per line, newest
 /// last) for `status`, metrics and people reading it.
 public struct RunRecord: Codable, Sendable, Equatable {
-    public enum Result: String, Codable, Sendable { case success, failure }
+    /// Also IMGBACKUP_RESULT for post-hooks and the notify command.
+    public enum Result: String, Codable, Sendable {
+        case success, failure
+        /// The remote (or a source host) stopped answering; exit 3.
+        case hung
+        /// A stop signal ended the run; exit 9 (8 if the close failed too).
+        case interrupted
+
+        init(failure: ImgBackupError?, stoppedBy signal: Int32?) {
+            if signal != nil { self = .interrupted }
+            else if let failure { self = failure.code == .hung ? .hung : .failure }
+            else { self = .success }
+        }
+    }
 
     public var target: String
     public var start: Date

@@ -1,3 +1,4 @@
+import ImgBackupOS
 import Logging
 
 /// A layer that did not come down, and why.
@@ -48,9 +49,15 @@ public actor LayerStack {
     }
 
     /// Takes layers down, newest first, until `remaining` are left. A failure
-    /// does not stop the unwinding; the failed layer's record is kept.
+    /// does not stop the unwinding; the failed layer's record is kept. Runs
+    /// uncancelled: a stop signal that cancelled the work never cuts the
+    /// teardown short.
     @discardableResult
     public func unwind(keeping remaining: Int = 0, force: Bool = false) async -> UnwindReport {
+        await withUncancelledTask { await self.unwindNow(keeping: remaining, force: force) }
+    }
+
+    private func unwindNow(keeping remaining: Int, force: Bool) async -> UnwindReport {
         var report = UnwindReport()
         var kept: [LayerRecord] = []
         while records.count > remaining {

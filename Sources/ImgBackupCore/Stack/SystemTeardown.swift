@@ -73,7 +73,7 @@ public struct SystemTeardown: LayerTeardown {
         else { return }
         if entry.filesystemType == "ext4" { await keepJournalIfWritesFailed(mountPoint) }
         do {
-            try await Mounts.unmount(mountPoint, deadline: stepDeadline)
+            try await unmountRetryingWhileNobodyUsesIt(mountPoint)
         } catch let error as SystemCallError where error.errno == EBUSY {
             guard force else {
                 throw ImgBackupError(
@@ -82,6 +82,24 @@ public struct SystemTeardown: LayerTeardown {
             }
             logger.notice("\(mountPoint) is busy: detaching it lazily")
             try await Mounts.unmount(mountPoint, mode: .lazy, deadline: stepDeadline)
+        }
+    }
+
+    /// A mount that nobody is seen using can still be busy for a moment:
+    /// a process that was just killed lets go of its files as it exits.
+    /// Retried within the step's deadline while no process uses it; a
+    /// process that does (a person's shell) makes it busy at once.
+    private func unmountRetryingWhileNobodyUsesIt(_ mountPoint: String) async throws {
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: stepDeadline)
+        while true {
+            do {
+                return try await Mounts.unmount(mountPoint, deadline: stepDeadline)
+            } catch let error as SystemCallError where error.errno == EBUSY {
+                let users = ProcessTable.processes(using: mountPoint).filter(ProcessTable.isAlive)
+                guard users.isEmpty, clock.now < end else { throw error }
+                try await Task.sleep(for: .milliseconds(100))
+            }
         }
     }
 
