@@ -23,8 +23,11 @@ let package = Package(
                 "ImgBackupCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            plugins: ["BuildInfo"]
         ),
+        // The git commit the binary is built from, for --version.
+        .plugin(name: "BuildInfo", capability: .buildTool()),
         // Targets, config, the layer stack, state records, the operations.
         .target(
             name: "ImgBackupCore",

@@ -12,6 +12,19 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Say what is happening (twice for debug detail).")
     var verbose: Int
 
+    @Flag(name: .shortAndLong, help: "Print errors only: no notices, no summary line.")
+    var quiet = false
+
+    /// A command's summary line on stdout, unless --quiet.
+    func say(_ line: String) {
+        if !quiet { print(line) }
+    }
+
+    /// The config file this command reads.
+    var configPath: String {
+        ConfigLoader.resolvePath(explicit: config, environment: ProcessInfo.processInfo.environment)
+    }
+
     /// The documented command line is `imgbackup [--config FILE] COMMAND ...`:
     /// global options may come before the subcommand. argument-parser reads
     /// options per subcommand, so move leading ones to just after it.
@@ -26,7 +39,7 @@ struct GlobalOptions: ParsableArguments {
             if argument == "--config", index + 1 < arguments.count {
                 globals += [argument, arguments[index + 1]]
                 index += 2
-            } else if argument.hasPrefix("--config=") || argument == "--verbose"
+            } else if argument.hasPrefix("--config=") || argument == "--verbose" || argument == "--quiet" || argument == "-q"
                 || (argument.hasPrefix("-v") && argument.dropFirst().allSatisfy { $0 == "v" })
             {
                 globals.append(argument)
@@ -46,9 +59,8 @@ struct GlobalOptions: ParsableArguments {
 
     /// Sets up logging and loads the configuration.
     func load() throws(ImgBackupError) -> Configuration {
-        Terminal.bootstrapLogging(verbosity: verbose)
-        let path = ConfigLoader.resolvePath(explicit: config, environment: ProcessInfo.processInfo.environment)
-        return try ConfigLoader.load(path: path)
+        Terminal.bootstrapLogging(verbosity: quiet ? -1 : verbose)
+        return try ConfigLoader.load(path: configPath)
     }
 
     func environment(_ config: Configuration) -> OperationEnvironment {
@@ -59,6 +71,11 @@ struct GlobalOptions: ParsableArguments {
             configPath: config.path)
         environment.processEnvironment = ProcessInfo.processInfo.environment
         environment.metricsDirectory = config.metricsDirectory ?? RunMetrics.defaultDirectory(environment.paths)
+        // Tests see a journal line without waiting a minute.
+        if let seconds = ProcessInfo.processInfo.environment["IMGBACKUP_PROGRESS_INTERVAL"].flatMap(Int.init), seconds > 0 {
+            environment.journalProgressInterval = .seconds(seconds)
+        }
+        if quiet { environment.journalProgressInterval = nil }
         return environment
     }
 

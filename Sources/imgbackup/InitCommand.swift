@@ -33,6 +33,6 @@ struct InitCommand: AsyncParsableCommand {
         let operation = try InitOperation(
             target: try global.target(target, in: config, keys: keys), environment: global.environment(config), size: sizeOverride)
         let report = try await operation.run()
-        print("created \(report.image): \(report.size), LUKS2 \(report.luksUUID)")
+        global.say("created \(report.image): \(report.size), LUKS2 \(report.luksUUID)")
     }
 }

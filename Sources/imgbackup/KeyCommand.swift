@@ -56,7 +56,7 @@ struct KeyAddCommand: AsyncParsableCommand {
         let source = try newKeyOptions.resolve(resolved, environment: [:]).key
         let newKey = try await KeyLoader.load(source, target: target, runner: environment.runner)
         let report = try await KeyOperation(target: resolved, environment: environment).run(.add(newKey))
-        print("\(target): added the key in keyslot \(report.slot); \(report.keysLeft) keys open the image")
+        global.say("\(target): added the key in keyslot \(report.slot); \(report.keysLeft) keys open the image")
     }
 }
 
@@ -76,6 +76,6 @@ struct KeyRemoveCommand: AsyncParsableCommand {
         let environment = global.environment(config)
         let resolved = try global.target(target, in: config, keys: keys)
         let report = try await KeyOperation(target: resolved, environment: environment).run(.remove)
-        print("\(target): removed the key in keyslot \(report.slot); \(report.keysLeft) keys open the image")
+        global.say("\(target): removed the key in keyslot \(report.slot); \(report.keysLeft) keys open the image")
     }
 }

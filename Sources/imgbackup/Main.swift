@@ -13,17 +13,35 @@ enum Entry {
         do {
             var command = try ImgBackup.parseAsRoot(
                 GlobalOptions.movingLeadingGlobals(Array(CommandLine.arguments.dropFirst())))
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
+            guard var asyncCommand = command as? AsyncParsableCommand else {
+                return try command.run()
             }
+            // The bridge is a FUSE daemon that its unmount ends; the rest
+            // stop their work on a stop signal and close what they opened.
+            guard !(asyncCommand is NBDBridgeCommand) else { return try await asyncCommand.run() }
+            // Only the task below touches the command from here on.
+            nonisolated(unsafe) var running = asyncCommand
+            let work = Task { try await running.run() }
+            try StopSignals.shared.install { signal, count in
+                let name = StopSignals.name(of: signal)
+                if count == 1 {
+                    Terminal.printNotice("received \(name): stopping, and closing what is open")
+                    work.cancel()
+                } else {
+                    Terminal.printNotice("received \(name) again: still closing (the teardown is not cut short)")
+                }
+            }
+            try await work.value
         } catch let error as ImgBackupError {
-            Terminal.printError(error.description)
-            exit(error.code.exitStatus)
+            Terminal.printError(Self.stopped(error).description)
+            exit(Self.stopped(error).code.exitStatus)
         } catch let status as ExitCode {
             // A command that printed its own lines (run --all) and only sets the status.
             exit(status.rawValue)
+        } catch let error where StopSignals.shared.received != nil {
+            let stopped = Self.stopped(.wrapping(error, .system, failedTo: "finish"))
+            Terminal.printError(stopped.description)
+            exit(stopped.code.exitStatus)
         } catch {
             let code = ImgBackup.exitCode(for: error)
             let message = ImgBackup.fullMessage(for: error)
@@ -37,7 +55,19 @@ enum Entry {
     }
 }
 
+extension Entry {
+    /// A command a stop signal ended says so, and exits 9; one whose
+    /// teardown left something up keeps its exit 8.
+    static func stopped(_ error: ImgBackupError) -> ImgBackupError {
+        guard let signal = StopSignals.shared.received, error.code != .interrupted, error.code != .invalidState else { return error }
+        return ImgBackupError(.interrupted, "interrupted by \(StopSignals.name(of: signal)): \(error.message)", hint: error.hint, cause: error)
+    }
+}
+
 struct ImgBackup: AsyncParsableCommand {
+    /// The release; `--version` adds the git commit of the build.
+    static let release = "0.9.0"
+
     static let configuration = CommandConfiguration(
         commandName: "imgbackup",
         abstract: "Encrypted block images on storage you don't trust.",
@@ -48,8 +78,10 @@ struct ImgBackup: AsyncParsableCommand {
 
             Exit status: 0 success; 1 usage or config error; 2 copy step failed; 3 hang \
             detected; 4 locked or already open; 5 key or LUKS error; 6 remote error; \
-            7 local system error; 8 teardown left something up.
+            7 local system error; 8 teardown left something up; 9 interrupted by a stop \
+            signal (what was open was closed).
             """,
+        version: "imgbackup \(release) (commit \(BuildInfo.commit))",
         subcommands: [
             InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, KeyCommand.self,
             ResizeCommand.self, StatusCommand.self, DoctorCommand.self, AuthorizedKeysCommand.self, NBDBridgeCommand.self,

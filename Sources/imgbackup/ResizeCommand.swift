@@ -33,9 +33,9 @@ struct ResizeCommand: AsyncParsableCommand {
         var line = "\(target): image \(ByteSize.format(report.previousBytes)) -> \(ByteSize.format(report.imageBytes))"
         if let filesystem = report.filesystemBytes { line += ", \(resolved.filesystem.rawValue) now \(ByteSize.format(filesystem))" }
         line += report.wasOpen ? " (online, still open)" : " (opened and closed again)"
-        print(line)
+        global.say(line)
         if resolved.size?.bytes != report.imageBytes {
-            print("set size = \"\(size)\" in [target.\(target)] to match")
+            global.say("set size = \"\(size)\" in [target.\(target)] to match")
         }
     }
 }

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import ImgBackupCore
+import ImgBackupOS
+import Logging
 
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,32 +42,51 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let config = try global.load()
-        let environment = global.environment(config)
-        let time = try now.map(Self.parseTime) ?? Date()
-        let targets = all
-            ? try config.targets.filter { $0.copy != nil }.map { (target) throws(ImgBackupError) in
-                try keys.resolve(target, environment: ProcessInfo.processInfo.environment)
+        let config: Configuration
+        do {
+            config = try global.load()
+        } catch {
+            // A config that does not load still has someone to tell, if its [notify] reads.
+            if let command = ConfigLoader.notifyCommandLeniently(path: global.configPath) {
+                await FailureNotice(command: command, runner: SubprocessCommandRunner(), logger: Logger(label: "imgbackup"))
+                    .send(target: target ?? "all", error: error)
             }
-            : [try global.target(target!, in: config, keys: keys)]
-        if all && targets.isEmpty {
-            throw ImgBackupError(.config, "no target in \(config.path) has a [copy] table", hint: "nothing to run")
+            throw error
+        }
+        let environment = global.environment(config)
+        let notice = config.notifyCommand.map { FailureNotice(command: $0, runner: environment.runner, logger: environment.logger) }
+        let time: Date
+        do {
+            time = try now.map(Self.parseTime) ?? Date()
+        } catch {
+            await notice?.send(target: target ?? "all", error: error)
+            throw error
+        }
+        let names = all ? config.targets.filter { $0.copy != nil }.map(\.name) : [target!]
+        if all && names.isEmpty {
+            let error = ImgBackupError(.config, "no target in \(config.path) has a [copy] table", hint: "nothing to run")
+            await notice?.send(target: "all", error: error)
+            throw error
         }
         var firstFailure: ImgBackupError?
-        for target in targets {
+        for name in names {
             do {
+                let target = try global.target(name, in: config, keys: keys)
                 let report = try await RunOperation(target: target, environment: environment, now: time, breakLock: breakLock).run()
-                print(Self.summary(report.record))
+                global.say(Self.summary(report.record))
             } catch {
+                await notice?.send(target: name, error: Entry.stopped(error))
                 if !all { throw error }
-                Terminal.printError("\(target.name): \(error.description)")
-                firstFailure = firstFailure ?? error
+                Terminal.printError("\(name): \(Entry.stopped(error).description)")
+                firstFailure = firstFailure ?? Entry.stopped(error)
+                // A stop signal ends the whole --all, not just this target.
+                if StopSignals.shared.received != nil { break }
             }
         }
         if let firstFailure { throw ExitCode(firstFailure.code.exitStatus) }
     }
 
-    static func parseTime(_ text: String) throws -> Date {
+    static func parseTime(_ text: String) throws(ImgBackupError) -> Date {
         guard let date = ISO8601DateFormatter().date(from: text) else {
             throw ImgBackupError(.usage, "--now '\(text)' is not an ISO 8601 time like 2026-11-22T03:00:00Z")
         }

@@ -11,8 +11,13 @@ enum Terminal {
         FileHandle.standardError.write(Data("imgbackup: error: \(message.escapingControlCharacters)\n".utf8))
     }
 
+    /// A line about the process itself (a stop signal), whatever the log level.
+    static func printNotice(_ message: String) {
+        FileHandle.standardError.write(Data("imgbackup: \(message.escapingControlCharacters)\n".utf8))
+    }
+
     static func bootstrapLogging(verbosity: Int) {
-        let level: Logger.Level = verbosity >= 2 ? .debug : verbosity == 1 ? .info : .notice
+        let level: Logger.Level = verbosity >= 2 ? .debug : verbosity == 1 ? .info : verbosity == 0 ? .notice : .error
         LoggingSystem.bootstrap { _ in LineLogHandler(logLevel: level) }
     }
 

@@ -23,8 +23,8 @@ struct TrimCommand: AsyncParsableCommand {
             target: try global.target(target, in: config, keys: keys), environment: global.environment(config)
         ).run()
         let format = { (bytes: UInt64?) in bytes.map { "\(ByteSize.format($0)) (\($0) bytes)" } ?? "unknown" }
-        print("trimmed: \(format(report.trimmedBytes))")
-        print("remote allocated before: \(format(report.allocatedBefore))")
-        print("remote allocated after: \(format(report.allocatedAfter))")
+        global.say("trimmed: \(format(report.trimmedBytes))")
+        global.say("remote allocated before: \(format(report.allocatedBefore))")
+        global.say("remote allocated after: \(format(report.allocatedAfter))")
     }
 }
