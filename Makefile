@@ -34,14 +34,15 @@ demo: deps build
 
 # Binary, systemd units (in the local unit directory, pointing at this
 # binary) and the example config. Then: systemctl daemon-reload;
-# systemctl enable --now imgbackup@TARGET.timer
+# systemctl enable --now imgbackup@TARGET.timer (and imgbackup-trim@TARGET.timer for NBD targets)
 install: build
 	$(SWIFT) build -c release
 	install -D -m 755 .build/release/imgbackup $(DESTDIR)$(PREFIX)/bin/imgbackup
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
-	sed 's|/usr/local/bin/imgbackup|$(PREFIX)/bin/imgbackup|' configs/imgbackup@.service \
-		> $(DESTDIR)$(PREFIX)/lib/systemd/system/imgbackup@.service
-	install -m 644 configs/imgbackup@.timer $(DESTDIR)$(PREFIX)/lib/systemd/system/imgbackup@.timer
+	for unit in imgbackup@.service imgbackup-trim@.service imgbackup-failed@.service; do \
+		sed 's|/usr/local/bin/imgbackup|$(PREFIX)/bin/imgbackup|' configs/$$unit > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$unit; \
+	done
+	install -m 644 configs/imgbackup@.timer configs/imgbackup-trim@.timer $(DESTDIR)$(PREFIX)/lib/systemd/system/
 	install -D -m 644 configs/imgbackup.toml $(DESTDIR)/etc/imgbackup/imgbackup.toml.example
 	$(MAKE) completions man BIN=.build/release/imgbackup
 	install -D -m 644 .build/completions/imgbackup.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/imgbackup

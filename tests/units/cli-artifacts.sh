@@ -24,4 +24,16 @@ for command in $commands; do
   [ -s "$page" ] || fail "no man page for '$command' ($page)"
 done
 grep -q 'crypt_resize' .build/man/imgbackup.resize.1 || fail "imgbackup.resize.1 lacks the command's discussion"
+# --version names the release and the commit the binary was built from.
+version=$(.build/debug/imgbackup --version)
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+case "$version" in
+  "imgbackup "[0-9]*" (commit $commit"*) ;;
+  *) fail "--version says '$version', expected the release and commit $commit" ;;
+esac
+# -q: errors only. A config error still prints its one line.
+quiet=$(.build/debug/imgbackup -q --config /nonexistent status 2>&1 || true)
+[ "$(printf '%s\n' "$quiet" | wc -l)" = 1 ] && printf '%s' "$quiet" | grep -q 'error: failed to read config' \
+  || fail "-q must keep the error line alone: '$quiet'"
+echo "cli-artifacts: $version"
 echo "cli-artifacts: completions (bash, zsh, fish) and $(ls .build/man | wc -l) man pages cover: $commands"
