@@ -192,6 +192,32 @@ public enum LocalFiles {
         try rename(temporary, to: path)
     }
 
+    /// Replaces the bytes of a small file in place and makes them durable
+    /// (`fdatasync`): no new inode, no rename, no directory change, so the
+    /// filesystem journals nothing for it and an unmount has little to
+    /// write back. For a record of fixed length rewritten often (the
+    /// generation marker, at every open of an image over a slow link). A
+    /// file that is not there yet is created through ``writeAtomically``.
+    public static func overwriteInPlace(_ path: String, _ contents: String, mode: mode_t = 0o600) throws(SystemCallError) {
+        let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return try writeAtomically(path, contents, mode: mode) }
+            throw SystemCallError(call: "open", object: path, errno: errno)
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            throw SystemCallError(call: "open", object: path, errno: EINVAL)
+        }
+        let bytes = Array(contents.utf8)
+        let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        guard written == bytes.count else { throw SystemCallError(call: "pwrite", object: path, errno: written < 0 ? errno : EIO) }
+        if info.st_size != off_t(bytes.count) {
+            _ = try checked("ftruncate", path) { ftruncate(fd, off_t(bytes.count)) }
+        }
+        _ = try checked("fdatasync", path) { fdatasync(fd) }
+    }
+
     /// Size, free space and free space for unprivileged users of the filesystem holding `path`.
     public static func capacity(_ path: String) throws(SystemCallError) -> (total: UInt64, free: UInt64, available: UInt64) {
         var info = statvfs()

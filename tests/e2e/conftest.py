@@ -32,6 +32,7 @@ class BackupHost:
         self.state = os.path.join(work, "state")
         self.env = dict(os.environ, IMGBACKUP_RUNTIME_DIR=self.runtime, IMGBACKUP_STATE_DIR=self.state)
         self.template = None
+        self.template_state = None  # where init recorded the template's LUKS UUID and pin
 
     def add_target(self, name, tables=None, **overrides):
         """Appends a [target.NAME] table like the demo target, with overrides
@@ -74,13 +75,14 @@ class BackupHost:
             self.add_target("template", size="96M")
             self.ok("init", "template")
             self.template = self.image("template")
+            self.template_state = os.path.join(self.state, "template")
         destination = os.path.join(directory or self.storage, image or f"{target}.img")
         subprocess.run(["cp", "--sparse=always", self.template, destination], check=True)
         # As if init had run here: the target knows its image's LUKS UUID and header pin.
         os.makedirs(os.path.join(self.state, target), exist_ok=True)
         for record in ("luks-uuid", "luks-header.json"):
-            shutil.copy(os.path.join(self.state, "template", record), os.path.join(self.state, target, record))
-            if not os.path.exists(os.path.join(self.state, "template", "luks-header.json")):
+            shutil.copy(os.path.join(self.template_state, record), os.path.join(self.state, target, record))
+            if not os.path.exists(os.path.join(self.template_state, "luks-header.json")):
                 break  # an imgbackup from before header pins (tests checked against older code)
 
     def discard(self, target, *directories):
@@ -96,7 +98,7 @@ class BackupHost:
         """The same backup host and state, with a config file of its own
         (for `run --all`, which runs every target of its config)."""
         other = BackupHost(self.work)
-        other.template = self.template
+        other.template, other.template_state = self.template, self.template_state
         other.config = os.path.join(self.work, file_name)
         open(other.config, "w").close()
         return other
@@ -106,7 +108,7 @@ class BackupHost:
         runtime and state directories, as on a machine rebuilt from the
         config and the key alone."""
         other = BackupHost(self.work)
-        other.template = self.template
+        other.template, other.template_state = self.template, self.template_state
         other.config = self.config
         other.runtime = os.path.join(self.work, f"{label}-run")
         other.state = os.path.join(self.work, f"{label}-state")
@@ -131,6 +133,13 @@ class BackupHost:
         result = self.run(*args, **kwargs)
         assert result.returncode == 0, f"imgbackup {' '.join(args)} failed: {result.stderr}"
         return result
+
+    def notice(self, target):
+        """The [notify] command's record of `target`'s last failed run: {IMGBACKUP_...: value}, or None."""
+        path = os.path.join(self.work, "notices", target)
+        if not os.path.exists(path):
+            return None
+        return dict(line.rstrip("\n").split("=", 1) for line in open(path) if "=" in line)
 
     def image(self, target):
         return os.path.join(self.storage, f"{target}.img")
@@ -157,7 +166,11 @@ def host():
     work = tempfile.mkdtemp(prefix="imgbackup-e2e.")
     subprocess.run([os.path.join(HERE, "backup-host.sh"), "start", work, str(PORT)], check=True)
     backup_host = BackupHost(work)
-    open(backup_host.config, "w").close()  # the suite writes its own targets
+    with open(backup_host.config, "w") as config:  # the suite writes its own targets
+        # Every failed run of the suite leaves its notice: notices/TARGET holds its IMGBACKUP_* environment.
+        os.makedirs(os.path.join(work, "notices"))
+        config.write('[notify]\ncommand = ["/bin/sh", "-c", "env | grep ^IMGBACKUP_ | sort > \\"$0/$IMGBACKUP_TARGET\\"", '
+                     f'"{work}/notices"]\n')
     yield backup_host
     subprocess.run([os.path.join(HERE, "backup-host.sh"), "stop", work], check=False)
     shutil.rmtree(work, ignore_errors=True)

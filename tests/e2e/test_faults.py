@@ -121,6 +121,10 @@ def freeze_mid_copy(host, name, source, frozen):
     wait_until_copying(host, name)
     stderr = freeze_expecting_hang(run, f"{frozen} frozen", "imgbackup: error: the backup hung", name=frozen)
     assert_nothing_left(host, name, stale_lock=True)
+    # The [notify] command heard of it, as a hang.
+    notice = host.notice(name)
+    assert notice["IMGBACKUP_RESULT"] == "hung" and notice["IMGBACKUP_EXIT_STATUS"] == "3"
+    assert notice["IMGBACKUP_ERROR"].startswith("the backup hung")
     return stderr, earlier
 
 

@@ -62,10 +62,19 @@ public struct CloseOperation: Sendable {
         }
     }
 
+    /// Closing is all teardown: a stop signal (a second Ctrl-C) never cuts it short.
     public func run() async throws(ImgBackupError) -> Outcome {
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
-        return try await tearDown()
+        let close = self
+        let result = await withUncancelledTask { () async -> Result<Outcome, ImgBackupError> in
+            do {
+                return .success(try await close.tearDown())
+            } catch {
+                return .failure(ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(close.target.name)'"))
+            }
+        }
+        return try result.get()
     }
 
     /// The stack going down, for a caller that holds the target lock (`run`).

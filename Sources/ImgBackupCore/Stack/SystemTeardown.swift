@@ -1,3 +1,4 @@
+import Foundation
 import ImgBackupOS
 import Logging
 import Synchronization
@@ -55,6 +56,13 @@ public struct SystemTeardown: LayerTeardown {
     private func removeLock(_ path: String, token: String) async {
         do {
             guard let text = try await RemoteFiles.read(path, deadline: stepDeadline) else { return }
+            if text.isEmpty {
+                // Created (O_EXCL) but never written: this session was
+                // stopped between the two, as its record of the lock says.
+                // Left there, it would lock out every later open.
+                logger.notice("removing the empty lock file \(path), left by an interrupted lock")
+                return try await RemoteFiles.remove(path, deadline: stepDeadline)
+            }
             guard text.contains("token=\(token)") else {
                 // Also the unwind after failing to take a lock someone else holds.
                 logger.info("\(path) is not this session's lock: leaving it")
@@ -172,6 +180,17 @@ public struct SystemTeardown: LayerTeardown {
     /// Unmounting the bridge's FUSE mount ends its loop; it then flushes and
     /// disconnects from the server and exits. One that does not is stopped.
     private func stopBridge(mountPoint: String, pid: Int32?, force: Bool) async throws {
+        if !MountTable.isMountPoint(mountPoint) {
+            // A bridge whose command was stopped while it connected (a stop
+            // signal, a kill) has no pid on record yet, and would mount
+            // after we looked: stop it first.
+            let strays = ProcessTable.processes(named: (DetachedProcess.currentExecutable as NSString).lastPathComponent, withArgument: mountPoint)
+                .filter { DetachedProcess.isRunning(pid: $0, withArgument: NBDBridgeLayer.subcommand) }
+            if !strays.isEmpty {
+                logger.notice("stopping the NBD bridge (pid \(strays.map(String.init).joined(separator: ", "))) left by an interrupted command")
+                await ProcessTable.terminate(strays, grace: .seconds(2))
+            }
+        }
         try await unmountFUSE(mountPoint, force: force, what: "the NBD bridge")
         if let pid {
             // Forced (after a hang, or close --force): the bridge's last flush
