@@ -181,15 +181,24 @@ def test_the_next_run_clears_what_a_killed_run_left_at_any_point(host):
         "sh", "-c", "cd {mount} && rm -f f*; for i in 1 2 3 4 5 6; do head -c 262144 /dev/urandom > f$i; sleep 0.3; done"]}})
     host.clone_image(name)
     host.ok("run", name)
+    copied = []  # the last file was seen in the mount (it is gone from view once unmounted)
+
+    def closing():
+        if not copied:
+            copied.extend([True] if os.path.exists(written.replace("f1", "f6")) else [])
+            return False
+        return layer_count(host, name) < 5
+
     stages = {
         **{f"layer {count} up": (lambda count=count: layer_count(host, name) >= count) for count in range(1, 6)},
         "copying": lambda: os.path.exists(written),
-        "closing": lambda: os.path.exists(written.replace("f1", "f6")) and layer_count(host, name) < 5,
+        "closing": closing,
     }
     rounds = int(os.environ.get("IMGBACKUP_KILL_ROUNDS", "1"))
     tried, recovered = 0, 0
     for round_number in range(rounds):
         for stage, reached in stages.items():
+            copied.clear()
             run = start(host, "run", name)
             wait_for(reached, stage, run, timeout=180)
             time.sleep(0.3 * ((tried * 7) % 5) / 4)  # 0 to 0.3 s further into the stage

@@ -73,6 +73,10 @@ public actor LayerStack {
                         error: .wrapping(error, .invalidState, failedTo: "take down the \(record)")))
                 kept.insert(record, at: 0)
             }
+            // What is still (or may still be) up, after each step: `status`
+            // sees the close progress, and a kill mid-close leaves a record
+            // of only what is left. The final save below reports a failure.
+            if records.count > remaining { try? journal.save(records + kept) }
         }
         records.append(contentsOf: kept)
         report.remaining = records
