@@ -34,6 +34,7 @@ import Testing
         (ImgBackupError(.hung, "x"), nil, .hung),
         (ImgBackupError(.copyFailed, "x"), SIGTERM, .interrupted),
         (ImgBackupError(.invalidState, "x"), SIGINT, .interrupted),
+        (nil, SIGTERM, .success),  // the signal came once the run was done
     ] as [(ImgBackupError?, Int32?, RunRecord.Result)])
     func resultNamesHowARunEnded(failure: ImgBackupError?, signal: Int32?, expected: RunRecord.Result) {
         #expect(RunRecord.Result(failure: failure, stoppedBy: signal) == expected)

@@ -20,7 +20,7 @@ struct HeldOutcome<T: Sendable>: Sendable {
     /// The first failure: the body's, else the close's. A stop signal makes
     /// it an interrupt (exit 9), unless the close left something up (exit 8).
     var failure: ImgBackupError?
-    /// The stop signal that ended the body, if one did.
+    /// The stop signal that cut the body or the close short, if one did.
     var interruptedBy: Int32?
 }
 
@@ -65,7 +65,8 @@ extension OpenOperation {
                 return ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(closing.target.name)'")
             }
         }
-        if let signal = environment.stopSignals.received {
+        // A signal that came after the work was done and closed cut nothing short.
+        if let signal = environment.stopSignals.received, outcome.failure != nil || closeFailure != nil {
             outcome.interruptedBy = signal
             if let cause = outcome.failure, cause.code != .interrupted {
                 environment.logger.info("the \(operation) stopped: \(cause.description)")

@@ -113,7 +113,11 @@ public struct RunOperation: Sendable {
         if outcome.hung {
             // After a hang the image is gone from under the hooks; they still
             // run (a stopped service must start again), told what happened.
-            await runPostHooks(mountPoint: target.mountPoint, outcome: &outcome)
+            outcome = await withUncancelledTask { [outcome] in
+                var hooked = outcome
+                await runPostHooks(mountPoint: target.mountPoint, outcome: &hooked)
+                return hooked
+            }
         }
         return outcome
     }

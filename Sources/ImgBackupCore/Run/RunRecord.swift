@@ -13,10 +13,14 @@ public struct RunRecord: Codable, Sendable, Equatable {
         /// A stop signal ended the run; exit 9 (8 if the close failed too).
         case interrupted
 
+        /// A run that failed after a stop signal was interrupted, whatever
+        /// the failure looked like; one that finished was not.
         init(failure: ImgBackupError?, stoppedBy signal: Int32?) {
-            if signal != nil { self = .interrupted }
-            else if let failure { self = failure.code == .hung ? .hung : .failure }
-            else { self = .success }
+            guard let failure else {
+                self = .success
+                return
+            }
+            self = signal != nil ? .interrupted : failure.code == .hung ? .hung : .failure
         }
     }
 
