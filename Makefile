@@ -23,9 +23,10 @@ unit: build
 	tests/units/verify.sh
 	tests/units/cli-artifacts.sh
 
-# Black-box tests of the CLI in a kernel with dm-crypt (a virtme-ng VM here).
+# Black-box tests of the CLI in a kernel with dm-crypt (virtme-ng VMs here:
+# one per core, up to three, each running a share of the files).
 e2e: build
-	tests/e2e/in-real-kernel.sh tests/e2e/run-suite.sh $(E2E_ARGS)
+	tests/e2e/run-sharded.sh $(E2E_ARGS)
 
 test: deps unit e2e
 

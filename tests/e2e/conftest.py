@@ -292,6 +292,38 @@ def tree_digest(root):
     return result
 
 
+# Seconds each file took in one VM (make test, this emulated kernel), for
+# splitting the suite over several VMs (run-sharded.sh). Only the balance
+# depends on them; a file missing here counts as SHARD_DEFAULT_SECONDS.
+SHARD_SECONDS = {
+}
+SHARD_DEFAULT_SECONDS = 180
+
+
+def shard_of_each_file(files, count):
+    """Whole files to `count` shards, longest first onto the lightest shard."""
+    loads = [0] * count
+    shard = {}
+    for name in sorted(files, key=lambda f: (-SHARD_SECONDS.get(f, SHARD_DEFAULT_SECONDS), f)):
+        lightest = loads.index(min(loads))
+        shard[name] = lightest + 1
+        loads[lightest] += SHARD_SECONDS.get(name, SHARD_DEFAULT_SECONDS)
+    return shard
+
+
+def pytest_collection_modifyitems(config, items):
+    """IMGBACKUP_SHARD=K/N (run-suite.sh --shard=K/N): keep the files of shard K."""
+    spec = os.environ.get("IMGBACKUP_SHARD")
+    if not spec:
+        return
+    index, count = (int(part) for part in spec.split("/"))
+    files = {os.path.basename(item.fspath) for item in items}
+    shard = shard_of_each_file(files, count)
+    kept = [item for item in items if shard[os.path.basename(item.fspath)] == index]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
 def pytest_terminal_summary(terminalreporter):
     if not TIMINGS:
         return

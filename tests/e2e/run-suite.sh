@@ -4,5 +4,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export PYTHONDONTWRITEBYTECODE=1
 export IMGBACKUP_BIN=${IMGBACKUP_BIN:-$(cd "$here/../.." && pwd)/.build/debug/imgbackup}
+# run-sharded.sh: --shard=K/N runs the K-th of N shards (conftest.py splits the files).
+case "${1:-}" in
+  --shard=*) export IMGBACKUP_SHARD=${1#--shard=}; shift ;;
+esac
 # Debian's python3 and pytest: the VM's PATH does not see per-user Pythons.
 exec /usr/bin/python3 -m pytest -p no:cacheprovider -v -rA --durations=0 "$here" "$@"

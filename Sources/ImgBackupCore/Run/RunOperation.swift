@@ -97,16 +97,19 @@ public struct RunOperation: Sendable {
             await middle(session, copy: copy)
         }
 
+        // The body keeps its own failure in the outcome; the held one is the close's.
         var outcome = held.value ?? Outcome()
-        if let later = held.failure {
-            if held.interruptedBy == nil, let first = outcome.failure {
+        if let signal = environment.stopSignals.received, outcome.failure != nil || held.failure != nil {
+            // How the stopped copy step failed is detail; the stop is the news.
+            if let cause = outcome.failure, cause.code != .interrupted {
+                environment.logger.info("the run stopped: \(cause.description)")
+            }
+            outcome.failure = held.failure ?? .interrupted(by: signal, "the run of '\(target.name)' stopped and the target was closed")
+        } else if let later = held.failure {
+            if outcome.failure != nil {
                 // Keep the first error for the exit status; the second must not vanish.
                 environment.logger.error("\(later.description)")
-                outcome.failure = first
             } else {
-                if let cause = outcome.failure, held.interruptedBy != nil, cause.code != .interrupted {
-                    environment.logger.info("the run stopped: \(cause.description)")
-                }
                 outcome.failure = later
             }
         }
