@@ -95,11 +95,14 @@ public struct SystemTeardown: LayerTeardown {
 
     /// A mount that nobody is seen using can still be busy for a moment:
     /// a process that was just killed lets go of its files as it exits.
-    /// Retried within the step's deadline while no process uses it; a
-    /// process that does (a person's shell) makes it busy at once.
+    /// Retried for a few seconds (within the step's deadline) while no
+    /// process uses it; a process that does (a person's shell) makes it busy
+    /// at once, and so does a user no process table shows for long.
+    static let busyRetryLimit: Duration = .seconds(5)
+
     private func unmountRetryingWhileNobodyUsesIt(_ mountPoint: String) async throws {
         let clock = ContinuousClock()
-        let end = clock.now.advanced(by: stepDeadline)
+        let end = clock.now.advanced(by: min(stepDeadline, Self.busyRetryLimit))
         while true {
             do {
                 return try await Mounts.unmount(mountPoint, deadline: stepDeadline)
