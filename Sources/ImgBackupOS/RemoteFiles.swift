@@ -197,12 +197,21 @@ public enum LocalFiles {
     /// filesystem journals nothing for it and an unmount has little to
     /// write back. For a record of fixed length rewritten often (the
     /// generation marker, at every open of an image over a slow link). A
-    /// file that is not there yet is created through ``writeAtomically``.
+    /// file that is not there yet is created through ``writeAtomically``,
+    /// and its directory synced, so the new name is durable too.
     public static func overwriteInPlace(_ path: String, _ contents: String, mode: mode_t = 0o600) throws(SystemCallError) {
         let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else {
-            if errno == ENOENT { return try writeAtomically(path, contents, mode: mode) }
-            throw SystemCallError(call: "open", object: path, errno: errno)
+            guard errno == ENOENT else { throw SystemCallError(call: "open", object: path, errno: errno) }
+            try writeAtomically(path, contents, mode: mode)
+            // The new name must be as durable as the bytes: without this a
+            // crash (a transport that dies) can lose the rename from the
+            // journal, and the file with it.
+            let parent = path.lastIndex(of: "/").map { String(path[..<$0]) }.map { $0.isEmpty ? "/" : $0 } ?? "."
+            let directory = try checked("open", parent) { open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            defer { close(directory) }
+            _ = try checked("fsync", parent) { fsync(directory) }
+            return
         }
         defer { close(fd) }
         var info = stat()
