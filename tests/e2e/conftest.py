@@ -292,10 +292,15 @@ def tree_digest(root):
     return result
 
 
-# Seconds each file took in one VM (make test, this emulated kernel), for
-# splitting the suite over several VMs (run-sharded.sh). Only the balance
-# depends on them; a file missing here counts as SHARD_DEFAULT_SECONDS.
+# About how many seconds each file takes alone in one VM under emulation
+# (from the runs of 2026-12-03, rounded), for splitting the suite over
+# several VMs (run-sharded.sh). Only the balance depends on them; a file
+# missing here counts as SHARD_DEFAULT_SECONDS.
 SHARD_SECONDS = {
+    "test_faults.py": 700, "test_hostile_host.py": 500, "test_core_path.py": 400, "test_run.py": 400,
+    "test_nbd.py": 350, "test_pull.py": 350, "test_unattended.py": 300, "test_keys.py": 250,
+    "test_resize.py": 250, "test_authorized_keys.py": 220, "test_restore.py": 200, "test_bad_input.py": 150,
+    "test_status.py": 120, "test_doctor.py": 90, "test_lock.py": 90, "test_metrics.py": 60,
 }
 SHARD_DEFAULT_SECONDS = 180
 
@@ -322,6 +327,12 @@ def pytest_collection_modifyitems(config, items):
     kept = [item for item in items if shard[os.path.basename(item.fspath)] == index]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A shard that a -k filter left without tests has passed, not failed (pytest's 5)."""
+    if os.environ.get("IMGBACKUP_SHARD") and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
 
 
 def pytest_terminal_summary(terminalreporter):
