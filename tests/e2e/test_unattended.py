@@ -59,6 +59,21 @@ def stop_with(process, number, again_after=None):
     return stderr, time.monotonic() - sent
 
 
+def stop_expecting_interrupt(host, name, process, number, label, again_after=None):
+    """Stops `process` with `number` and asserts the contract: exit 9 within
+    the budget, a last line naming the signal, nothing of `name` left up.
+    Returns stderr."""
+    stderr, to_exit = stop_with(process, number, again_after)
+    signal_name = signal.Signals(number).name
+    print(f"{signal_name} {label} -> exit {process.returncode} after {to_exit:.1f}s")
+    print(stderr)
+    assert process.returncode == 9
+    assert stderr.strip().splitlines()[-1].startswith(f"imgbackup: error: interrupted by {signal_name}")
+    assert to_exit < STOP_BUDGET
+    assert_nothing_left(host, name)
+    return stderr
+
+
 def last_record(host, name):
     lines = [line for line in open(os.path.join(host.state, name, "runs.jsonl")) if line.strip()]
     return json.loads(lines[-1])
@@ -94,16 +109,10 @@ def test_a_stop_signal_mid_copy_closes_records_and_notifies(host, number):
     assert trim.returncode == 4 and "is locked" in trim.stderr
 
     # A second signal while the teardown runs does not cut it short.
-    stderr, to_exit = stop_with(run, number, again_after=0.5)
+    stderr = stop_expecting_interrupt(host, name, run, number, "mid-copy", again_after=0.5)
     signal_name = signal.Signals(number).name
-    print(f"{signal_name} mid-copy -> exit {run.returncode} after {to_exit:.1f}s")
-    print(stderr)
-    assert run.returncode == 9
     assert f"received {signal_name}: stopping" in stderr
-    assert stderr.strip().splitlines()[-1].startswith(f"imgbackup: error: interrupted by {signal_name}")
     assert f"run of '{name}': " in stderr and "written to the image" in stderr, "no progress line for the journal"
-    assert to_exit < STOP_BUDGET
-    assert_nothing_left(host, name)
     assert processes_named("sleep") == [], "the copy step was left running"
 
     record = last_record(host, name)
@@ -126,13 +135,7 @@ def test_a_stop_signal_mid_init_leaves_no_image_and_init_works_again(host):
     init = start(host, "init", name)
     mapping = f"/dev/mapper/imgbackup-{name}"
     wait_for(lambda: os.path.exists(mapping), "the mapping", init, timeout=300)
-    stderr, to_exit = stop_with(init, signal.SIGTERM)
-    print(f"SIGTERM mid-init -> exit {init.returncode} after {to_exit:.1f}s")
-    print(stderr)
-    assert init.returncode == 9
-    assert stderr.strip().splitlines()[-1].startswith("imgbackup: error: interrupted by SIGTERM")
-    assert to_exit < STOP_BUDGET
-    assert_nothing_left(host, name)
+    stop_expecting_interrupt(host, name, init, signal.SIGTERM, "mid-init")
     assert sorted(f for f in os.listdir(host.storage) if f.startswith(name)) == [], "a (partial) image was left"
     host.ok("init", name)
     assert_nothing_left(host, name)
@@ -147,13 +150,7 @@ def test_a_stop_signal_mid_trim_closes_and_the_next_trim_works(host):
     trim = start(host, "trim", name)
     wait_for(lambda: subprocess.run(["pgrep", "-f", f"nbd-bridge {name}"], capture_output=True).returncode == 0,
              "the NBD bridge", trim)
-    stderr, to_exit = stop_with(trim, signal.SIGINT)
-    print(f"SIGINT mid-trim -> exit {trim.returncode} after {to_exit:.1f}s")
-    print(stderr)
-    assert trim.returncode == 9
-    assert stderr.strip().splitlines()[-1].startswith("imgbackup: error: interrupted by SIGINT")
-    assert to_exit < STOP_BUDGET
-    assert_nothing_left(host, name)
+    stop_expecting_interrupt(host, name, trim, signal.SIGINT, "mid-trim")
     result = host.ok("trim", name)
     assert "trimmed:" in result.stdout
     assert_nothing_left(host, name)
