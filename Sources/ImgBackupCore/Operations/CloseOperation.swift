@@ -66,15 +66,21 @@ public struct CloseOperation: Sendable {
     public func run() async throws(ImgBackupError) -> Outcome {
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
+        return try await tearDownUncancelled().get()
+    }
+
+    /// ``tearDown()`` in a task no cancellation reaches: how every caller
+    /// that may have been stopped by a signal (close, a run, the clearing
+    /// of a dead run's leftovers) takes a target down.
+    func tearDownUncancelled() async -> Result<Outcome, ImgBackupError> {
         let close = self
-        let result = await withUncancelledTask { () async -> Result<Outcome, ImgBackupError> in
+        return await withUncancelledTask { () async -> Result<Outcome, ImgBackupError> in
             do {
                 return .success(try await close.tearDown())
             } catch {
                 return .failure(ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(close.target.name)'"))
             }
         }
-        return try result.get()
     }
 
     /// The stack going down, for a caller that holds the target lock (`run`).

@@ -56,15 +56,8 @@ extension OpenOperation {
         }
         var close = CloseOperation(target: target, environment: environment, force: session.hung.isSet)
         close.imageWritesFailed = session.imageWritesFailed.isSet
-        let closing = close
-        let closeFailure = await withUncancelledTask { () async -> ImgBackupError? in
-            do {
-                _ = try await closing.tearDown()
-                return nil
-            } catch {
-                return ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(closing.target.name)'")
-            }
-        }
+        let closeFailure: ImgBackupError? =
+            if case .failure(let error) = await close.tearDownUncancelled() { error } else { nil }
         // A signal that came after the work was done and closed cut nothing short.
         if let signal = environment.stopSignals.received, outcome.failure != nil || closeFailure != nil {
             outcome.interruptedBy = signal

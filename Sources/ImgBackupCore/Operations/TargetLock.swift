@@ -25,8 +25,8 @@ enum TargetLock {
     /// Before a target is brought up, by a caller that holds the target
     /// lock: nothing of it may be up. What a dead run (or init, trim,
     /// resize, key) left is torn down here, saying so in one line, and the
-    /// caller goes on; a person's `open`, or a command still running,
-    /// is refused (exit 4) with its holder named.
+    /// caller goes on; a person's `open` (or a record of an operation this
+    /// release does not know) is refused (exit 4) with its holder named.
     static func clearLeftovers(_ target: Target, environment: OperationEnvironment) async throws(ImgBackupError) {
         let store = environment.stateStore
         guard let record = try store.load(target: target.name) else { return }
@@ -51,21 +51,13 @@ enum TargetLock {
         environment.logger.notice(
             "finishing the teardown of an interrupted '\(record.operation)' of '\(target.name)' (pid \(record.pid), started \(since)), then going on")
         let name = target.name
-        let failure = await withUncancelledTask { () async -> ImgBackupError? in
-            do {
-                _ = try await CloseOperation(target: target, environment: environment).tearDown()
-                return nil
-            } catch {
-                // A run that died on a frozen transport left mounts a plain
-                // close cannot take down in time: force, as after a hang.
-                environment.logger.notice(
-                    "the leftovers of '\(name)' did not come down cleanly (\(ImgBackupError.reason(of: error))): forcing")
-            }
-            do {
-                _ = try await CloseOperation(target: target, environment: environment, force: true).tearDown()
-                return nil
-            } catch {
-                return ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(name)'")
+        var failure: ImgBackupError?
+        if case .failure(let error) = await CloseOperation(target: target, environment: environment).tearDownUncancelled() {
+            // A run that died on a frozen transport left mounts a plain
+            // close cannot take down in time: force, as after a hang.
+            environment.logger.notice("the leftovers of '\(name)' did not come down cleanly (\(error.message)): forcing")
+            if case .failure(let forced) = await CloseOperation(target: target, environment: environment, force: true).tearDownUncancelled() {
+                failure = forced
             }
         }
         if let failure {
