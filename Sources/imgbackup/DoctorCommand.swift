@@ -33,7 +33,7 @@ struct DoctorCommand: AsyncParsableCommand {
             targets.append(try global.target(name, in: config, keys: noOverride))
         }
         let runner = environment.runner
-        let findings = await DoctorOperation(targets: targets, system: SystemInspector(runner: runner)).run { target in
+        let findings = await DoctorOperation(targets: targets, system: SystemInspector(runner: runner, paths: environment.paths)).run { target in
             do {
                 _ = try await KeyLoader.load(target.key, target: target.name, runner: runner)  // wiped on release
                 return nil

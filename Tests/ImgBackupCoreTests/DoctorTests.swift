@@ -27,6 +27,8 @@ import Testing
         func lookAtRemote(_ target: Target) async -> RemoteLook { remote }
         func lookAtNBD(_ target: Target) async -> NBDLook { nbd }
         func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook { source }
+        var layers = LayersLook.nothingUp
+        func lookAtLayers(_ target: Target) -> LayersLook { layers }
     }
 
     static func target(configure: (inout Target) -> Void = { _ in }) throws -> Target {
@@ -78,6 +80,21 @@ import Testing
         findings = await Self.findings(system, try Self.target())
         #expect(DoctorOperation.exitStatus(findings) == 6)
         #expect(findings.contains { $0.level == .fail && $0.message.hasSuffix("Connection refused") && $0.fix?.contains("ssh -p 22 backup@host") == true })
+    }
+
+    @Test func layersLeftUpByADeadCommandAreReportedWithTheirFix() async throws {
+        var system = FakeSystem()
+        system.layers = .leftUp(by: "'open' (pid 4242)", layers: ["dm-crypt mapping /dev/mapper/imgbackup-offsite"])
+        let findings = await Self.findings(system, try Self.target())
+        #expect(
+            findings.map(\.description).contains(
+                "WARN  offsite: left up by 'open' (pid 4242), which is no longer running: dm-crypt mapping /dev/mapper/imgbackup-offsite -> imgbackup close offsite"
+            ))
+        #expect(DoctorOperation.exitStatus(findings) == 0)
+        system.layers = .inUse(operation: "run", pid: 7)
+        #expect(
+            await Self.findings(system, try Self.target()).map(\.description).contains(
+                "ok    offsite: open: 'run' (pid 7) has it up"))
     }
 
     @Test func notRootNeedsFuseConfAndSaysSo() async throws {

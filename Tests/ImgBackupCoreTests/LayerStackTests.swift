@@ -134,3 +134,33 @@ final class MemoryJournal: StateJournal {
         #expect(journal.isCleared)
     }
 }
+
+@Suite struct LayerCatalogTests {
+    static func target() throws -> Target {
+        var target = Target(
+            name: "offsite", remote: try RemoteLocation.parse("backup@host:/srv/laptop").get(), image: "laptop.img",
+            key: .file("/k"), mountPoint: "/mnt/offsite")
+        target.copy = Target.Copy(method: .rsync)
+        target.copy?.sources = ["ssh://alice@web1/var/www"]
+        return target
+    }
+
+    /// Every kind a target's stack has on either transport is in the one
+    /// list close, status and doctor use, plus each source host's mount.
+    @Test func theListOfPossibleLayersCoversEveryKindBothTransportsPutUp() throws {
+        let paths = RuntimePaths(runtimeDirectory: "/run/x", stateDirectory: "/var/lib/x")
+        let layers = try Self.target().possibleLayers(paths)
+        #expect(Set(layers.map(\.layerName)) == ["sshfs", "nbd", "loop", "dm-crypt", "filesystem"])
+        #expect(layers.map(\.place).contains("/run/x/offsite/sources/web1"))
+        #expect(layers.first?.place == "/run/x/offsite/remote")
+        #expect(layers.last(where: { $0.layerName == "filesystem" })?.place == "/mnt/offsite")
+    }
+
+    /// A record with a pid and one without, at the same place, are one layer.
+    @Test func recordsOfOneLayerMatchWhateverOnlyOneOfThemKnows() {
+        #expect(LayerRecord.nbdBridge(mountPoint: "/m", pid: 3).isSameLayer(as: .nbdBridge(mountPoint: "/m", pid: nil)))
+        #expect(LayerRecord.loop(backingFile: "/i", device: "/dev/loop0").isSameLayer(as: .loop(backingFile: "/i", device: nil)))
+        #expect(!LayerRecord.sshfs(source: "a:/", mountPoint: "/m").isSameLayer(as: .nbdBridge(mountPoint: "/m", pid: nil)))
+        #expect(LayerRecord.crypt(name: "imgbackup-x").description == "dm-crypt mapping /dev/mapper/imgbackup-x")
+    }
+}

@@ -50,9 +50,8 @@ import Testing
         let paths = RuntimePaths(runtimeDirectory: "/run/imgbackup", stateDirectory: "/var/lib/imgbackup")
         var target = try config.target(named: "t")
         target.copy = copy
-        let close = CloseOperation(target: target, environment: OperationEnvironment(paths: paths, logger: Logger(label: "test")))
         // Unwound first: the source mounts sit on top of the image's stack.
-        #expect(Array(close.possibleLayers().suffix(2)) == [
+        #expect(Array(target.possibleLayers(paths).suffix(2)) == [
             .sshfs(source: "backup@db1:/", mountPoint: "/run/imgbackup/t/sources/db1"),
             .sshfs(source: "web1:/", mountPoint: "/run/imgbackup/t/sources/web1"),
         ])

@@ -77,6 +77,35 @@ public final class CryptLayer: Layer {
     }
 }
 
+extension CryptLayer {
+    static let kind = "dm-crypt"
+
+    static func describe(name: String) -> String { "dm-crypt mapping /dev/mapper/\(name)" }
+
+    static func isUp(name: String) -> Bool { CryptDevice.isActive(name: name) }
+
+    /// Deactivates the mapping; a busy one is refused, or (forced) its
+    /// removal deferred until its last user lets go.
+    static func down(name: String, force: Bool, in context: TeardownContext) async throws {
+        let deadline = context.stepDeadline
+        do {
+            try await withAbandonableDeadline(deadline, operation: "deactivate /dev/mapper/\(name)") {
+                try CryptDevice.deactivate(name: name)
+            }
+        } catch let error as CryptSetupError where error.isBusy {
+            guard force else {
+                throw ImgBackupError(
+                    .invalidState, "failed to close /dev/mapper/\(name): it is in use",
+                    hint: "something still holds it open; use close --force to remove it when it is released")
+            }
+            context.logger.notice("/dev/mapper/\(name) is busy: deferring its removal")
+            try await withAbandonableDeadline(deadline, operation: "deactivate /dev/mapper/\(name)") {
+                try CryptDevice.deactivate(name: name, deferred: true)
+            }
+        }
+    }
+}
+
 #if canImport(Glibc)
 import Glibc
 #endif

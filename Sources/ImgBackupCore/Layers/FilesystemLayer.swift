@@ -70,12 +70,89 @@ public struct FilesystemLayer: Layer {
     /// the journal at the first failed metadata write, data_err=abort at the
     /// first failed data write, so it still holds those blocks and the next
     /// open's check replays them (the unmount after such a failure shuts the
-    /// filesystem down first: SystemTeardown). btrfs turns read-only on a
+    /// filesystem down first: `down` below). btrfs turns read-only on a
     /// failed write by itself, and its old tree stays whole.
     static func mountOptions(_ filesystem: Target.Filesystem) -> String {
         switch filesystem {
         case .ext4: "errors=remount-ro,data_err=abort"
         case .btrfs: ""
+        }
+    }
+}
+
+extension FilesystemLayer {
+    static let kind = "filesystem"
+
+    static func describe(mountPoint: String) -> String { "filesystem mount at \(mountPoint)" }
+
+    static func isUp(mountPoint: String) -> Bool {
+        MountTable.mount(at: mountPoint).map { !$0.filesystemType.hasPrefix("fuse") } ?? false
+    }
+
+    /// Unmounts the image's filesystem, only if `device` is what is mounted
+    /// there: never something else mounted at the mount point.
+    static func down(device: String, mountPoint: String, force: Bool, in context: TeardownContext) async throws {
+        guard let entry = MountTable.mount(at: mountPoint),
+            entry.source == device
+                || BlockDeviceStats.kernelName(of: entry.source) == BlockDeviceStats.kernelName(of: device)
+        else { return }
+        if entry.filesystemType == "ext4" { await keepJournalIfWritesFailed(mountPoint, in: context) }
+        do {
+            try await unmountRetryingWhileNobodyUsesIt(mountPoint, deadline: context.stepDeadline)
+        } catch let error as SystemCallError where error.errno == EBUSY {
+            guard force else {
+                throw ImgBackupError(
+                    .invalidState, "failed to unmount \(mountPoint): it is busy",
+                    hint: "close the programs using it (fuser -vm \(mountPoint)), or use close --force")
+            }
+            context.logger.notice("\(mountPoint) is busy: detaching it lazily")
+            try await Mounts.unmount(mountPoint, mode: .lazy, deadline: context.stepDeadline)
+        }
+    }
+
+    /// A mount that nobody is seen using can still be busy for a moment:
+    /// a process that was just killed lets go of its files as it exits.
+    /// Retried for a few seconds (within the step's deadline) while no
+    /// process uses it; a process that does (a person's shell) makes it busy
+    /// at once, and so does a user no process table shows for long.
+    static let busyRetryLimit: Duration = .seconds(5)
+
+    private static func unmountRetryingWhileNobodyUsesIt(_ mountPoint: String, deadline: Duration) async throws {
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: min(deadline, busyRetryLimit))
+        while true {
+            do {
+                return try await Mounts.unmount(mountPoint, deadline: deadline)
+            } catch let error as SystemCallError where error.errno == EBUSY {
+                let users = ProcessTable.processes(using: mountPoint).filter(ProcessTable.isAlive)
+                guard users.isEmpty, clock.now < end else { throw error }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    /// A filesystem whose writes did not all reach the remote (a full
+    /// remote, a hang) is shut down before it is unmounted: see
+    /// `Mounts.shutDownKeepingJournal`. The sync asks whether everything
+    /// written reached the remote; one that only runs out of time is left
+    /// to the unmount, as before.
+    private static func keepJournalIfWritesFailed(_ mountPoint: String, in context: TeardownContext) async {
+        var failure = context.imageWritesFailed ? "writes to the image failed earlier" : nil
+        if failure == nil {
+            do {
+                try await Mounts.sync(mountPoint, deadline: context.stepDeadline)
+            } catch let error as SystemCallError {
+                failure = "the last write-out failed (\(error))"
+            } catch {}
+        }
+        guard let failure else { return }
+        context.lostWrites.record(failure)
+        do {
+            try Mounts.shutDownKeepingJournal(mountPoint)
+            context.logger.notice(
+                "\(failure): shut the filesystem at \(mountPoint) down, so the next open replays its journal")
+        } catch {
+            context.logger.error("\(failure), and shutting the filesystem at \(mountPoint) down failed: \(error)")
         }
     }
 }

@@ -46,6 +46,41 @@ public final class LoopLayer: Layer {
     public func release() { attached.withLock { $0 = nil } }
 }
 
+extension LoopLayer {
+    static let kind = "loop"
+
+    static func describe(backingFile: String, device: String?) -> String {
+        "loop device \(device ?? "(not yet attached)") on \(backingFile)"
+    }
+
+    static func isUp(backingFile: String) -> Bool { !LoopDevice.devices(backingFile: backingFile).isEmpty }
+
+    /// Every loop device on `backingFile`, detached; detaching is
+    /// asynchronous in the kernel, so this waits until sysfs agrees.
+    static func down(backingFile: String, in context: TeardownContext) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: context.stepDeadline)
+        while true {
+            let devices = LoopDevice.devices(backingFile: backingFile)
+            if devices.isEmpty { return }
+            for device in devices {
+                if let holder = LoopDevice.holders(of: device).first {
+                    throw ImgBackupError(
+                        .invalidState, "failed to detach \(device): \(holder) still uses it",
+                        hint: "the dm-crypt mapping above it did not close; run 'imgbackup close' again")
+                }
+                try LoopDevice.detach(device)
+            }
+            guard clock.now < deadline else {
+                throw ImgBackupError(
+                    .invalidState,
+                    "failed to detach \(devices.joined(separator: ", ")) within \(context.stepDeadline.secondsText)")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}
+
 #if canImport(Glibc)
 import Glibc
 #endif

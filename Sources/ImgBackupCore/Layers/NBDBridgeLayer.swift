@@ -85,6 +85,42 @@ public struct NBDBridgeLayer: Layer {
     }
 }
 
+extension NBDBridgeLayer {
+    static let kind = "nbd"
+
+    static func describe(mountPoint: String, pid: Int32?) -> String {
+        "NBD bridge\(pid.map { " (pid \($0))" } ?? "") at \(mountPoint)"
+    }
+
+    static func isUp(mountPoint: String) -> Bool {
+        MountTable.mount(at: mountPoint)?.filesystemType.hasPrefix("fuse") ?? false
+    }
+
+    /// Unmounting the bridge's FUSE mount ends its loop; it then flushes and
+    /// disconnects from the server and exits. One that does not is stopped.
+    static func down(mountPoint: String, pid: Int32?, force: Bool, in context: TeardownContext) async throws {
+        if !MountTable.isMountPoint(mountPoint) {
+            // A bridge whose command was stopped while it connected (a stop
+            // signal, a kill) has no pid on record yet, and would mount
+            // after we looked: stop it first.
+            let strays = ProcessTable.processes(
+                named: (DetachedProcess.currentExecutable as NSString).lastPathComponent, withArgument: mountPoint
+            ).filter { DetachedProcess.isRunning(pid: $0, withArgument: subcommand) }
+            await context.stopStrays(strays, "the NBD bridge")
+        }
+        try await context.unmountFUSE(mountPoint, force: force, what: "the NBD bridge")
+        if let pid {
+            // Forced (after a hang, or close --force): the bridge's last flush
+            // waits on the server that stopped answering; do not wait it out.
+            let within = force ? min(context.stepDeadline, .seconds(2)) : context.stepDeadline
+            try await context.stopLingering("the NBD bridge", within: within) {
+                DetachedProcess.isRunning(pid: pid, withArgument: subcommand) ? [pid] : []
+            }
+        }
+        LocalFiles.removeDirectoryIfEmpty(mountPoint)
+    }
+}
+
 /// How the bridge reaches the export: the configured URI, or the configured
 /// command run on the remote through ssh with the target's port, identity and
 /// options.

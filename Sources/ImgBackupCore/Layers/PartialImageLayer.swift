@@ -20,3 +20,19 @@ public struct PartialImageLayer: Layer {
         return intent
     }
 }
+
+extension PartialImageLayer {
+    static let kind = "image"
+
+    static func describe(path: String) -> String { "partial image \(path)" }
+
+    static func down(path: String, force: Bool, in context: TeardownContext) async throws {
+        do {
+            try await RemoteFiles.remove(path, deadline: context.stepDeadline)
+        } catch where force {
+            // After a hang the remote cannot be reached. The half-made
+            // image never had the real name, and the next init removes it.
+            context.logger.notice("could not remove the unfinished image \(path) (\(error)): the next init removes it")
+        }
+    }
+}

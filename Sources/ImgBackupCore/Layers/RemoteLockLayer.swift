@@ -108,6 +108,39 @@ public struct RemoteLockLayer: Layer {
     }
 }
 
+extension RemoteLockLayer {
+    static let kind = "lock"
+
+    static func describe(path: String) -> String { "remote lock \(path)" }
+
+    /// Removes the remote lock if it is still ours. Best effort: after a hang
+    /// the remote cannot be reached, and the lock must not keep the rest of
+    /// the stack up; the next open from this machine knows it as its own.
+    static func down(path: String, token: String, in context: TeardownContext) async {
+        let (deadline, logger) = (context.stepDeadline, context.logger)
+        do {
+            guard let text = try await RemoteFiles.read(path, deadline: deadline) else { return }
+            if text.isEmpty {
+                // Created (O_EXCL) but never written: this session was
+                // stopped between the two, as its record of the lock says.
+                // Left there, it would lock out every later open.
+                logger.notice("removing the empty lock file \(path), left by an interrupted lock")
+                return try await RemoteFiles.remove(path, deadline: deadline)
+            }
+            guard text.contains("token=\(token)") else {
+                // Also the unwind after failing to take a lock someone else holds.
+                logger.info("\(path) is not this session's lock: leaving it")
+                return
+            }
+            try await RemoteFiles.remove(path, deadline: deadline)
+        } catch {
+            logger.notice(
+                "could not remove the remote lock \(path) (\(ImgBackupError.reason(of: error))): the next open from this machine replaces it"
+            )
+        }
+    }
+}
+
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,3 +1,4 @@
+import Foundation
 import ImgBackupOS
 
 /// What an sshfs mount reaches and how it logs in: the target's remote
@@ -114,4 +115,34 @@ public struct SSHFSLayer: Layer {
     }
 }
 
-import Foundation
+
+extension SSHFSLayer {
+    static let kind = "sshfs"
+
+    static func describe(source: String, mountPoint: String) -> String { "sshfs mount of \(source) at \(mountPoint)" }
+
+    static func isUp(mountPoint: String) -> Bool {
+        MountTable.mount(at: mountPoint)?.filesystemType.hasPrefix("fuse") ?? false
+    }
+
+    static func down(mountPoint: String, force: Bool, in context: TeardownContext) async throws {
+        defer {
+            // The mount point and the per-target runtime directory it lives in.
+            LocalFiles.removeDirectoryIfEmpty(mountPoint)
+            LocalFiles.removeDirectoryIfEmpty((mountPoint as NSString).deletingLastPathComponent)
+        }
+        if !MountTable.isMountPoint(mountPoint) {
+            // An sshfs whose `open` died while it was connecting would mount
+            // after we looked: stop it first.
+            let strays = ProcessTable.processes(named: "sshfs", withArgument: mountPoint)
+            guard !strays.isEmpty else { return }
+            await context.stopStrays(strays, "sshfs")
+        }
+        try await context.unmountFUSE(mountPoint, force: force, what: "the remote directory")
+        // sshfs normally exits once unmounted; one stuck on a dead server
+        // (its connection aborted after a hang) is stopped.
+        try await context.stopLingering("sshfs", within: .seconds(2)) {
+            ProcessTable.processes(named: "sshfs", withArgument: mountPoint)
+        }
+    }
+}

@@ -24,24 +24,6 @@ public struct CloseOperation: Sendable {
         self.force = force
     }
 
-    /// Every layer this target can have, bottom first: what `close` checks
-    /// when there is no state record.
-    func possibleLayers() -> [LayerRecord] {
-        let remote = environment.paths.remoteMount(target.name)
-        let mapped = "/dev/mapper/\(target.mappingName)"
-        let bridge = environment.paths.nbdMount(target.name)
-        return [
-            .sshfs(source: target.remote.sshfsSource, mountPoint: remote),
-            .nbdBridge(mountPoint: bridge, pid: nil),
-            .loop(backingFile: "\(remote)/\(target.image)", device: nil),
-            .loop(backingFile: "\(bridge)/\(ImageFileSystem.fileName)", device: nil),
-            .crypt(name: target.mappingName),
-            .filesystem(device: mapped, mountPoint: target.mountPoint),
-        ] + (target.copy?.sourceHosts ?? []).map { host in
-            .sshfs(source: host.location.sshfsSource, mountPoint: environment.paths.sourceMount(target.name, host))
-        }
-    }
-
     /// A `run` killed mid-copy leaves its copy step running (in its own
     /// process group) with files open in the image. When the command that
     /// owned the stack is gone, stop whatever still uses the mount, and wait
@@ -88,7 +70,7 @@ public struct CloseOperation: Sendable {
         let store = environment.stateStore
         let record = try store.load(target: target.name)
         if let record { await stopOrphanedCopyStep(record) }
-        let layers = record?.layers ?? possibleLayers()
+        let layers = record?.layers ?? target.possibleLayers(environment.paths)
         let teardown = SystemTeardown(
             runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger,
             imageWritesFailed: imageWritesFailed)

@@ -50,6 +50,17 @@ public protocol SystemInspecting: Sendable {
     /// A host ssh:// sources are pulled from, as SFTP sees it with the copy
     /// table's login: are the source paths there?
     func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook
+    /// What of `target` is up on this machine, and who put it up.
+    func lookAtLayers(_ target: Target) -> LayersLook
+}
+
+public enum LayersLook: Sendable, Equatable {
+    case nothingUp
+    /// A command that still runs has the target open.
+    case inUse(operation: String, pid: Int32)
+    /// Layers up (or a state record) that no running command owns: `by`
+    /// names the dead command when its record is there.
+    case leftUp(by: String?, layers: [String])
 }
 
 public enum SourceLook: Sendable, Equatable {
@@ -98,6 +109,7 @@ public struct DoctorOperation {
             findings += await remote(target)
             if target.nbd != nil { findings += await nbd(target) }
             findings += await sources(target)
+            findings += layers(target)
         }
         return findings
     }
@@ -289,6 +301,26 @@ extension DoctorOperation {
 }
 
 extension DoctorOperation {
+    /// What an earlier command left up: `run` and `trim` clear it by
+    /// themselves, but a person's `open` left behind blocks every run.
+    func layers(_ target: Target) -> [DoctorFinding] {
+        switch system.lookAtLayers(target) {
+        case .nothingUp:
+            return [.ok(target.name, "nothing of this target is up on this machine")]
+        case .inUse(let operation, let pid):
+            return [.ok(target.name, "open: '\(operation)' (pid \(pid)) has it up")]
+        case .leftUp(let by, let layers):
+            let what = layers.isEmpty ? "a state record with nothing up" : layers.joined(separator: ", ")
+            return [
+                .warn(
+                    target.name, "left up\(by.map { " by \($0), which is no longer running" } ?? " without a state record"): \(what)",
+                    fix: "imgbackup close \(target.name)")
+            ]
+        }
+    }
+}
+
+extension DoctorOperation {
     /// Each host of ssh:// sources, logged in to as the run would, and the
     /// source paths on it.
     func sources(_ target: Target) async -> [DoctorFinding] {
@@ -323,10 +355,25 @@ extension DoctorOperation {
 /// The real machine, for doctor.
 public struct SystemInspector: SystemInspecting {
     let runner: any CommandRunning
+    let paths: RuntimePaths
     /// How long one look at the remote may take, connection included.
     static let remoteLimit: Duration = .seconds(SSHClientOptions.connectTimeoutSeconds + 20)
 
-    public init(runner: any CommandRunning) { self.runner = runner }
+    public init(runner: any CommandRunning, paths: RuntimePaths) {
+        self.runner = runner
+        self.paths = paths
+    }
+
+    public func lookAtLayers(_ target: Target) -> LayersLook {
+        let record = try? StateStore(paths: paths).load(target: target.name)
+        if let record, ProcessTable.isAlive(record.pid) {
+            return .inUse(operation: record.operation, pid: record.pid)
+        }
+        let recorded = record?.layers ?? []
+        let up = recorded.filter { $0.isUp != false } + target.layersUp(besides: recorded, paths)
+        guard record != nil || !up.isEmpty else { return .nothingUp }
+        return .leftUp(by: record.map { "'\($0.operation)' (pid \($0.pid))" }, layers: up.map(\.description))
+    }
 
     public var isRoot: Bool { geteuid() == 0 }
     public func fileExists(_ path: String) -> Bool { access(path, F_OK) == 0 }

@@ -79,7 +79,7 @@ public struct ResizeOperation {
     private func openOverSSHFS() async throws(ImgBackupError) -> Bool {
         guard let record = try environment.stateStore.load(target: target.name) else { return false }
         let layers = record.layers
-        let mounted = layers.contains { if case .filesystem = $0 { StatusOperation.isUp($0) == true } else { false } }
+        let mounted = layers.contains { if case .filesystem = $0 { $0.isUp == true } else { false } }
         guard record.operation == "open", mounted else {
             try await TargetLock.clearLeftovers(target, environment: environment)  // or says what is left over
             return false

@@ -116,17 +116,15 @@ public struct StatusOperation {
         let record = try StateStore(paths: paths).load(target: target.name)
         let recorded = record?.layers ?? []
         var layers = recorded.map { layer in
-            TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: true, up: Self.isUp(layer))
+            TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: true, up: layer.isUp)
         }
         // Without a record (or with one that lost track), the layers this
         // target would have can still be up: say so, close takes them down.
-        for layer in expectedLayers() where !recorded.contains(where: { $0.layerName == layer.layerName }) {
-            if let up = Self.isUp(layer), up {
-                layers.append(TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: false, up: true))
-            }
+        for layer in target.layersUp(besides: recorded, paths) {
+            layers.append(TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: false, up: true))
         }
         let mounted = MountTable.mount(at: target.mountPoint).map { $0.source.hasPrefix("/dev/") } ?? false
-            && layers.contains { $0.layer == "filesystem" && $0.up == true }
+            && layers.contains { $0.layer == FilesystemLayer.kind && $0.up == true }
         let anyUp = layers.contains { $0.up == true }
         let history = RunHistory(paths: paths)
         let runs = history.records(target.name)
@@ -148,19 +146,6 @@ public struct StatusOperation {
             mountUsage: mounted ? Self.usage(target.mountPoint) : nil)
     }
 
-    /// The layers an open of this target puts up, for finding ones left up without a record.
-    private func expectedLayers() -> [LayerRecord] {
-        let paths = environment.paths
-        let transport: LayerRecord =
-            target.transport == .nbd
-            ? .nbdBridge(mountPoint: paths.nbdMount(target.name), pid: nil)
-            : .sshfs(source: target.remote.description, mountPoint: paths.remoteMount(target.name))
-        return [
-            transport, .crypt(name: target.mappingName),
-            .filesystem(device: "/dev/mapper/\(target.mappingName)", mountPoint: target.mountPoint),
-        ]
-    }
-
     private func openTransport(_ record: StateRecord?) -> String? {
         guard let layers = record?.layers else { return nil }
         if layers.contains(where: { if case .nbdBridge = $0 { true } else { false } }) { return "nbd" }
@@ -168,21 +153,6 @@ public struct StatusOperation {
         let remote = environment.paths.remoteMount(target.name)
         if layers.contains(where: { if case .sshfs(_, remote) = $0 { true } else { false } }) { return "sshfs" }
         return nil
-    }
-
-    static func isUp(_ layer: LayerRecord) -> Bool? {
-        switch layer {
-        case .sshfs(_, let mountPoint), .nbdBridge(let mountPoint, _):
-            return MountTable.mount(at: mountPoint)?.filesystemType.hasPrefix("fuse") ?? false
-        case .filesystem(_, let mountPoint):
-            return MountTable.mount(at: mountPoint).map { !$0.filesystemType.hasPrefix("fuse") } ?? false
-        case .crypt(let name):
-            return CryptDevice.isActive(name: name)
-        case .loop(let backingFile, _):
-            return !LoopDevice.devices(backingFile: backingFile).isEmpty
-        case .remoteLock, .partialImage:
-            return nil
-        }
     }
 
     /// The image's sizes: live through the open transport, else what the
@@ -224,7 +194,7 @@ public struct ImageMeasurement: Sendable {
             case .sshfs(_, remoteMount): file = "\(remoteMount)/\(target.image)"
             default: continue
             }
-            guard StatusOperation.isUp(layer) == true else { continue }
+            guard layer.isUp == true else { continue }
             let apparent = try? await RemoteFiles.size(file, deadline: remoteLookDeadline)
             var allocated: UInt64?
             if case .nbdBridge = layer {
