@@ -70,7 +70,7 @@ struct GlobalOptions: ParsableArguments {
             progress: Terminal.progressDisplay(),
             configPath: config.path)
         environment.processEnvironment = ProcessInfo.processInfo.environment
-        environment.metricsDirectory = config.metricsDirectory ?? RunMetrics.defaultDirectory(environment.paths)
+        environment.metricsDirectory = config.metricsDirectory ?? environment.paths.metricsDirectory
         // Tests see a journal line without waiting a minute.
         if let seconds = ProcessInfo.processInfo.environment["IMGBACKUP_PROGRESS_INTERVAL"].flatMap(Int.init), seconds > 0 {
             environment.journalProgressInterval = .seconds(seconds)

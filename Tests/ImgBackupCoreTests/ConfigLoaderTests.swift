@@ -169,7 +169,7 @@ let designExample = """
         #expect(try ConfigLoader.parse(target, path: "c.toml").metricsDirectory == nil)
         let config = try ConfigLoader.parse("[metrics]\ndirectory = \"/var/lib/node-exporter\"\n" + target, path: "c.toml")
         #expect(config.metricsDirectory == "/var/lib/node-exporter")
-        #expect(RunMetrics.defaultDirectory(RuntimePaths()) == "/var/lib/imgbackup/metrics")
+        #expect(RuntimePaths().metricsDirectory == "/var/lib/imgbackup/metrics")
     }
 
     @Test func hooksAndCopyOptions() throws {

@@ -36,17 +36,17 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: root) }
         // A device that does not exist: a check would fail, so none may run.
         try await check.checkIfMarked(device: root + "/missing")
-        #expect(!check.isMarked)
+        #expect(!check.marker.isSet)
     }
 
     @Test func aMarkedCleanFilesystemPassesAndTheMarkerStaysUntilClear() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         let image = try await makeExt4()
-        try check.mark(operation: "run")
-        #expect(check.isMarked)
+        try check.marker.set(by: .run)
+        #expect(check.marker.isSet)
         try await check.checkIfMarked(device: image)
-        check.clear()
-        #expect(!check.isMarked)
+        check.marker.clear()
+        #expect(!check.marker.isSet)
     }
 
     @Test func aDamagedFilesystemIsRefusedWithWhatToDo() async throws {
@@ -57,12 +57,12 @@ import Testing
         let zeros = [UInt8](repeating: 0, count: 64 << 10)
         _ = zeros.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 4096) }
         close(fd)
-        try check.mark(operation: "open")
+        try check.marker.set(by: .open)
         let error = await #expect(throws: ImgBackupError.self) { try await check.checkIfMarked(device: image) }
         #expect(error?.code == .system)
         #expect(error?.description.contains("has errors the check did not fix: e2fsck exited with status") == true)
         #expect(error?.description.contains("open --skip-check t") == true)
-        #expect(check.isMarked, "the marker stays until a clean close")
+        #expect(check.marker.isSet, "the marker stays until a clean close")
     }
 }
 

@@ -34,7 +34,7 @@ import Testing
         var record = Self.record(.success, exitCode: 0)
         record.bytesCopied = 3 << 20
         record.bytesWritten = 4 << 20
-        let image = TargetStatus.Image(apparentBytes: 96 << 20, allocatedBytes: 20 << 20, source: "run", measuredAt: Date())
+        let image = TargetStatus.Image(apparentBytes: 96 << 20, allocatedBytes: 20 << 20, source: .run, measuredAt: Date())
         let samples = Self.samples(RunMetrics.text(record, lastSuccess: record.end, image: image))
         #expect(samples == [
             "imgbackup_last_run_start_timestamp_seconds{target=\"offsite\"}": "1795000000",

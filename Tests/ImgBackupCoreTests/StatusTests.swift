@@ -8,7 +8,7 @@ import Testing
 @Suite struct StatusTests {
     static let start = Date(timeIntervalSince1970: 1_795_000_000)
 
-    static func status(state: String = "closed", lastRun: RunRecord? = nil) -> TargetStatus {
+    static func status(state: TargetStatus.State = .closed, lastRun: RunRecord? = nil) -> TargetStatus {
         TargetStatus(
             target: "laptop", transport: "sshfs", remote: "backup@host:/srv/laptop", mountPoint: "/mnt/laptop",
             state: state, layers: [], stateRecord: nil, lockHolder: nil, lastRun: lastRun, lastSuccess: nil, image: nil,
@@ -29,7 +29,7 @@ import Testing
         }
         #expect(target["state"] as? String == "closed")
 
-        var withLock = Self.status(state: "open")
+        var withLock = Self.status(state: .open)
         withLock.layers = [.init(layer: "lock", detail: "remote lock", recorded: true, up: nil)]
         let layers = try #require(
             ((try JSONSerialization.jsonObject(with: Data(TargetStatus.json([withLock]).utf8)) as? [String: Any])?["targets"]
@@ -37,8 +37,8 @@ import Testing
         #expect(Set(layers[0].keys) == ["layer", "detail", "recorded", "up"])
         #expect(layers[0]["up"] is NSNull)
 
-        var overSSHFS = Self.status(state: "open")
-        overSSHFS.image = .init(apparentBytes: 1 << 30, allocatedBytes: nil, source: "live", measuredAt: Self.start)
+        var overSSHFS = Self.status(state: .open)
+        overSSHFS.image = .init(apparentBytes: 1 << 30, allocatedBytes: nil, source: .live, measuredAt: Self.start)
         let image = try #require(
             ((try JSONSerialization.jsonObject(with: Data(TargetStatus.json([overSSHFS]).utf8)) as? [String: Any])?["targets"]
                 as? [[String: Any]])?.first?["image"] as? [String: Any])
@@ -53,15 +53,15 @@ import Testing
         run.exitCode = 0
         run.bytesWritten = 3 << 20
         run.point = "snapshots/2026-11-18T030000Z"
-        var status = Self.status(state: "open", lastRun: run)
+        var status = Self.status(state: .open, lastRun: run)
         status.layers = [
             .init(layer: "sshfs", detail: "sshfs mount", recorded: true, up: true),
             .init(layer: "lock", detail: "remote lock", recorded: true, up: nil),
         ]
-        status.stateRecord = .init(operation: "open", pid: 4242, running: false, startedAt: Self.start)
+        status.stateRecord = .init(operation: .open, pid: 4242, running: false, startedAt: Self.start)
         status.lockHolder = 777
         status.lastSuccess = run.end
-        status.image = .init(apparentBytes: 64 << 20, allocatedBytes: 12 << 20, source: "trim", measuredAt: Self.start)
+        status.image = .init(apparentBytes: 64 << 20, allocatedBytes: 12 << 20, source: .trim, measuredAt: Self.start)
         status.mountUsage = .init(sizeBytes: 60 << 20, usedBytes: 10 << 20, availableBytes: 50 << 20)
 
         let json = try TargetStatus.json([status])
@@ -95,9 +95,9 @@ import Testing
     }
 
     @Test func aPartlyUpTargetSaysToClose() {
-        var status = Self.status(state: "partial")
+        var status = Self.status(state: .partial)
         status.layers = [.init(layer: "dm-crypt", detail: "mapping", recorded: true, up: true)]
-        status.stateRecord = .init(operation: "run", pid: 99999, running: false, startedAt: Self.start)
+        status.stateRecord = .init(operation: .run, pid: 99999, running: false, startedAt: Self.start)
         let text = status.text()
         #expect(text.hasPrefix("laptop: partly up: run 'imgbackup close laptop'"))
         #expect(text.contains("  left by: 'run' (pid 99999, no longer running)"))

@@ -135,7 +135,8 @@ import Testing
     }
 
     func writeRecord(_ environment: OperationEnvironment, operation: String, pid: Int32) throws {
-        try environment.stateStore.save(StateRecord(target: "t", operation: operation, pid: pid, startedAt: Date(), layers: []))
+        try environment.stateStore.save(
+            StateRecord(target: "t", operation: .init(name: operation), pid: pid, startedAt: Date(), layers: []))
     }
 
     @Test func aDeadRunsRecordIsClearedAndTheCallerGoesOn() async throws {
@@ -156,12 +157,24 @@ import Testing
         let environment = environment(root)
         try environment.stateStore.save(
             StateRecord(
-                target: "t", operation: "open", pid: 1 << 23, startedAt: Date(),
+                target: "t", operation: .open, pid: 1 << 23, startedAt: Date(),
                 layers: [.filesystem(device: "/dev/mapper/imgbackup-t", mountPoint: root + "/mnt")]))
         let error = await #expect(throws: ImgBackupError.self) { try await TargetLock.clearLeftovers(target(root), environment: environment) }
         #expect(error?.code == .alreadyOpen)
         #expect(error?.message.contains("opened by 'imgbackup open', pid \(1 << 23)") == true)
         #expect(try environment.stateStore.load(target: "t") != nil, "a person's open was touched")
+    }
+
+    /// A record a newer release wrote, of a command this one does not know,
+    /// is left alone like a person's open: never torn down on a guess.
+    @Test func aRecordOfAnUnknownCommandIsNeverTouched() async throws {
+        let root = makeScratchDirectory("leftovers")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let environment = environment(root)
+        try writeRecord(environment, operation: "restore", pid: 1 << 23)
+        let error = await #expect(throws: ImgBackupError.self) { try await TargetLock.clearLeftovers(target(root), environment: environment) }
+        #expect(error?.code == .alreadyOpen)
+        #expect(try environment.stateStore.load(target: "t")?.operation == .unknown("restore"))
     }
 
     // MARK: copy tools and imgbackup's own directories

@@ -97,7 +97,7 @@ struct BorgCopy: CopyMethod {
         var environment = [
             // borg's cache and security records live with imgbackup's state,
             // not in whichever HOME the service has.
-            "BORG_BASE_DIR": context.environment.paths.targetStateDirectory(context.target.name) + "/borg",
+            "BORG_BASE_DIR": context.environment.paths.borgBaseDirectory(context.target.name),
             // The repository is imgbackup's own, inside an image whose LUKS
             // UUID was checked; its mount point may move between machines.
             "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",

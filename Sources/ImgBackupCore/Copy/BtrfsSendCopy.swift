@@ -78,7 +78,7 @@ struct BtrfsSendCopy: CopyMethod {
     }
 
     private func parentRecord(_ context: CopyContext) -> String {
-        context.environment.paths.targetStateDirectory(context.target.name) + "/btrfs-parent"
+        context.environment.paths.btrfsParent(context.target.name)
     }
 
     /// The recorded parent, if the local snapshot and the received copy both

@@ -48,13 +48,13 @@ public struct RemoteLockLayer: Layer {
 
     static func lockPath(imagePath: String) -> String { imagePath + ".lock" }
 
-    var tokenFile: String { "\(paths.targetStateDirectory(target.name))/remote-lock-token" }
+    var recordedToken: RemoteLockToken { RemoteLockToken(paths: paths, target: target.name) }
 
     public func up() async throws -> LayerRecord {
         let holder = RemoteLockHolder(
             host: ProcessInfo.processInfo.hostName, pid: getpid(), target: target.name,
             since: ISO8601DateFormatter().string(from: Date()), token: token)
-        let previousToken = LocalFiles.contents(tokenFile)?.trimmingCharacters(in: .whitespacesAndNewlines)
+        let previousToken = recordedToken.recorded
         do {
             try await RemoteFiles.createExclusive(path, contents: holder.text, deadline: deadline)
         } catch let error as SystemCallError where error.errno == EEXIST {
@@ -65,12 +65,7 @@ public struct RemoteLockLayer: Layer {
         // Remembered only once the lock is ours: how the next open knows a
         // lock it finds is this machine's own, left by a teardown that could
         // not reach the remote.
-        do {
-            try LocalFiles.makeDirectories(paths.targetStateDirectory(target.name))
-            try LocalFiles.writeAtomically(tokenFile, token + "\n")
-        } catch {
-            throw ImgBackupError.wrapping(error, .system, failedTo: "record the remote lock of \(target.name)")
-        }
+        try recordedToken.record(token)
         return intent
     }
 

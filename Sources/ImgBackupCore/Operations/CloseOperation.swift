@@ -30,7 +30,7 @@ public struct CloseOperation: Sendable {
     /// until it has gone: only an unattended command's mount, never one a
     /// person opened and may be working in.
     private func stopOrphanedCopyStep(_ record: StateRecord) async {
-        guard TargetLock.unattendedOperations.contains(record.operation), record.pid != getpid(),
+        guard record.operation.isUnattended, record.pid != getpid(),
             !ProcessTable.isAlive(record.pid), MountTable.isMountPoint(target.mountPoint)
         else { return }
         let users = ProcessTable.processes(using: target.mountPoint)
@@ -76,7 +76,7 @@ public struct CloseOperation: Sendable {
             imageWritesFailed: imageWritesFailed)
         let stack = LayerStack(
             records: layers,
-            journal: store.journal(for: target.name, operation: record?.operation ?? "close"),
+            journal: store.journal(for: target.name, operation: record?.operation ?? .close),
             teardown: teardown,
             logger: environment.logger)
         let report = await stack.unwind(force: force)
@@ -93,7 +93,7 @@ public struct CloseOperation: Sendable {
         // Closing what was not open says nothing about the filesystem.
         let lost = teardown.lostWrites.reason
         if !force && !imageWritesFailed && lost == nil && record != nil {
-            FilesystemCheck(target: target, environment: environment).clear()
+            DirtyMarker(paths: environment.paths, target: target.name).clear()
         }
         // Whoever wrote into a hand-opened image learns here that it did not
         // all land; a run and a forced close already report their failure.

@@ -367,7 +367,7 @@ public struct SystemInspector: SystemInspecting {
     public func lookAtLayers(_ target: Target) -> LayersLook {
         let record = try? StateStore(paths: paths).load(target: target.name)
         if let record, ProcessTable.isAlive(record.pid) {
-            return .inUse(operation: record.operation, pid: record.pid)
+            return .inUse(operation: record.operation.name, pid: record.pid)
         }
         let recorded = record?.layers ?? []
         let up = recorded.filter { $0.isUp != false } + target.layersUp(besides: recorded, paths)

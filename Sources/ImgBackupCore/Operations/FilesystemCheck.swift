@@ -1,9 +1,7 @@
 import Foundation
 import ImgBackupOS
 
-/// The dirty marker and the check it calls for. `open` sets the marker
-/// (`/var/lib/imgbackup/TARGET/dirty`) before mounting; only a `close` that
-/// went down cleanly, without force, removes it. So after a hang, a forced
+/// The check the dirty marker calls for (DirtyMarker). After a hang, a forced
 /// close, or a crash whose leftovers needed force, the next `open` checks
 /// the filesystem before mounting it (ext4: `e2fsck -f -p`; btrfs: `btrfs
 /// check --readonly`) and says what it found.
@@ -14,27 +12,14 @@ struct FilesystemCheck {
     /// A filesystem check of an image over a slow link may take long.
     static let checkLimit: Duration = .seconds(6 * 3600)
 
-    var markerPath: String { "\(environment.paths.targetStateDirectory(target.name))/dirty" }
-    var isMarked: Bool { FileManager.default.fileExists(atPath: markerPath) }
-
-    func mark(operation: String) throws(ImgBackupError) {
-        do {
-            try LocalFiles.makeDirectories(environment.paths.targetStateDirectory(target.name))
-            let stamp = ISO8601DateFormatter().string(from: Date())
-            try LocalFiles.writeAtomically(markerPath, "\(operation) pid \(getpid()) at \(stamp)\n")
-        } catch {
-            throw ImgBackupError.wrapping(error, .system, failedTo: "set the dirty marker of \(target.name)")
-        }
-    }
-
-    func clear() { _ = unlink(markerPath) }
+    var marker: DirtyMarker { DirtyMarker(paths: environment.paths, target: target.name) }
 
     /// Checks `device` if the marker says the last session did not end
     /// cleanly. Repairs what preen mode may repair; refuses to mount a
     /// filesystem with errors it could not fix.
     func checkIfMarked(device: String) async throws(ImgBackupError) {
-        guard isMarked else { return }
-        let since = LocalFiles.contents(markerPath)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
+        guard marker.isSet else { return }
+        let since = marker.setBy ?? "unknown"
         environment.logger.notice(
             "the last session of '\(target.name)' did not end cleanly (\(since)): checking its \(target.filesystem.rawValue) filesystem")
         let command: Command

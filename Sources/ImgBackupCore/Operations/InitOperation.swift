@@ -42,7 +42,7 @@ public struct InitOperation {
         defer { withExtendedLifetime(lock) {} }
         try await TargetLock.clearLeftovers(target, environment: environment)
 
-        let builder = StackBuilder(target: target, environment: environment, operation: "init")
+        let builder = StackBuilder(target: target, environment: environment, operation: .initialize)
         let logger = environment.logger
         return try await builder.unwindingOnFailure { () throws(ImgBackupError) -> Report in
             let image = try await builder.pushRemote()

@@ -43,7 +43,7 @@ public struct KeyOperation {
                 .invalidState, "target '\(target.name)' is partly open: no loop device in its state record",
                 hint: "run 'imgbackup close \(target.name)' first")
         }
-        let builder = StackBuilder(target: target, environment: environment, operation: "key")
+        let builder = StackBuilder(target: target, environment: environment, operation: .key)
         return try await builder.unwindingOnFailure { () throws(ImgBackupError) -> Report in
             let image = try await builder.pushTransport()
             let loop = LoopLayer(backingFile: image, deadline: builder.deadlines.remoteCall)

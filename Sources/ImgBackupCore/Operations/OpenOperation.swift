@@ -43,7 +43,7 @@ public struct OpenOperation {
     /// knows its copy step may still hold the mount). `run` also mounts the
     /// hosts its ssh:// sources are on, read-only, on top: they come down
     /// first, with the same state record and hang handling.
-    func bringUp(key: SecureBytes, operation: String = "open", sources copy: Target.Copy? = nil) async throws(ImgBackupError) -> String {
+    func bringUp(key: SecureBytes, operation: StateRecord.Operation = .open, sources copy: Target.Copy? = nil) async throws(ImgBackupError) -> String {
         try await TargetLock.clearLeftovers(target, environment: environment)
         // Before anything touches the remote (the filesystem layer checks again).
         try FilesystemLayer.requireUsableMountPoint(target.mountPoint)
@@ -81,7 +81,7 @@ public struct OpenOperation {
 
             let check = FilesystemCheck(target: target, environment: environment)
             if !skipCheck { try await check.checkIfMarked(device: crypt.mappedDevice) }
-            try check.mark(operation: operation)
+            try check.marker.set(by: operation)
             environment.logger.info("mounting \(target.filesystem.rawValue) at \(target.mountPoint)")
             try await builder.push(
                 FilesystemLayer(

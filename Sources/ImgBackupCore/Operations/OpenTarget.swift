@@ -37,7 +37,7 @@ extension OpenOperation {
     /// short. Throws only when the target never came up (after unwinding
     /// what did); everything after that is in the outcome.
     func withOpenTarget<T: Sendable>(
-        operation: String, sources: Target.Copy? = nil, takeLock: Bool = true,
+        operation: StateRecord.Operation, sources: Target.Copy? = nil, takeLock: Bool = true,
         key loadKey: () async throws(ImgBackupError) -> SecureBytes,
         _ body: (OpenSession) async throws(ImgBackupError) -> T
     ) async throws(ImgBackupError) -> HeldOutcome<T> {

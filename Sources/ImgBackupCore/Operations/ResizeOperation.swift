@@ -58,7 +58,7 @@ public struct ResizeOperation {
             return try await grow(key: key, wasOpen: true)
         }
         let held = try await OpenOperation(target: overSSHFS, environment: environment).withOpenTarget(
-            operation: "resize", takeLock: false, key: { () throws(ImgBackupError) in key }
+            operation: .resize, takeLock: false, key: { () throws(ImgBackupError) in key }
         ) { _ throws(ImgBackupError) in
             try await grow(key: key, wasOpen: false)
         }
@@ -80,7 +80,7 @@ public struct ResizeOperation {
         guard let record = try environment.stateStore.load(target: target.name) else { return false }
         let layers = record.layers
         let mounted = layers.contains { if case .filesystem = $0 { $0.isUp == true } else { false } }
-        guard record.operation == "open", mounted else {
+        guard record.operation == .open, mounted else {
             try await TargetLock.clearLeftovers(target, environment: environment)  // or says what is left over
             return false
         }

@@ -9,7 +9,7 @@ struct StackBuilder {
     let stack: LayerStack
     let deadlines: UpDeadlines
 
-    init(target: Target, environment: OperationEnvironment, operation: String) {
+    init(target: Target, environment: OperationEnvironment, operation: StateRecord.Operation) {
         self.target = target
         self.environment = environment
         self.deadlines = UpDeadlines(target)

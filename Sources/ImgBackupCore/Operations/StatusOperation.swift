@@ -27,8 +27,8 @@ public struct TargetStatus: Codable, Sendable, Equatable {
     }
 
     public struct Record: Codable, Sendable, Equatable {
-        /// "open", "init" or "run": what put the layers up.
-        public var operation: String
+        /// What put the layers up ("open", "run", ...).
+        public var operation: StateRecord.Operation
         public var pid: Int32
         /// Whether that process still runs (false after a crash: `close` cleans up).
         public var running: Bool
@@ -38,9 +38,14 @@ public struct TargetStatus: Codable, Sendable, Equatable {
     public struct Image: Codable, Sendable, Equatable {
         public var apparentBytes: UInt64?
         public var allocatedBytes: UInt64?
-        /// "live" (read through the open transport now), "trim" or "run"
-        /// (measured by the last trim, or the last run before it closed).
-        public var source: String
+        public enum Source: String, Codable, Sendable {
+            /// Read through the open transport now.
+            case live
+            /// Measured by the last trim, or the last run before it closed.
+            case trim, run
+        }
+
+        public var source: Source
         public var measuredAt: Date
 
         enum CodingKeys: String, CodingKey { case apparentBytes, allocatedBytes, source, measuredAt }
@@ -65,8 +70,15 @@ public struct TargetStatus: Codable, Sendable, Equatable {
     public var transport: String
     public var remote: String
     public var mountPoint: String
-    /// "open" (the filesystem is mounted), "closed", or "partial" (some layers up: run `close`).
-    public var state: String
+    public enum State: String, Codable, Sendable {
+        /// The filesystem is mounted.
+        case open
+        case closed
+        /// Some layers up (or a state record left): run `close`.
+        case partial
+    }
+
+    public var state: State
     public var layers: [Layer]
     public var stateRecord: Record?
     /// The pid of the imgbackup command holding the target's lock, if one does.
@@ -133,7 +145,7 @@ public struct StatusOperation {
             transport: openTransport(record) ?? target.transport.rawValue,
             remote: target.remote.description,
             mountPoint: target.mountPoint,
-            state: mounted ? "open" : (anyUp || record != nil ? "partial" : "closed"),
+            state: mounted ? .open : (anyUp || record != nil ? .partial : .closed),
             layers: layers,
             stateRecord: record.map {
                 TargetStatus.Record(
@@ -169,64 +181,6 @@ public struct StatusOperation {
     }
 }
 
-/// The image's sizes as the last trim or run measured them, kept under the
-/// state directory (`TARGET/image.json`) so `status` and the metrics can
-/// show them while the target is closed.
-public struct ImageMeasurement: Sendable {
-    public let paths: RuntimePaths
-    /// How long one look through the remote mount may take before the size
-    /// counts as unknown (a frozen remote blocks stat forever).
-    static let remoteLookDeadline: Duration = .seconds(3)
-
-    public init(paths: RuntimePaths) { self.paths = paths }
-
-    /// The sizes read through the image's transport among `layers`, if it
-    /// is up: the NBD bridge knows the allocation; over sshfs (the remote
-    /// directory's mount, never a source host's) only the apparent size.
-    static func live(_ layers: [LayerRecord], target: Target, paths: RuntimePaths, source: String = "live") async
-        -> TargetStatus.Image?
-    {
-        let remoteMount = paths.remoteMount(target.name)
-        for layer in layers {
-            let file: String
-            switch layer {
-            case .nbdBridge(let mountPoint, _): file = "\(mountPoint)/\(ImageFileSystem.fileName)"
-            case .sshfs(_, remoteMount): file = "\(remoteMount)/\(target.image)"
-            default: continue
-            }
-            guard layer.isUp == true else { continue }
-            let apparent = try? await RemoteFiles.size(file, deadline: remoteLookDeadline)
-            var allocated: UInt64?
-            if case .nbdBridge = layer {
-                allocated = try? await withAbandonableDeadline(remoteLookDeadline, operation: "measure \(file)") {
-                    ExtendedAttribute.value(of: file, name: ImageFileSystem.allocatedAttribute).flatMap { UInt64($0) }
-                } ?? nil
-            }
-            if apparent != nil || allocated != nil {
-                return TargetStatus.Image(apparentBytes: apparent, allocatedBytes: allocated, source: source, measuredAt: Date())
-            }
-        }
-        return nil
-    }
-
-    func file(_ target: String) -> String { "\(paths.targetStateDirectory(target))/image.json" }
-
-    public func record(_ target: String, _ measurement: TargetStatus.Image) throws(ImgBackupError) {
-        do {
-            try LocalFiles.makeDirectories(paths.targetStateDirectory(target))
-            let data = try RunHistory.encoder().encode(measurement)
-            try LocalFiles.writeAtomically(file(target), String(decoding: data, as: UTF8.self) + "\n")
-        } catch {
-            throw ImgBackupError.wrapping(error, .system, failedTo: "record the image size of \(target)")
-        }
-    }
-
-    public func last(_ target: String) -> TargetStatus.Image? {
-        guard let text = LocalFiles.contents(file(target)) else { return nil }
-        return try? RunHistory.decoder().decode(TargetStatus.Image.self, from: Data(text.utf8))
-    }
-}
-
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -247,7 +201,7 @@ extension TargetStatus {
         }
         if let stateRecord, stateRecord.running {
             lines.append("  busy: '\(stateRecord.operation)' (pid \(stateRecord.pid)) since \(Self.time(stateRecord.startedAt))")
-        } else if let stateRecord, state == "partial" {
+        } else if let stateRecord, state == .partial {
             lines.append("  left by: '\(stateRecord.operation)' (pid \(stateRecord.pid), no longer running)")
         }
         if let lockHolder { lines.append("  locked by: pid \(lockHolder)") }
@@ -268,7 +222,7 @@ extension TargetStatus {
         if let image {
             let apparent = image.apparentBytes.map(ByteSize.format) ?? "unknown"
             let allocated = image.allocatedBytes.map(ByteSize.format) ?? "unknown"
-            let when = image.source == "live" ? "now" : "at the trim of \(Self.time(image.measuredAt))"
+            let when = image.source == .live ? "now" : "at the trim of \(Self.time(image.measuredAt))"
             lines.append("  image: \(apparent) apparent, \(allocated) allocated on the remote (\(when))")
         }
         if let mountUsage {
@@ -280,9 +234,9 @@ extension TargetStatus {
 
     private var headline: String {
         switch state {
-        case "open": return "open at \(mountPoint) over \(transport)"
-        case "closed": return "closed (\(transport), \(remote))"
-        default: return "partly up: run 'imgbackup close \(target)'"
+        case .open: return "open at \(mountPoint) over \(transport)"
+        case .closed: return "closed (\(transport), \(remote))"
+        case .partial: return "partly up: run 'imgbackup close \(target)'"
         }
     }
 

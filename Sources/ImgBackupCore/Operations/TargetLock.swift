@@ -17,11 +17,6 @@ enum TargetLock {
             hint: "wait for it to finish")
     }
 
-    /// What brought a stack up without a person waiting on it: when such a
-    /// command's process is gone, its leftovers are the next command's to
-    /// take down. A stack a person brought up with `open` is theirs.
-    static let unattendedOperations: Set<String> = ["run", "init", "trim", "resize", "key"]
-
     /// Before a target is brought up, by a caller that holds the target
     /// lock: nothing of it may be up. What a dead run (or init, trim,
     /// resize, key) left is torn down here, saying so in one line, and the
@@ -32,7 +27,7 @@ enum TargetLock {
         guard let record = try store.load(target: target.name) else { return }
         let alive = record.pid != getpid() && ProcessTable.isAlive(record.pid)
         let since = record.startedAt.formatted(.iso8601)
-        if record.operation == "open" {
+        if record.operation == .open {
             let mounted = record.layers.contains { if case .filesystem = $0 { return true } else { return false } }
             throw ImgBackupError(
                 .alreadyOpen,
@@ -43,7 +38,7 @@ enum TargetLock {
         }
         // The caller holds the target lock, which such a command holds for
         // its whole life: its process is gone, whatever the pid shows now.
-        guard unattendedOperations.contains(record.operation) else {
+        guard record.operation.isUnattended else {
             throw ImgBackupError(
                 .alreadyOpen, "target '\(target.name)' has layers of an '\(record.operation)' (pid \(record.pid), at \(since))",
                 hint: "run 'imgbackup close \(target.name)' to clean up")

@@ -30,7 +30,7 @@ public struct TrimOperation {
         let open = OpenOperation(target: target, environment: environment, allowDiscards: true, requireTrim: true)
         let (target, environment) = (target, environment)
         let held = try await open.withOpenTarget(
-            operation: "trim", key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
+            operation: .trim, key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
         ) { session throws(ImgBackupError) -> Report in
             try await trim(session)
         }
@@ -64,7 +64,7 @@ public struct TrimOperation {
             if apparent != nil || after != nil {
                 try? ImageMeasurement(paths: environment.paths).record(
                     target.name,
-                    TargetStatus.Image(apparentBytes: apparent, allocatedBytes: after, source: "trim", measuredAt: Date()))
+                    TargetStatus.Image(apparentBytes: apparent, allocatedBytes: after, source: .trim, measuredAt: Date()))
             }
             return Report(
                 trimmedBytes: Self.trimmedBytes(fromFstrim: result.standardOutput), allocatedBefore: before,

@@ -11,7 +11,6 @@ public struct RunMetrics: Sendable {
     public init(directory: String) { self.directory = directory }
 
     /// Without a `[metrics]` table: beside the run history.
-    public static func defaultDirectory(_ paths: RuntimePaths) -> String { "\(paths.stateDirectory)/metrics" }
 
     public func file(_ target: String) -> String { "\(directory)/imgbackup-\(target).prom" }
 

@@ -72,7 +72,6 @@ public struct RunOperation: Sendable {
     }
 
     /// How a run names itself in the state record.
-    static let operationName = "run"
 
     private struct Outcome: Sendable {
         var copy = CopyOutcome()
@@ -92,7 +91,7 @@ public struct RunOperation: Sendable {
         // during the copy step, so its pages are wiped (SecureBytes) before
         // any copy tool runs.
         let held = try await open.withOpenTarget(
-            operation: Self.operationName, sources: copy, key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
+            operation: .run, sources: copy, key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
         ) { session in
             await middle(session, copy: copy)
         }
@@ -182,7 +181,7 @@ public struct RunOperation: Sendable {
     /// the metrics once the target is closed. Best effort, bounded.
     private func measureImage() async {
         let layers = (try? environment.stateStore.load(target: target.name))??.layers ?? []
-        if let measured = await ImageMeasurement.live(layers, target: target, paths: environment.paths, source: "run") {
+        if let measured = await ImageMeasurement.live(layers, target: target, paths: environment.paths, source: .run) {
             try? ImageMeasurement(paths: environment.paths).record(target.name, measured)
         }
     }

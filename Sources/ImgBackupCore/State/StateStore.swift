@@ -5,9 +5,65 @@ import ImgBackupOS
 /// before each step so a crash at any point leaves a record `close` can
 /// finish from.
 public struct StateRecord: Codable, Sendable, Equatable {
+    /// The command that put the layers up, encoded as its name ("open",
+    /// "run", ...) as it always was. A name this release does not know (a
+    /// newer release's) still loads, and is treated as a person's `open`.
+    public enum Operation: Codable, Sendable, Hashable, CustomStringConvertible {
+        case open, run, trim, resize, key, close
+        case initialize
+        case unknown(String)
+
+        public init(name: String) {
+            switch name {
+            case "open": self = .open
+            case "run": self = .run
+            case "init": self = .initialize
+            case "trim": self = .trim
+            case "resize": self = .resize
+            case "key": self = .key
+            case "close": self = .close
+            default: self = .unknown(name)
+            }
+        }
+
+        public var name: String {
+            switch self {
+            case .open: "open"
+            case .run: "run"
+            case .initialize: "init"
+            case .trim: "trim"
+            case .resize: "resize"
+            case .key: "key"
+            case .close: "close"
+            case .unknown(let name): name
+            }
+        }
+
+        public var description: String { name }
+
+        /// What brings a stack up without a person waiting on it: when such
+        /// a command's process is gone, its leftovers are the next command's
+        /// to take down. A stack a person brought up with `open` is theirs.
+        public var isUnattended: Bool {
+            switch self {
+            case .run, .initialize, .trim, .resize, .key: true
+            case .open, .close, .unknown: false
+            }
+        }
+
+        public init(from decoder: any Decoder) throws {
+            self.init(name: try decoder.singleValueContainer().decode(String.self))
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            try container.encode(name)
+        }
+    }
+
     public var target: String
-    /// "open" or "init": what put the layers up.
-    public var operation: String
+    /// What put the layers up.
+    public var operation: Operation
     public var pid: Int32
     public var startedAt: Date
     public var layers: [LayerRecord]
@@ -58,14 +114,14 @@ public struct StateStore: Sendable {
     }
 
     /// A journal bound to one record: the stack saves its layers through it.
-    public func journal(for target: String, operation: String) -> any StateJournal {
+    public func journal(for target: String, operation: StateRecord.Operation) -> any StateJournal {
         FileJournal(store: self, target: target, operation: operation, startedAt: Date())
     }
 
     private struct FileJournal: StateJournal {
         let store: StateStore
         let target: String
-        let operation: String
+        let operation: StateRecord.Operation
         let startedAt: Date
 
         func save(_ layers: [LayerRecord]) throws {

@@ -59,7 +59,7 @@ public struct RunHistory: Sendable {
 
     public init(paths: RuntimePaths) { self.paths = paths }
 
-    func file(_ target: String) -> String { "\(paths.targetStateDirectory(target))/runs.jsonl" }
+    func file(_ target: String) -> String { paths.runHistory(target) }
 
     /// Every record of `target`, oldest first (lines that do not parse are skipped).
     public func records(_ target: String) -> [RunRecord] {
