@@ -20,7 +20,7 @@ let package = Package(
         .executableTarget(
             name: "imgbackup",
             dependencies: [
-                "ImgBackupCore",
+                "ImgBackupCore", "ImgBackupNBDBridge",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -37,11 +37,20 @@ let package = Package(
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
+        // The `nbd-bridge` process: a libnbd client serving the export as a
+        // one-file FUSE filesystem. The only user of libnbd and libfuse3.
+        .target(
+            name: "ImgBackupNBDBridge",
+            dependencies: [
+                "ImgBackupCore", "ImgBackupOS", "CNBD", "CFuse3", "CImgBackupShim",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Every C handle and syscall: mounts, loop devices, libcryptsetup, processes.
         .target(
             name: "ImgBackupOS",
             dependencies: [
-                "CCryptsetup", "CNBD", "CFuse3", "CImgBackupShim",
+                "CCryptsetup", "CImgBackupShim",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
@@ -60,6 +69,7 @@ let package = Package(
         .target(name: "CImgBackupShim"),
         .testTarget(name: "ImgBackupCoreTests", dependencies: ["ImgBackupCore"]),
         .testTarget(name: "ImgBackupOSTests", dependencies: ["ImgBackupOS"]),
+        .testTarget(name: "ImgBackupNBDBridgeTests", dependencies: ["ImgBackupNBDBridge", "ImgBackupCore", "ImgBackupOS"]),
     ],
     swiftLanguageModes: [.v6]
 )

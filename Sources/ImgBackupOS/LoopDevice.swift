@@ -31,7 +31,7 @@ public final class LoopDevice: Sendable {
     /// 14x slower (measured; docs/benchmarks.md). The kernel silently falls
     /// back to buffered I/O where the file cannot do direct I/O; see ``directIO``.
     public static func attach(backingFile: String, directIO: Bool = true) throws(SystemCallError) -> LoopDevice {
-        let backing = try RemoteFiles.openRegularFile(backingFile, flags: O_RDWR)
+        let backing = try MountedRemoteFiles.openRegularFile(backingFile, flags: O_RDWR)
         defer { close(backing) }
         let control = try checked("open", "/dev/loop-control") { open("/dev/loop-control", O_RDWR | O_CLOEXEC) }
         defer { close(control) }

@@ -41,7 +41,7 @@ func checked(_ call: String, _ object: String, _ body: () -> Int32) throws(Syste
 
 /// Runs a shim call that returns -errno on failure.
 @discardableResult
-func checkedNegative(_ call: String, _ object: String, _ body: () -> Int32) throws(SystemCallError) -> Int32 {
+public func checkedNegative(_ call: String, _ object: String, _ body: () -> Int32) throws(SystemCallError) -> Int32 {
     while true {
         let result = body()
         if result >= 0 { return result }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ImgBackupCore
+import ImgBackupNBDBridge
 
 struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,7 +34,9 @@ struct DoctorCommand: AsyncParsableCommand {
             targets.append(try global.target(name, in: config, keys: noOverride))
         }
         let runner = environment.runner
-        let findings = await DoctorOperation(targets: targets, system: SystemInspector(runner: runner, paths: environment.paths)).run { target in
+        let findings = await DoctorOperation(targets: targets, system: SystemInspector(
+            runner: runner, paths: environment.paths,
+            nbd: { await BridgeService.look(at: $0, deadline: SystemInspector.remoteLimit) })).run { target in
             do {
                 _ = try await KeyLoader.load(target.key, target: target.name, runner: runner)  // wiped on release
                 return nil

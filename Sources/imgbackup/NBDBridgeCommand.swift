@@ -1,5 +1,6 @@
 import ArgumentParser
 import ImgBackupCore
+import ImgBackupNBDBridge
 import Logging
 
 /// Internal: the NBD bridge process that `open --transport nbd` starts in the

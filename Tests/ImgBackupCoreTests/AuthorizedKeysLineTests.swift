@@ -88,7 +88,7 @@ import Testing
         let argv = ["printf", "%s|", "it's", "$(id)", "a \"quoted\" word", "back\\slash"]
         let command = try Self.forcedCommand(
             of: AuthorizedKeysLine(target: Self.target(directory: directory, nbd: argv), publicKey: Self.publicKey).render())
-        let sent = NBDEndpointBuilder.remoteCommandLine(argv)
+        let sent = RemoteCommandLine.of(argv)
 
         let exact = try Self.dispatch(command, request: sent)
         #expect(exact.status == 0, "\(exact.stderr)")
@@ -116,7 +116,7 @@ import Testing
         let argv = ["sh", "-c", probe]
         let command = try Self.forcedCommand(
             of: AuthorizedKeysLine(target: Self.target(directory: directory, nbd: argv), publicKey: Self.publicKey).render())
-        let result = try Self.dispatch(command, request: NBDEndpointBuilder.remoteCommandLine(argv))
+        let result = try Self.dispatch(command, request: RemoteCommandLine.of(argv))
         let lines = result.stdout.split(separator: "\n").map(String.init)
         #expect(lines.contains("imgbackup:x:0:0:imgbackup sftp:/:/nonexistent"), "\(result)")
         #expect(lines.contains("laptop.img") && lines.contains("unreadable") && lines.contains("no-hostname"), "\(result)")

@@ -74,3 +74,10 @@ import Testing
         #expect(Target.isValidName(name) == valid)
     }
 }
+
+@Suite struct FstrimOutputTests {
+    @Test func fstrimOutputParsing() {
+        #expect(TrimOperation.trimmedBytes(fromFstrim: "/mnt/x: 59.9 MiB (62820352 bytes) trimmed\n") == 62_820_352)
+        #expect(TrimOperation.trimmedBytes(fromFstrim: "garbage") == nil)
+    }
+}

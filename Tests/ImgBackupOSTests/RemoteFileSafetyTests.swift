@@ -19,12 +19,12 @@ import Glibc
         mkdir("\(scratch.path)/dir.img", 0o700)
         for (name, errno) in [("link.img", ELOOP), ("fifo.img", EINVAL), ("dir.img", EINVAL)] {
             let error = #expect(throws: SystemCallError.self) {
-                let fd = try RemoteFiles.openRegularFile("\(scratch.path)/\(name)", flags: O_RDONLY | O_NONBLOCK)
+                let fd = try MountedRemoteFiles.openRegularFile("\(scratch.path)/\(name)", flags: O_RDONLY | O_NONBLOCK)
                 close(fd)
             }
             #expect(error?.errno == errno, "\(name): \(String(describing: error))")
         }
-        let fd = try RemoteFiles.openRegularFile(scratch.file("image", size: 4096), flags: O_RDWR)
+        let fd = try MountedRemoteFiles.openRegularFile(scratch.file("image", size: 4096), flags: O_RDWR)
         close(fd)
     }
 
@@ -41,7 +41,7 @@ import Glibc
             return
         }
         defer { umount(bound) }
-        let error = #expect(throws: SystemCallError.self) { close(try RemoteFiles.openRegularFile(bound, flags: O_RDONLY)) }
+        let error = #expect(throws: SystemCallError.self) { close(try MountedRemoteFiles.openRegularFile(bound, flags: O_RDONLY)) }
         #expect(error?.errno == EXDEV)
     }
 
@@ -50,15 +50,15 @@ import Glibc
         let victim = scratch.file("victim", size: 4096)
         symlink(victim, "\(scratch.path)/image.img")
         await #expect(throws: SystemCallError.self) {
-            try await RemoteFiles.grow("\(scratch.path)/image.img", to: 1 << 30, deadline: .seconds(5))
+            try await MountedRemoteFiles.grow("\(scratch.path)/image.img", to: 1 << 30, deadline: .seconds(5))
         }
         await #expect(throws: SystemCallError.self) {
-            _ = try await RemoteFiles.size("\(scratch.path)/image.img", deadline: .seconds(5))
+            _ = try await MountedRemoteFiles.size("\(scratch.path)/image.img", deadline: .seconds(5))
         }
         #expect(try FileManager.default.attributesOfItem(atPath: victim)[.size] as? Int == 4096)
         // The lock file is read the same way: a link in its place is an error, not someone's lock.
         await #expect(throws: SystemCallError.self) {
-            _ = try await RemoteFiles.read("\(scratch.path)/image.img", deadline: .seconds(5))
+            _ = try await MountedRemoteFiles.read("\(scratch.path)/image.img", deadline: .seconds(5))
         }
     }
 
@@ -87,22 +87,5 @@ import Glibc
     ])
     func productsOfRemoteNumbersSaturate(a: UInt64, b: UInt64, expected: UInt64) {
         #expect(saturatingProduct(a, b) == expected)
-    }
-
-    /// Block status from a server that claims to cover more than asked, or
-    /// everything at once: the scan never passes the export's end nor traps.
-    static let blockStatusCases: [(offset: UInt64, size: UInt64, covered: UInt64, allocated: UInt64, step: UInt64, counted: UInt64)] = [
-        (0, 1 << 30, .max, .max, 1 << 30, 1 << 30),
-        (1 << 29, 1 << 30, 4096, 8192, 4096, 4096),
-        ((1 << 30) - 1, 1 << 30, 1 << 31, 0, 1, 0),
-    ]
-
-    @Test func blockStatusAnswersAreClampedToTheExport() throws {
-        for answer in Self.blockStatusCases {
-            let step = try #require(NBDExport.step(offset: answer.offset, size: answer.size, covered: answer.covered, allocated: answer.allocated))
-            #expect(step.covered == answer.step && step.allocated == answer.counted)
-            #expect(NBDExport.step(offset: answer.offset, size: answer.size, covered: 0, allocated: 0) == nil)
-            #expect(NBDExport.step(offset: answer.size, size: answer.size, covered: 4096, allocated: 0) == nil)
-        }
     }
 }

@@ -25,7 +25,7 @@ public struct NBDBridgeLayer: Layer {
     }
 
     public var intent: LayerRecord { .nbdBridge(mountPoint: mountPoint, pid: nil) }
-    public var imagePath: String { "\(mountPoint)/\(ImageFileSystem.fileName)" }
+    public var imagePath: String { "\(mountPoint)/\(BridgedImage.fileName)" }
 
     /// What `flock --nonblock --verbose` prints on the remote when another
     /// session holds the image: an NBD command wrapped in flock is the NBD
@@ -59,7 +59,7 @@ public struct NBDBridgeLayer: Layer {
         let clock = ContinuousClock()
         let until = clock.now.advanced(by: deadline)
         while clock.now < until {
-            if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(ImageFileSystem.subtype)" { return record }
+            if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(BridgedImage.subtype)" { return record }
             if process.exitStatusIfEnded() != nil {
                 if ((try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "").contains(Self.remoteLockRefusal) {
                     throw ImgBackupError(
@@ -121,36 +121,15 @@ extension NBDBridgeLayer {
     }
 }
 
-/// How the bridge reaches the export: the configured URI, or the configured
-/// command run on the remote through ssh with the target's port, identity and
-/// options.
-public enum NBDEndpointBuilder {
-    public static func endpoint(for target: Target) throws(ImgBackupError) -> NBDEndpoint {
-        switch target.nbd {
-        case .uri(let uri)?: return .uri(uri)
-        case .command(let command)?:
-            let ssh: String
-            do {
-                ssh = try ExecutableLocator.locate("ssh")
-            } catch {
-                throw ImgBackupError(.system, "failed to start the NBD export: \(error)", hint: "apt-get install openssh-client")
-            }
-            var argv = [ssh, "-T", "-p", String(target.port)]
-            for option in SSHClientOptions.options(for: target, keepalive: true) { argv += ["-o", option] }
-            argv += [target.remote.sshDestination, "--", remoteCommandLine(command)]
-            return .command(argv)
-        case nil:
-            throw ImgBackupError(.config, "target '\(target.name)' has no [target.\(target.name).nbd] table")
-        }
-    }
-
-    /// ssh hands the remote one string for its shell: every word quoted. The
-    /// forced command of `authorized-keys` matches this string exactly.
-    static func remoteCommandLine(_ command: [String]) -> String {
-        command.map(shellQuoted).joined(separator: " ")
-    }
-
-    static func shellQuoted(_ word: String) -> String {
-        "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
-    }
+/// What the bridge process (the ImgBackupNBDBridge module) serves, as the
+/// rest of imgbackup sees it: a FUSE mount holding one file.
+public enum BridgedImage {
+    public static let fileName = "image"
+    /// getxattr on the image returns the export's allocated bytes (decimal).
+    public static let allocatedAttribute = "user.imgbackup.allocated"
+    /// getxattr on the image reads one sector from the server and answers
+    /// "ok": a liveness probe that only the remote can answer.
+    public static let pingAttribute = "user.imgbackup.ping"
+    /// The FUSE subtype: mounts show as "fuse.imgbackup-nbd".
+    public static let subtype = "imgbackup-nbd"
 }

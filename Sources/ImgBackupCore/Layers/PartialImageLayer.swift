@@ -13,7 +13,7 @@ public struct PartialImageLayer: Layer {
 
     public func up() async throws -> LayerRecord {
         do {
-            try await RemoteFiles.createSparse(path, size: size.bytes, deadline: deadline)
+            try await MountedRemoteFiles.createSparse(path, size: size.bytes, deadline: deadline)
         } catch {
             throw ImgBackupError.wrapping(error, .remote, failedTo: "create the sparse image \(path)")
         }
@@ -28,7 +28,7 @@ extension PartialImageLayer {
 
     static func down(path: String, force: Bool, in context: TeardownContext) async throws {
         do {
-            try await RemoteFiles.remove(path, deadline: context.stepDeadline)
+            try await MountedRemoteFiles.remove(path, deadline: context.stepDeadline)
         } catch where force {
             // After a hang the remote cannot be reached. The half-made
             // image never had the real name, and the next init removes it.

@@ -56,7 +56,7 @@ public struct RemoteLockLayer: Layer {
             since: ISO8601DateFormatter().string(from: Date()), token: token)
         let previousToken = recordedToken.recorded
         do {
-            try await RemoteFiles.createExclusive(path, contents: holder.text, deadline: deadline)
+            try await MountedRemoteFiles.createExclusive(path, contents: holder.text, deadline: deadline)
         } catch let error as SystemCallError where error.errno == EEXIST {
             try await replaceIfAllowed(with: holder, previousToken: previousToken)
         } catch {
@@ -70,7 +70,7 @@ public struct RemoteLockLayer: Layer {
     }
 
     private func replaceIfAllowed(with ours: RemoteLockHolder, previousToken: String?) async throws {
-        let existing = RemoteLockHolder.parse(try await RemoteFiles.read(path, deadline: deadline) ?? "")
+        let existing = RemoteLockHolder.parse(try await MountedRemoteFiles.read(path, deadline: deadline) ?? "")
         if breakLock {
             logger.notice("breaking the lock on \(target.image) held by \(existing?.description ?? "an unreadable lock file") (--break-lock)")
         } else if let existing {
@@ -98,8 +98,8 @@ public struct RemoteLockLayer: Layer {
                 .locked, "the image \(target.image) is locked: \(path) exists but does not say by whom",
                 hint: "if nothing uses the image, run again with --break-lock")
         }
-        try await RemoteFiles.remove(path, deadline: deadline)
-        try await RemoteFiles.createExclusive(path, contents: ours.text, deadline: deadline)
+        try await MountedRemoteFiles.remove(path, deadline: deadline)
+        try await MountedRemoteFiles.createExclusive(path, contents: ours.text, deadline: deadline)
     }
 }
 
@@ -114,20 +114,20 @@ extension RemoteLockLayer {
     static func down(path: String, token: String, in context: TeardownContext) async {
         let (deadline, logger) = (context.stepDeadline, context.logger)
         do {
-            guard let text = try await RemoteFiles.read(path, deadline: deadline) else { return }
+            guard let text = try await MountedRemoteFiles.read(path, deadline: deadline) else { return }
             if text.isEmpty {
                 // Created (O_EXCL) but never written: this session was
                 // stopped between the two, as its record of the lock says.
                 // Left there, it would lock out every later open.
                 logger.notice("removing the empty lock file \(path), left by an interrupted lock")
-                return try await RemoteFiles.remove(path, deadline: deadline)
+                return try await MountedRemoteFiles.remove(path, deadline: deadline)
             }
             guard text.contains("token=\(token)") else {
                 // Also the unwind after failing to take a lock someone else holds.
                 logger.info("\(path) is not this session's lock: leaving it")
                 return
             }
-            try await RemoteFiles.remove(path, deadline: deadline)
+            try await MountedRemoteFiles.remove(path, deadline: deadline)
         } catch {
             logger.notice(
                 "could not remove the remote lock \(path) (\(ImgBackupError.reason(of: error))): the next open from this machine replaces it"

@@ -22,16 +22,16 @@ public struct ImageMeasurement: Sendable {
         for layer in layers {
             let file: String
             switch layer {
-            case .nbdBridge(let mountPoint, _): file = "\(mountPoint)/\(ImageFileSystem.fileName)"
+            case .nbdBridge(let mountPoint, _): file = "\(mountPoint)/\(BridgedImage.fileName)"
             case .sshfs(_, remoteMount): file = "\(remoteMount)/\(target.image)"
             default: continue
             }
             guard layer.isUp == true else { continue }
-            let apparent = try? await RemoteFiles.size(file, deadline: remoteLookDeadline)
+            let apparent = try? await MountedRemoteFiles.size(file, deadline: remoteLookDeadline)
             var allocated: UInt64?
             if case .nbdBridge = layer {
                 allocated = try? await withAbandonableDeadline(remoteLookDeadline, operation: "measure \(file)") {
-                    ExtendedAttribute.value(of: file, name: ImageFileSystem.allocatedAttribute).flatMap { UInt64($0) }
+                    ExtendedAttribute.value(of: file, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
                 } ?? nil
             }
             if apparent != nil || allocated != nil {

@@ -6,10 +6,10 @@ import Logging
 final class OpenSession: Sendable {
     let mountPoint: String
     /// The transport stopped answering: close with force, at once.
-    let hung = Flag()
+    let hung = Latch()
     /// Writes to the image failed on their way to the remote: the dirty
     /// marker stays, and the next open checks the filesystem.
-    let imageWritesFailed = Flag()
+    let imageWritesFailed = Latch()
 
     init(mountPoint: String) { self.mountPoint = mountPoint }
 }

@@ -1,3 +1,4 @@
+import ImgBackupCore
 import ImgBackupOS
 import Logging
 
@@ -59,6 +60,19 @@ public struct BridgeService: Sendable {
         }
         if connection.canFlush { _ = export.flush() }
         for connection in connections { connection.shutdown() }
+    }
+
+    /// For `doctor`: connects to `target`'s export as the bridge would, then leaves.
+    public static func look(at target: Target, deadline: Duration) async -> NBDLook {
+        do {
+            let endpoint = try NBDEndpointBuilder.endpoint(for: target)
+            let connection = try await connect(endpoint, target: target, deadline: deadline)
+            defer { connection.shutdown() }
+            return .connected(size: UInt64(max(0, connection.size)), canTrim: connection.canTrim)
+        } catch {
+            // libnbd's own words: the finding already says what failed.
+            return .failed(error.cause.map(ImgBackupError.reason(of:)) ?? error.message)
+        }
     }
 
     /// Connections opened beside the first when the server allows multi-conn.

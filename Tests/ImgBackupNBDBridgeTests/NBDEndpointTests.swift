@@ -1,7 +1,9 @@
 import ImgBackupOS
 import Testing
 
-@testable import ImgBackupCore
+import ImgBackupCore
+
+@testable import ImgBackupNBDBridge
 
 @Suite struct NBDEndpointTests {
     @Test func commandRunsThroughSSHWithEveryWordQuoted() throws {
@@ -32,10 +34,5 @@ import Testing
             mountPoint: "/mnt/t")
         target.nbd = .uri("nbd://h:10809/x")
         #expect(try NBDEndpointBuilder.endpoint(for: target) == .uri("nbd://h:10809/x"))
-    }
-
-    @Test func fstrimOutputParsing() {
-        #expect(TrimOperation.trimmedBytes(fromFstrim: "/mnt/x: 59.9 MiB (62820352 bytes) trimmed\n") == 62_820_352)
-        #expect(TrimOperation.trimmedBytes(fromFstrim: "garbage") == nil)
     }
 }

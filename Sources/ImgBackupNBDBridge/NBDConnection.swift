@@ -1,3 +1,4 @@
+import ImgBackupOS
 import CNBD
 import Foundation
 

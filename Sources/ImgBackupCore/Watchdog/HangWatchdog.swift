@@ -2,59 +2,6 @@ import Foundation
 import ImgBackupOS
 import Synchronization
 
-/// Asks a transport a question only the remote can answer, with a short
-/// deadline of its own: statvfs on an sshfs mount (SFTP statvfs, never
-/// cached), or a one-sector read through the NBD bridge (getxattr
-/// `user.imgbackup.ping`). A keepalive is no such question: sshd answers
-/// those while a frozen sftp-server answers nothing.
-struct TransportProbe: Sendable, Equatable {
-    enum Kind: Sendable, Equatable { case sshfs, nbd }
-    let kind: Kind
-    /// Which layer the probe speaks for, in messages.
-    let layerName: String
-    /// The FUSE mount to ask, and to abort when it hangs.
-    let fuseMount: String
-    /// Whether bytes reaching the image count as this transport's progress:
-    /// they do for the image's transport; a source host's mount shows
-    /// progress only as the copy tool's output (write-back of what was
-    /// already read keeps the image busy for a while after a source froze).
-    let imageWritesAreProgress: Bool
-
-    /// The image's transport.
-    init(target: Target, paths: RuntimePaths) {
-        kind = target.transport == .nbd ? .nbd : .sshfs
-        layerName = target.transport == .nbd ? "the NBD export of \(target.name)" : "sshfs to \(target.remote.host)"
-        fuseMount = target.transport == .nbd ? paths.nbdMount(target.name) : paths.remoteMount(target.name)
-        imageWritesAreProgress = true
-    }
-
-    /// A source host's read-only mount.
-    init(source: SourceHost, target: Target, paths: RuntimePaths) {
-        kind = .sshfs
-        layerName = "the source host \(source.host)"
-        fuseMount = paths.sourceMount(target.name, source)
-        imageWritesAreProgress = false
-    }
-
-    var isSource: Bool { !imageWritesAreProgress }
-
-    func answers(within deadline: Duration) async -> Bool {
-        let kind = kind
-        let mount = fuseMount
-        do {
-            return try await withAbandonableDeadline(deadline, operation: "probe \(layerName)") {
-                switch kind {
-                case .sshfs: return (try? LocalFiles.capacity(mount)) != nil
-                case .nbd:
-                    return ExtendedAttribute.value(of: "\(mount)/\(ImageFileSystem.fileName)", name: ImageFileSystem.pingAttribute) != nil
-                }
-            }
-        } catch {
-            return false
-        }
-    }
-}
-
 /// Watches a running copy step and the transports it works through (the
 /// image's; the source hosts' when pulling). Progress is bytes reaching the
 /// image's dm-crypt device or new output from the copy tool; each probe runs
@@ -120,15 +67,4 @@ struct HangWatchdog: Sendable {
             }
         }
     }
-}
-
-/// Counts output events of the copy tool, for the watchdog.
-final class OutputHeartbeat: Sendable {
-    private let counter = Atomic<Int>(0)
-    private let progress = Mutex<String?>(nil)
-    var count: Int { counter.load(ordering: .relaxed) }
-    func beat() { counter.add(1, ordering: .relaxed) }
-    /// The tool's latest progress line (rsync's, borg's), for the journal.
-    var lastProgress: String? { progress.withLock { $0 } }
-    func note(progress line: String) { progress.withLock { $0 = line } }
 }

@@ -1,3 +1,4 @@
+import ImgBackupOS
 import Foundation
 import Synchronization
 

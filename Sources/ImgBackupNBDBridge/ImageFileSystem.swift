@@ -1,5 +1,7 @@
+import ImgBackupOS
 import CFuse3
 import Foundation
+import ImgBackupCore
 
 #if canImport(Glibc)
 import Glibc
@@ -11,14 +13,11 @@ import Glibc
 /// zero, which is how fstrim's discards reach the remote.
 public final class ImageFileSystem: @unchecked Sendable {
     // Safe: every field is fixed at init; NBDExport is thread-safe.
-    public static let fileName = "image"
-    /// getxattr on the image returns the export's allocated bytes (decimal).
-    public static let allocatedAttribute = "user.imgbackup.allocated"
-    /// getxattr on the image reads one sector from the server and answers
-    /// "ok": a liveness probe that only the remote can answer.
-    public static let pingAttribute = "user.imgbackup.ping"
-    /// The FUSE subtype: mounts show as "fuse.imgbackup-nbd".
-    public static let subtype = "imgbackup-nbd"
+    // What the filesystem looks like from outside: BridgedImage.
+    static let fileName = BridgedImage.fileName
+    static let allocatedAttribute = BridgedImage.allocatedAttribute
+    static let pingAttribute = BridgedImage.pingAttribute
+    static let subtype = BridgedImage.subtype
 
     let export: NBDExport
     let size: UInt64

@@ -149,7 +149,7 @@ public struct RunOperation: Sendable {
             outcome.copy = middle.copy
             outcome.pruned = middle.pruned
         case .finished(.failure(let error)):
-            outcome.failure = writeOut.failed.isSet ? await RemoteSpace(target: target, environment: environment).explain(error) : error
+            outcome.failure = writeOut.failed.isSet ? await RemoteFreeSpace(target: target, environment: environment).explain(error) : error
         case .hung(let error, let probe):
             // A frozen source host leaves the image and its transport whole:
             // its mount was aborted, the rest closes as after any failure.

@@ -54,7 +54,7 @@ public struct OpenOperation {
             let image = try await builder.pushTransport(requireTrim: requireTrim, breakLock: breakLock)
             let exists: Bool
             do {
-                exists = try await RemoteFiles.exists(image, deadline: builder.deadlines.remoteCall)
+                exists = try await MountedRemoteFiles.exists(image, deadline: builder.deadlines.remoteCall)
             } catch {
                 throw ImgBackupError.wrapping(error, .remote, failedTo: "look for the image \(target.image) on \(target.remote)")
             }

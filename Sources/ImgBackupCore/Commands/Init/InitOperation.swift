@@ -49,14 +49,14 @@ public struct InitOperation {
             let partial = "\(builder.remoteDirectory)/\(partialImageName)"
             let deadline = builder.deadlines.remoteCall
             do {
-                if try await RemoteFiles.exists(image, deadline: deadline) {
+                if try await MountedRemoteFiles.exists(image, deadline: deadline) {
                     throw ImgBackupError(
                         .refused, "refusing to init target '\(target.name)': \(target.image) already exists in \(target.remote)",
                         hint: "init never overwrites an image; use 'imgbackup open', or choose another image name")
                 }
-                if try await RemoteFiles.exists(partial, deadline: deadline) {
+                if try await MountedRemoteFiles.exists(partial, deadline: deadline) {
                     logger.notice("removing \(partialImageName) left by an earlier init that did not finish")
-                    try await RemoteFiles.remove(partial, deadline: deadline)
+                    try await MountedRemoteFiles.remove(partial, deadline: deadline)
                 }
             } catch {
                 throw ImgBackupError.wrapping(error, .remote, failedTo: "check for an existing image in \(target.remote)")
@@ -100,7 +100,7 @@ public struct InitOperation {
             // Close the image before giving it its real name.
             try await builder.unwind(keeping: partialDepth)
             do {
-                try await RemoteFiles.rename(partial, to: image, deadline: deadline)
+                try await MountedRemoteFiles.rename(partial, to: image, deadline: deadline)
             } catch {
                 throw ImgBackupError.wrapping(error, .remote, failedTo: "rename \(partialImageName) to \(target.image)")
             }

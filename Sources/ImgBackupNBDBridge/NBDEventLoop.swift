@@ -1,3 +1,4 @@
+import ImgBackupOS
 import CImgBackupShim
 import CNBD
 import Foundation

@@ -74,7 +74,7 @@ struct HangGuard: Sendable {
             environment.logger.error("could not abort the FUSE connection of \(probe.fuseMount): \(error)")
         }
         work.cancel()
-        let finished = Flag()
+        let finished = Latch()
         Task {
             _ = await work.result
             finished.set()
@@ -87,11 +87,4 @@ struct HangGuard: Sendable {
         }
         environment.logger.error("the step did not stop within \(target.timeouts.teardown.secondsText): tearing down around it")
     }
-}
-
-/// A fact one task learns and another reads afterwards.
-final class Flag: Sendable {
-    private let value = Mutex(false)
-    var isSet: Bool { value.withLock { $0 } }
-    func set() { value.withLock { $0 = true } }
 }

@@ -1,7 +1,9 @@
 import Foundation
 import Testing
 
-@testable import ImgBackupOS
+import ImgBackupOS
+
+@testable import ImgBackupNBDBridge
 
 /// The real libnbd client, event loops and multi-conn against a real nbdkit (memory
 /// plugin, unix socket) on the host: no kernel NBD support needed.

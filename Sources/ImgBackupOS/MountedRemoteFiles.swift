@@ -4,7 +4,7 @@ import Glibc
 
 /// File operations on the mounted remote directory. Each runs where its
 /// deadline can abandon it: on a frozen SFTP server a `stat` blocks forever.
-public enum RemoteFiles {
+public enum MountedRemoteFiles {
     public static func exists(_ path: String, deadline: Duration) async throws -> Bool {
         try await withAbandonableDeadline(deadline, operation: "stat \(path)") {
             var info = stat()

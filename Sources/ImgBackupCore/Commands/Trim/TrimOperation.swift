@@ -44,7 +44,7 @@ public struct TrimOperation {
     /// freezes meanwhile is a hang like any other (exit 3, torn down with force).
     private func trim(_ session: OpenSession) async throws(ImgBackupError) -> Report {
         let mountPoint = session.mountPoint
-        let image = "\(environment.paths.nbdMount(target.name))/\(ImageFileSystem.fileName)"
+        let image = "\(environment.paths.nbdMount(target.name))/\(BridgedImage.fileName)"
         let before = await allocated(image)
         let runner = environment.runner
         let progress = JournalProgress.start(
@@ -60,7 +60,7 @@ public struct TrimOperation {
         case .finished(.success(let result)) where result.succeeded:
             let after = await allocated(image)
             // For `status` while the target is closed. Best effort: the trim itself worked.
-            let apparent = try? await RemoteFiles.size(image, deadline: target.timeouts.stall)
+            let apparent = try? await MountedRemoteFiles.size(image, deadline: target.timeouts.stall)
             if apparent != nil || after != nil {
                 try? ImageMeasurement(paths: environment.paths).record(
                     target.name,
@@ -82,7 +82,7 @@ public struct TrimOperation {
     /// The remote's allocated bytes, from the bridge (nil if the server cannot tell).
     private func allocated(_ image: String) async -> UInt64? {
         try? await withAbandonableDeadline(target.timeouts.stall, operation: "measure the remote allocation") {
-            ExtendedAttribute.value(of: image, name: ImageFileSystem.allocatedAttribute).flatMap { UInt64($0) }
+            ExtendedAttribute.value(of: image, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
         }
     }
 

@@ -75,7 +75,7 @@ public struct AuthorizedKeysLine: Sendable {
     /// What the client sends for the NBD export, word for word (see NBDEndpointBuilder).
     var nbdCommandSent: String? {
         guard case .command(let command)? = target.nbd else { return nil }
-        return NBDEndpointBuilder.remoteCommandLine(command)
+        return RemoteCommandLine.of(command)
     }
 
     /// sshd gives other users than root a PATH without sbin, where Debian keeps pivot_root and nbdkit.
@@ -162,7 +162,7 @@ public struct AuthorizedKeysLine: Sendable {
         return "$u sh -euc \(sh(script.joined(separator: "; "))) sh"
     }
 
-    static func sh(_ word: String) -> String { NBDEndpointBuilder.shellQuoted(word) }
+    static func sh(_ word: String) -> String { RemoteCommandLine.shellQuoted(word) }
 
     static func parent(of path: String) -> String {
         guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }

@@ -3,7 +3,7 @@ import ImgBackupOS
 /// The free space of the remote filesystem under the image, where the
 /// transport can tell: SFTP statvfs through the sshfs mount. (An NBD export
 /// is a fixed-size device; its server's disk is out of sight.)
-struct RemoteSpace: Sendable {
+struct RemoteFreeSpace: Sendable {
     let target: Target
     let environment: OperationEnvironment
 

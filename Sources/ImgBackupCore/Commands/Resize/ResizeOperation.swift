@@ -97,7 +97,7 @@ public struct ResizeOperation {
         let remoteCall = target.timeouts.stall
         let current: UInt64
         do {
-            current = try await RemoteFiles.size(image, deadline: remoteCall)
+            current = try await MountedRemoteFiles.size(image, deadline: remoteCall)
         } catch {
             throw ImgBackupError.wrapping(error, .remote, failedTo: "read the size of \(target.image) on \(target.remote)")
         }
@@ -110,14 +110,14 @@ public struct ResizeOperation {
         if size.bytes > current {
             let growth = size.bytes - current
             // The file grows sparse, but the filesystem inside may fill it: the remote must have room.
-            if let available = await RemoteSpace(target: overSSHFS, environment: environment).available(), available < growth {
+            if let available = await RemoteFreeSpace(target: overSSHFS, environment: environment).available(), available < growth {
                 throw ImgBackupError(
                     .remote,
                     "cannot grow '\(target.name)' by \(ByteSize.format(growth)): the remote has \(ByteSize.format(available)) free in \(target.remote)",
                     hint: "free space there, or choose a smaller --size")
             }
             do {
-                try await RemoteFiles.grow(image, to: size.bytes, deadline: remoteCall)
+                try await MountedRemoteFiles.grow(image, to: size.bytes, deadline: remoteCall)
             } catch {
                 throw ImgBackupError.wrapping(error, .remote, failedTo: "grow \(target.image) on \(target.remote)")
             }
