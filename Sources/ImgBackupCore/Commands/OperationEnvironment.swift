@@ -40,20 +40,6 @@ public struct OperationEnvironment: Sendable {
     var stateStore: StateStore { StateStore(paths: paths) }
 }
 
-/// Named deadlines for the steps of bringing a target up: the transport
-/// (sshfs mount, or the NBD bridge connecting) gets a fixed minute; steps that
-/// talk to the remote get the target's stall timeout: no answer for that long
-/// is a hang.
-struct UpDeadlines {
-    let transportUp: Duration
-    let remoteCall: Duration
-
-    init(_ target: Target) {
-        transportUp = .seconds(60)
-        remoteCall = target.timeouts.stall
-    }
-}
-
 extension OperationEnvironment {
     /// The target's key, from wherever the config or command line says.
     func key(for target: Target) async throws(ImgBackupError) -> SecureBytes {

@@ -7,14 +7,14 @@ struct StackBuilder {
     let target: Target
     let environment: OperationEnvironment
     let stack: LayerStack
-    let deadlines: UpDeadlines
+    let deadlines: Deadlines
 
     init(target: Target, environment: OperationEnvironment, operation: StateRecord.Operation) {
         self.target = target
         self.environment = environment
-        self.deadlines = UpDeadlines(target)
+        self.deadlines = Deadlines(target)
         let teardown = SystemTeardown(
-            runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger)
+            runner: environment.runner, stepDeadline: deadlines.teardownStep, logger: environment.logger)
         self.stack = LayerStack(
             journal: environment.stateStore.journal(for: target.name, operation: operation),
             teardown: teardown, logger: environment.logger)

@@ -25,10 +25,10 @@ public struct SystemTeardown: LayerTeardown {
 }
 
 /// What every layer's `down` shares: the command runner, the step deadline
-/// (`timeouts.teardown`), and what the teardown learns on the way.
+/// (`Deadlines.teardownStep`), and what the teardown learns on the way.
 public struct TeardownContext: Sendable {
     public let runner: any CommandRunning
-    /// The named deadline of each step (`timeouts.teardown`).
+    /// The named deadline of each step (`Deadlines.teardownStep`).
     public let stepDeadline: Duration
     public let logger: Logger
     /// Writes to the image already failed while it was open (a run's

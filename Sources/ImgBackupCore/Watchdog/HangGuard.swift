@@ -31,7 +31,7 @@ struct HangGuard: Sendable {
 
     func run<T: Sendable>(_ body: @escaping @Sendable () async throws(ImgBackupError) -> T) async -> Outcome<T> {
         let watchdog = HangWatchdog(
-            device: "/dev/mapper/\(target.mappingName)", stall: target.timeouts.stall, probes: probes, outputSeen: heartbeat,
+            device: "/dev/mapper/\(target.mappingName)", stall: Deadlines(target).stall, probes: probes, outputSeen: heartbeat,
             step: step)
         let work = Task { () async throws -> T in try await body() }
         // Not a task group: a group would wait for a step stuck on the dead
@@ -80,11 +80,11 @@ struct HangGuard: Sendable {
             finished.set()
         }
         let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: target.timeouts.teardown)
+        let deadline = clock.now.advanced(by: Deadlines(target).teardownStep)
         while clock.now < deadline {
             if finished.isSet { return }
             try? await Task.sleep(for: .milliseconds(200))
         }
-        environment.logger.error("the step did not stop within \(target.timeouts.teardown.secondsText): tearing down around it")
+        environment.logger.error("the step did not stop within \(Deadlines(target).teardownStep.secondsText): tearing down around it")
     }
 }

@@ -37,10 +37,12 @@ public struct CloseOperation: Sendable {
         guard !users.isEmpty else { return }
         environment.logger.notice(
             "stopping what the interrupted \(record.operation) (pid \(record.pid)) left using \(target.mountPoint): pid \(users.map(String.init).joined(separator: ", "))")
-        let left = await ProcessTable.stopAll(using: target.mountPoint, grace: .seconds(5), deadline: target.timeouts.teardown)
+        let deadlines = Deadlines(target)
+        let left = await ProcessTable.stopAll(
+            using: target.mountPoint, grace: deadlines.orphanGrace, deadline: deadlines.orphanStop)
         if !left.isEmpty {
             environment.logger.notice(
-                "pid \(left.map(String.init).joined(separator: ", ")) still use\(left.count == 1 ? "s" : "") \(target.mountPoint) after \(target.timeouts.teardown.secondsText) (stuck on the remote?)")
+                "pid \(left.map(String.init).joined(separator: ", ")) still use\(left.count == 1 ? "s" : "") \(target.mountPoint) after \(deadlines.orphanStop.secondsText) (stuck on the remote?)")
         }
     }
 
@@ -72,7 +74,7 @@ public struct CloseOperation: Sendable {
         if let record { await stopOrphanedCopyStep(record) }
         let layers = record?.layers ?? target.possibleLayers(environment.paths)
         let teardown = SystemTeardown(
-            runner: environment.runner, stepDeadline: target.timeouts.teardown, logger: environment.logger,
+            runner: environment.runner, stepDeadline: Deadlines(target).teardownStep, logger: environment.logger,
             imageWritesFailed: imageWritesFailed)
         let stack = LayerStack(
             records: layers,

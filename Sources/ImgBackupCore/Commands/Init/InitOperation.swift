@@ -78,7 +78,7 @@ public struct InitOperation {
             let uuid: String
             do {
                 let pbkdf = target.pbkdf
-                uuid = try await withAbandonableDeadline(deadline + .seconds(60), operation: "luksFormat \(loopPath)") {
+                uuid = try await withAbandonableDeadline(builder.deadlines.luksFormat, operation: "luksFormat \(loopPath)") {
                     try CryptDevice(devicePath: loopPath).formatLUKS2(key: key, pbkdf: pbkdf)
                 }
             } catch {

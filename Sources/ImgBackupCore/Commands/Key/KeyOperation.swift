@@ -32,7 +32,7 @@ public struct KeyOperation {
         let key = try await environment.key(for: target)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
-        let deadline = target.timeouts.teardown + .seconds(120)  // the PBKDF of a new slot takes seconds
+        let deadline = Deadlines(target).keyslotChange
 
         if let record = try environment.stateStore.load(target: target.name) {
             // Open: its loop device carries the header.

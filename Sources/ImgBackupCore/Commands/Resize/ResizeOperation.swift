@@ -94,7 +94,7 @@ public struct ResizeOperation {
 
     private func grow(key: SecureBytes, wasOpen: Bool) async throws(ImgBackupError) -> Report {
         let image = "\(environment.paths.remoteMount(target.name))/\(target.image)"
-        let remoteCall = target.timeouts.stall
+        let remoteCall = Deadlines(target).remoteCall
         let current: UInt64
         do {
             current = try await MountedRemoteFiles.size(image, deadline: remoteCall)

@@ -60,7 +60,7 @@ public struct TrimOperation {
         case .finished(.success(let result)) where result.succeeded:
             let after = await allocated(image)
             // For `status` while the target is closed. Best effort: the trim itself worked.
-            let apparent = try? await MountedRemoteFiles.size(image, deadline: target.timeouts.stall)
+            let apparent = try? await MountedRemoteFiles.size(image, deadline: Deadlines(target).remoteCall)
             if apparent != nil || after != nil {
                 try? ImageMeasurement(paths: environment.paths).record(
                     target.name,
@@ -81,7 +81,7 @@ public struct TrimOperation {
 
     /// The remote's allocated bytes, from the bridge (nil if the server cannot tell).
     private func allocated(_ image: String) async -> UInt64? {
-        try? await withAbandonableDeadline(target.timeouts.stall, operation: "measure the remote allocation") {
+        try? await withAbandonableDeadline(Deadlines(target).remoteCall, operation: "measure the remote allocation") {
             ExtendedAttribute.value(of: image, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
         }
     }
