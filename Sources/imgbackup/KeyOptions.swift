@@ -2,10 +2,7 @@ import ArgumentParser
 import Foundation
 import ImgBackupCore
 
-/// Where the key comes from when not from the config: the command line, or
-/// a systemd credential. Precedence: --key-file / --key-fd, then the
-/// credential `imgbackup.TARGET` (LoadCredential= / LoadCredentialEncrypted=),
-/// then the target's key_file or key_command.
+/// --key-file and --key-fd; which key source wins is KeySourceChoice's to say.
 struct KeyOptions: ParsableArguments {
     @Option(name: .customLong("key-file"), help: ArgumentHelp(
         "Read the key from FILE instead of the config's key source; '-' reads it from standard input.",
@@ -30,26 +27,10 @@ struct KeyOptions: ParsableArguments {
         }
     }
 
-    /// The target with its key source resolved.
+    /// The target with its key source resolved (precedence: KeySourceChoice).
     func resolve(_ target: Target, environment: [String: String]) throws(ImgBackupError) -> Target {
-        var target = target
-        if let keyFile {
-            if keyFile == "-" {
-                guard isatty(STDIN_FILENO) == 0 else {
-                    throw ImgBackupError(
-                        .usage, "refusing to read the key from a terminal",
-                        hint: "pipe it in: pass show imgbackup/\(target.name) | imgbackup ... --key-file -")
-                }
-                target.key = .descriptor(STDIN_FILENO)
-            } else {
-                target.key = .file(URL(fileURLWithPath: keyFile).standardizedFileURL.path)
-            }
-        } else if let keyDescriptor {
-            target.key = .descriptor(keyDescriptor)
-        } else if let directory = environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty {
-            let credential = "\(directory)/imgbackup.\(target.name)"
-            if FileManager.default.fileExists(atPath: credential) { target.key = .credential(credential) }
-        }
-        return target
+        try KeySourceChoice(keyFile: keyFile, keyDescriptor: keyDescriptor).resolve(
+            target, credentialsDirectory: environment["CREDENTIALS_DIRECTORY"],
+            standardInputIsTerminal: isatty(STDIN_FILENO) != 0)
     }
 }

@@ -103,7 +103,7 @@ import Testing
     }
 
     @Test func theNoticeCarriesResultStatusAndTheEscapedLine() async {
-        let runner = RecordingRunner()
+        let runner = FakeRunner()
         let signals = StopSignals()
         let notice = FailureNotice(command: ["notify-me", "now"], runner: runner, logger: Logger(label: "test"), stopSignals: signals)
         await notice.send(target: "offsite", error: ImgBackupError(.remote, "failed to reach \u{1b}[2Jhost", hint: "check it"))
@@ -124,7 +124,7 @@ import Testing
 
     func environment(_ root: String) -> OperationEnvironment {
         var environment = OperationEnvironment(
-            paths: RuntimePaths(runtimeDirectory: root + "/run", stateDirectory: root + "/state"), runner: RecordingRunner(),
+            paths: RuntimePaths(runtimeDirectory: root + "/run", stateDirectory: root + "/state"), runner: FakeRunner(),
             logger: Logger(label: "test"))
         environment.stopSignals = StopSignals()
         return environment
@@ -227,16 +227,5 @@ import Testing
             }
         }
         #expect(files.map { $0.hasSuffix("data/file") } == [true], "\(method): \(files)")
-    }
-}
-
-/// Records the commands it is given and answers each with success.
-final class RecordingRunner: CommandRunning {
-    private let recorded = Mutex<[Command]>([])
-    var commands: [Command] { recorded.withLock { $0 } }
-
-    func run(_ command: Command) async throws -> CommandResult {
-        recorded.withLock { $0.append(command) }
-        return CommandResult(executable: command.executable, termination: .exited(0), standardOutput: "", standardError: "")
     }
 }

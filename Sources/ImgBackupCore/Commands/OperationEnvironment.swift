@@ -25,6 +25,14 @@ public struct OperationEnvironment: Sendable {
     /// How often a long run, init or trim logs its progress when no
     /// terminal shows it (``JournalProgress``); nil: never.
     public var journalProgressInterval: Duration? = .seconds(60)
+    /// Takes layers down (``SystemTeardown``); host tests give a fake that
+    /// records each step.
+    var layerTeardown: @Sendable (TeardownContext) -> any LayerTeardown = { SystemTeardown(context: $0) }
+    /// The transports a guarded step asks whether they answer
+    /// (``TransportProbe``); host tests give probes that answer as told.
+    var transportProbes: @Sendable (Target, [SourceHost], RuntimePaths) -> [any TransportProbing] = {
+        TransportProbe.all(target: $0, sources: $1, paths: $2)
+    }
 
     public init(
         paths: RuntimePaths, runner: any CommandRunning = SubprocessCommandRunner(), logger: Logger,

@@ -13,8 +13,8 @@ struct StackBuilder {
         self.target = target
         self.environment = environment
         self.deadlines = Deadlines(target)
-        let teardown = SystemTeardown(
-            runner: environment.runner, stepDeadline: deadlines.teardownStep, logger: environment.logger)
+        let teardown = environment.layerTeardown(
+            TeardownContext(runner: environment.runner, stepDeadline: deadlines.teardownStep, logger: environment.logger))
         self.stack = LayerStack(
             journal: environment.stateStore.journal(for: target.name, operation: operation),
             teardown: teardown, logger: environment.logger)

@@ -11,13 +11,7 @@ import Synchronization
 public struct SystemTeardown: LayerTeardown {
     public let context: TeardownContext
 
-    public init(runner: any CommandRunning, stepDeadline: Duration, logger: Logger, imageWritesFailed: Bool = false) {
-        context = TeardownContext(
-            runner: runner, stepDeadline: stepDeadline, logger: logger, imageWritesFailed: imageWritesFailed)
-    }
-
-    /// Why the filesystem was shut down before its unmount, when it was.
-    public var lostWrites: LostWrites { context.lostWrites }
+    public init(context: TeardownContext) { self.context = context }
 
     public func down(_ record: LayerRecord, force: Bool) async throws {
         try await record.down(force: force, in: context)
@@ -37,6 +31,13 @@ public struct TeardownContext: Sendable {
     /// Why the filesystem was shut down before its unmount, when it was:
     /// writes that did not reach the remote, for `close` to report.
     public let lostWrites = LostWrites()
+
+    public init(runner: any CommandRunning, stepDeadline: Duration, logger: Logger, imageWritesFailed: Bool = false) {
+        self.runner = runner
+        self.stepDeadline = stepDeadline
+        self.logger = logger
+        self.imageWritesFailed = imageWritesFailed
+    }
 
     /// Unmounts the FUSE filesystem at `mountPoint` (sshfs, the NBD bridge)
     /// if it is mounted; lazily when forced and a plain unmount fails.

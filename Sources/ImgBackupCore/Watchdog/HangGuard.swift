@@ -21,12 +21,11 @@ struct HangGuard: Sendable {
     enum Outcome<T: Sendable>: Sendable {
         case finished(Result<T, ImgBackupError>)
         /// The transport that stopped answering, and the error saying so.
-        case hung(ImgBackupError, TransportProbe)
+        case hung(ImgBackupError, any TransportProbing)
     }
 
-    var probes: [TransportProbe] {
-        [TransportProbe(target: target, paths: environment.paths)]
-            + sources.map { TransportProbe(source: $0, target: target, paths: environment.paths) }
+    var probes: [any TransportProbing] {
+        environment.transportProbes(target, sources, environment.paths)
     }
 
     func run<T: Sendable>(_ body: @escaping @Sendable () async throws(ImgBackupError) -> T) async -> Outcome<T> {
@@ -66,7 +65,7 @@ struct HangGuard: Sendable {
         }
     }
 
-    private func recover<T>(_ work: Task<T, any Error>, probe: TransportProbe) async {
+    private func recover<T>(_ work: Task<T, any Error>, probe: any TransportProbing) async {
         environment.logger.notice("\(probe.layerName) stopped answering: aborting its FUSE connection and tearing down")
         do {
             try FUSEConnection.abort(mountPoint: probe.fuseMount)

@@ -8,13 +8,32 @@ import Synchronization
 /// every few seconds while there is none. A transport that saw no progress
 /// and gave no answer for `stall` hangs, reported as that layer.
 struct HangWatchdog: Sendable {
-    let device: String
+    /// Bytes written to the image so far (its dm-crypt device's counter).
+    let bytesWritten: @Sendable () -> UInt64?
     let stall: Duration
-    let probes: [TransportProbe]
+    let probes: [any TransportProbing]
     /// Bumped by the copy tool's output observer.
     let outputSeen: OutputHeartbeat
     /// What is being watched, for the message: "the backup", "the trim".
     var step = "the backup"
+
+    /// Watches the image's dm-crypt device `device`.
+    init(device: String, stall: Duration, probes: [any TransportProbing], outputSeen: OutputHeartbeat, step: String) {
+        self.init(
+            bytesWritten: { BlockDeviceStats.read(devicePath: device)?.bytesWritten }, stall: stall, probes: probes,
+            outputSeen: outputSeen, step: step)
+    }
+
+    init(
+        bytesWritten: @escaping @Sendable () -> UInt64?, stall: Duration, probes: [any TransportProbing],
+        outputSeen: OutputHeartbeat, step: String
+    ) {
+        self.bytesWritten = bytesWritten
+        self.stall = stall
+        self.probes = probes
+        self.outputSeen = outputSeen
+        self.step = step
+    }
 
     var interval: Duration { min(.seconds(5), stall / 4) }
     var probeDeadline: Duration { min(.seconds(10), stall / 2) }
@@ -22,14 +41,14 @@ struct HangWatchdog: Sendable {
     /// Which transport hung, and the error saying so.
     struct Hang: Error {
         let error: ImgBackupError
-        let probe: TransportProbe
+        let probe: any TransportProbing
     }
 
     /// Returns only by throwing: a `Hang` when a stall is reached, or
     /// cancellation when the copy step finished first.
     func watch() async throws(Hang) -> Never {
         let clock = ContinuousClock()
-        var lastBytes = BlockDeviceStats.read(devicePath: device)?.bytesWritten
+        var lastBytes = bytesWritten()
         var lastOutput = outputSeen.count
         var lastProgress = Array(repeating: clock.now, count: probes.count)
         var lastAnswer = lastProgress
@@ -39,7 +58,7 @@ struct HangWatchdog: Sendable {
             } catch {
                 throw Hang(error: ImgBackupError(.system, "the watchdog was stopped"), probe: probes[0])
             }
-            let bytes = BlockDeviceStats.read(devicePath: device)?.bytesWritten
+            let bytes = bytesWritten()
             let output = outputSeen.count
             let imageMoved = bytes != lastBytes
             let toolSpoke = output != lastOutput

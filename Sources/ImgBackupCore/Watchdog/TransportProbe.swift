@@ -1,11 +1,30 @@
 import ImgBackupOS
 
+/// A transport the watchdog can ask whether it still answers: the real one
+/// is ``TransportProbe``; host tests give ones that answer as they are told.
+protocol TransportProbing: Sendable {
+    /// Which layer the probe speaks for, in messages.
+    var layerName: String { get }
+    /// The FUSE mount to ask, and to abort when it hangs.
+    var fuseMount: String { get }
+    /// Whether bytes reaching the image count as this transport's progress:
+    /// they do for the image's transport; a source host's mount shows
+    /// progress only as the copy tool's output (write-back of what was
+    /// already read keeps the image busy for a while after a source froze).
+    var imageWritesAreProgress: Bool { get }
+    func answers(within deadline: Duration) async -> Bool
+}
+
+extension TransportProbing {
+    var isSource: Bool { !imageWritesAreProgress }
+}
+
 /// Asks a transport a question only the remote can answer, with a short
 /// deadline of its own: statvfs on an sshfs mount (SFTP statvfs, never
 /// cached), or a one-sector read through the NBD bridge (getxattr
 /// `user.imgbackup.ping`). A keepalive is no such question: sshd answers
 /// those while a frozen sftp-server answers nothing.
-struct TransportProbe: Sendable, Equatable {
+struct TransportProbe: TransportProbing, Equatable {
     enum Kind: Sendable, Equatable { case sshfs, nbd }
     let kind: Kind
     /// Which layer the probe speaks for, in messages.
@@ -34,8 +53,6 @@ struct TransportProbe: Sendable, Equatable {
         imageWritesAreProgress = false
     }
 
-    var isSource: Bool { !imageWritesAreProgress }
-
     func answers(within deadline: Duration) async -> Bool {
         let kind = kind
         let mount = fuseMount
@@ -50,5 +67,14 @@ struct TransportProbe: Sendable, Equatable {
         } catch {
             return false
         }
+    }
+}
+
+extension TransportProbe {
+    /// The transports a step works through: the image's, and each source
+    /// host's mount when pulling.
+    static func all(target: Target, sources: [SourceHost], paths: RuntimePaths) -> [any TransportProbing] {
+        [TransportProbe(target: target, paths: paths)]
+            + sources.map { TransportProbe(source: $0, target: target, paths: paths) }
     }
 }

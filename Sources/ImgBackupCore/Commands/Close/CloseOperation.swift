@@ -73,13 +73,13 @@ public struct CloseOperation: Sendable {
         let record = try store.load(target: target.name)
         if let record { await stopOrphanedCopyStep(record) }
         let layers = record?.layers ?? target.possibleLayers(environment.paths)
-        let teardown = SystemTeardown(
+        let context = TeardownContext(
             runner: environment.runner, stepDeadline: Deadlines(target).teardownStep, logger: environment.logger,
             imageWritesFailed: imageWritesFailed)
         let stack = LayerStack(
             records: layers,
             journal: store.journal(for: target.name, operation: record?.operation ?? .close),
-            teardown: teardown,
+            teardown: environment.layerTeardown(context),
             logger: environment.logger)
         let report = await stack.unwind(force: force)
         if let failure = report.firstFailure {
@@ -93,7 +93,7 @@ public struct CloseOperation: Sendable {
         // failed write-out may have lost writes: leave the dirty marker, and
         // the next open checks it.
         // Closing what was not open says nothing about the filesystem.
-        let lost = teardown.lostWrites.reason
+        let lost = context.lostWrites.reason
         if !force && !imageWritesFailed && lost == nil && record != nil {
             DirtyMarker(paths: environment.paths, target: target.name).clear()
         }
