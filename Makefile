@@ -20,18 +20,18 @@ build:
 # runner seams (no device-mapper needed).
 unit: build
 	$(SWIFT) test
-	tests/units/verify.sh
-	tests/units/cli-artifacts.sh
+	checks/systemd-units.sh
+	checks/cli-artifacts.sh
 
 # Black-box tests of the CLI in a kernel with dm-crypt (virtme-ng VMs here:
 # one per core, up to three, each running a share of the files).
 e2e: build
-	tests/e2e/run-sharded.sh $(E2E_ARGS)
+	e2e/run-sharded.sh $(E2E_ARGS)
 
 test: deps unit e2e
 
 demo: deps build
-	tests/e2e/in-real-kernel.sh scripts/demo.sh
+	e2e/in-real-kernel.sh scripts/demo.sh
 
 # Binary, systemd units (in the local unit directory, pointing at this
 # binary) and the example config. Then: systemctl daemon-reload;
@@ -75,4 +75,4 @@ clean:
 bench:
 	$(SWIFT) build -c release
 	scripts/bench-nbd.sh
-	tests/e2e/in-real-kernel.sh scripts/bench-run.sh
+	e2e/in-real-kernel.sh scripts/bench-run.sh

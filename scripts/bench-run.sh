@@ -6,7 +6,7 @@
 # two runs, so both copy the same amount, hard-linked against the newest
 # snapshot. Needs a kernel with dm-crypt:
 #
-#   tests/e2e/in-real-kernel.sh scripts/bench-run.sh [ROUNDS] [CHANGE_MIB]   (default 4 and 8)
+#   e2e/in-real-kernel.sh scripts/bench-run.sh [ROUNDS] [CHANGE_MIB]   (default 4 and 8)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${IMGBACKUP_BIN:-$root/.build/release/imgbackup}
@@ -22,12 +22,12 @@ cleanup() {
   [ -e /dev/mapper/bench-recipe ] && cryptsetup close bench-recipe
   mountpoint -q "$work/recipe-remote" 2>/dev/null && fusermount3 -u "$work/recipe-remote"
   "$bin" --config "$config" close demo >/dev/null 2>&1 || true
-  "$root/tests/e2e/backup-host.sh" stop "$work"
+  "$root/e2e/backup-host.sh" stop "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-"$root/tests/e2e/backup-host.sh" start "$work" 2222 >/dev/null
+"$root/e2e/backup-host.sh" start "$work" 2222 >/dev/null
 sed -i 's/^size          = "64M"/size          = "160M"/' "$config"
 cat >> "$config" <<TOML
 [target.demo.copy]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A full encrypted cycle against a throwaway loopback backup host:
 # init, open, write, close, reopen, check, close. Runs in a real kernel
-# (make demo starts it through tests/e2e/in-real-kernel.sh).
+# (make demo starts it through e2e/in-real-kernel.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${IMGBACKUP_BIN:-$root/.build/debug/imgbackup}
@@ -12,7 +12,7 @@ export IMGBACKUP_RUNTIME_DIR=$work/run IMGBACKUP_STATE_DIR=$work/state
 
 cleanup() {
   "$bin" --config "$config" close demo >/dev/null 2>&1 || true
-  "$root/tests/e2e/backup-host.sh" stop "$work"
+  "$root/e2e/backup-host.sh" stop "$work"
 }
 trap cleanup EXIT
 
@@ -26,7 +26,7 @@ open_demo() {
 }
 
 say "a backup host on 127.0.0.1:2222 (OpenSSH sshd), storing into $work/storage"
-"$root/tests/e2e/backup-host.sh" start "$work" 2222
+"$root/e2e/backup-host.sh" start "$work" 2222
 sed -n '/^\[target.demo\]/,/^$/p' "$config"
 
 say "init: sparse image, LUKS2, ext4, all over sshfs"

@@ -51,12 +51,6 @@ int imgb_loop_set_capacity(int loop_fd) {
     return ioctl(loop_fd, LOOP_SET_CAPACITY, 0) < 0 ? -errno : 0;
 }
 
-int64_t imgb_block_device_size(int fd) {
-    uint64_t size = 0;
-    if (ioctl(fd, BLKGETSIZE64, &size) < 0) return -errno;
-    return (int64_t)size;
-}
-
 int imgb_memfd_create(const char *name) {
     int fd = memfd_create(name, MFD_CLOEXEC);
     return fd < 0 ? -errno : fd;

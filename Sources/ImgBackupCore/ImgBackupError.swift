@@ -6,32 +6,34 @@ import ImgBackupOS
 public struct ImgBackupError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         public let name: String
-        /// The process exit status (docs/usage.md: 0 ok, 1 usage/config, 2 copy
-        /// step, 3 hang, 4 locked/open, 5 key/LUKS, 6 remote, 7 local, 8 left
-        /// up, 9 interrupted).
-        public let exitStatus: Int32
+        /// What the process exits with (ExitStatus: the one table of them).
+        public let exit: ExitStatus
+        public var exitStatus: Int32 { exit.value }
 
-        public static let usage = Code(name: "usage", exitStatus: 1)
-        public static let config = Code(name: "config", exitStatus: 1)
+        public static func == (a: Code, b: Code) -> Bool { a.name == b.name }
+        public func hash(into hasher: inout Hasher) { hasher.combine(name) }
+
+        public static let usage = Code(name: "usage", exit: .usageOrConfig)
+        public static let config = Code(name: "config", exit: .usageOrConfig)
         /// The command would destroy data (an image exists) and refuses.
-        public static let refused = Code(name: "refused", exitStatus: 1)
-        public static let copyFailed = Code(name: "copyFailed", exitStatus: 2)
-        public static let hung = Code(name: "hung", exitStatus: 3)
-        public static let locked = Code(name: "locked", exitStatus: 4)
-        public static let alreadyOpen = Code(name: "alreadyOpen", exitStatus: 4)
-        public static let badKey = Code(name: "badKey", exitStatus: 5)
-        public static let luks = Code(name: "luks", exitStatus: 5)
+        public static let refused = Code(name: "refused", exit: .usageOrConfig)
+        public static let copyFailed = Code(name: "copyFailed", exit: .copyStep)
+        public static let hung = Code(name: "hung", exit: .hang)
+        public static let locked = Code(name: "locked", exit: .lockedOrOpen)
+        public static let alreadyOpen = Code(name: "alreadyOpen", exit: .lockedOrOpen)
+        public static let badKey = Code(name: "badKey", exit: .keyOrLUKS)
+        public static let luks = Code(name: "luks", exit: .keyOrLUKS)
         /// The remote (ssh, sftp, the image file) failed or is unreachable.
-        public static let remote = Code(name: "remote", exitStatus: 6)
+        public static let remote = Code(name: "remote", exit: .remote)
         /// A local OS operation failed (mount, loop, device-mapper, a tool).
-        public static let system = Code(name: "system", exitStatus: 7)
+        public static let system = Code(name: "system", exit: .localSystem)
         /// A wait ran out (not a detected hang of the remote).
-        public static let timeout = Code(name: "timeout", exitStatus: 7)
+        public static let timeout = Code(name: "timeout", exit: .localSystem)
         /// Teardown could not finish; something is still up.
-        public static let invalidState = Code(name: "invalidState", exitStatus: 8)
+        public static let invalidState = Code(name: "invalidState", exit: .leftUp)
         /// A stop signal (SIGTERM, SIGINT, SIGHUP) ended the command; what
         /// it had open was closed.
-        public static let interrupted = Code(name: "interrupted", exitStatus: 9)
+        public static let interrupted = Code(name: "interrupted", exit: .interrupted)
 
         public var description: String { name }
     }

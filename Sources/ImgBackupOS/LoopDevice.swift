@@ -69,13 +69,6 @@ public final class LoopDevice: Sendable {
     /// Whether the kernel really does direct I/O for this device.
     public var directIO: Bool { Self.sysfsValue(number, "dio") == "1" }
 
-    /// The device's size in bytes.
-    public func size() throws(SystemCallError) -> Int64 {
-        let size = imgb_block_device_size(descriptor)
-        if size < 0 { throw SystemCallError(call: "ioctl(BLKGETSIZE64)", object: path, errno: Int32(-size)) }
-        return size
-    }
-
     // MARK: Finding and detaching by backing file
 
     /// Loop devices whose backing file is `backingFile`. Reads sysfs only, so

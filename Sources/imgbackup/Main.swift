@@ -76,10 +76,7 @@ struct ImgBackup: AsyncParsableCommand {
             locally with dm-crypt and mounts the filesystem inside. The remote only ever \
             sees ciphertext; the key never leaves this machine.
 
-            Exit status: 0 success; 1 usage or config error; 2 copy step failed; 3 hang \
-            detected; 4 locked or already open; 5 key or LUKS error; 6 remote error; \
-            7 local system error; 8 teardown left something up; 9 interrupted by a stop \
-            signal (what was open was closed).
+            \(ExitStatus.helpText)
             """,
         version: "imgbackup \(release) (commit \(BuildInfo.commit))",
         subcommands: [

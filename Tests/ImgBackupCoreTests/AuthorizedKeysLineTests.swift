@@ -5,7 +5,7 @@ import Testing
 
 /// The line's text, and its forced command run by a real /bin/sh the way
 /// sshd runs it (`sh -c COMMAND` with SSH_ORIGINAL_COMMAND set). The SFTP
-/// branch needs user namespaces and sshd: tests/e2e/test_authorized_keys.py.
+/// branch needs user namespaces and sshd: e2e/test_authorized_keys.py.
 @Suite struct AuthorizedKeysLineTests {
     static let publicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO1 root@client"
 

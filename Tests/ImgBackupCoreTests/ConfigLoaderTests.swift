@@ -2,8 +2,8 @@ import Testing
 
 @testable import ImgBackupCore
 
-/// The full example from design.md, which every implementation must accept.
-let designExample = """
+/// The first full example config: every release must still accept it.
+let firstFullExample = """
     [target.offsite]
     remote        = "backup@backup-host:/srv/backups/laptop"  # ssh destination : directory
     port          = 22
@@ -35,8 +35,8 @@ let designExample = """
     """
 
 @Suite struct ConfigLoaderTests {
-    @Test func acceptsTheDesignExample() throws {
-        let config = try ConfigLoader.parse(designExample, path: "/etc/imgbackup/imgbackup.toml")
+    @Test func acceptsTheFirstFullExample() throws {
+        let config = try ConfigLoader.parse(firstFullExample, path: "/etc/imgbackup/imgbackup.toml")
         let target = try config.target(named: "offsite")
         #expect(target.remote == RemoteLocation(user: "backup", host: "backup-host", directory: "/srv/backups/laptop"))
         #expect(target.port == 22)
@@ -198,7 +198,7 @@ let designExample = """
     }
 
     @Test func unknownTargetListsTheKnownOnes() throws {
-        let config = try ConfigLoader.parse(designExample, path: "/etc/imgbackup/imgbackup.toml")
+        let config = try ConfigLoader.parse(firstFullExample, path: "/etc/imgbackup/imgbackup.toml")
         let error = #expect(throws: ImgBackupError.self) { try config.target(named: "nope") }
         #expect(error?.description == "target 'nope' is not in /etc/imgbackup/imgbackup.toml (known targets: offsite)")
     }

@@ -5,7 +5,7 @@ import Testing
 @testable import ImgBackupCore
 
 /// doctor's decisions on made-up machines; the real machine and remote:
-/// tests/e2e/test_doctor.py.
+/// e2e/test_doctor.py.
 @Suite struct DoctorTests {
     struct FakeSystem: SystemInspecting {
         var isRoot = true

@@ -7,7 +7,7 @@ import Testing
 /// The header pin on real LUKS2 headers made by libcryptsetup on a plain
 /// file (no device-mapper needed), with the metadata edited the way a
 /// hostile backup host would edit it. The attacks end to end, against a
-/// real unlock: tests/e2e/test_hostile_host.py.
+/// real unlock: e2e/test_hostile_host.py.
 @Suite struct HeaderPinTests {
     static let cheap = PBKDFSettings(kind: .pbkdf2, forcedIterations: 1000)
 

@@ -8,7 +8,7 @@ import Testing
 /// Pull backups: ssh:// sources in the config, the source host's read-only
 /// mount, and what rsync and borg make of pulled paths (with the real tools,
 /// a plain directory standing in for the sshfs mount). The real source host,
-/// mount and hang: tests/e2e/test_pull.py.
+/// mount and hang: e2e/test_pull.py.
 @Suite(.serialized) struct PullSourceTests {
     @Test(arguments: [
         ("ssh://backup@db1:2222/etc", CopySource.remote(SourceHost(user: "backup", host: "db1", port: 2222), path: "/etc")),

@@ -4,7 +4,7 @@ import Testing
 
 @testable import ImgBackupCore
 
-/// The textfile metrics of a run; written by a real run in tests/e2e/test_metrics.py.
+/// The textfile metrics of a run; written by a real run in e2e/test_metrics.py.
 @Suite struct RunMetricsTests {
     static let start = Date(timeIntervalSince1970: 1_795_000_000.75)
 

@@ -4,7 +4,7 @@ import Testing
 @testable import ImgBackupCore
 
 /// The `status --json` shape scripts rely on (docs/usage.md) and the text
-/// people read. What status finds on a live system: tests/e2e/test_status.py.
+/// people read. What status finds on a live system: e2e/test_status.py.
 @Suite struct StatusTests {
     static let start = Date(timeIntervalSince1970: 1_795_000_000)
 

@@ -10,7 +10,7 @@ import Testing
 /// signals as events, the run's result names, the notify command's
 /// environment, leftovers of a dead run, journal progress lines, and copy
 /// tools that leave imgbackup's own directories out (the real-kernel suite,
-/// tests/e2e/test_unattended.py, runs the whole of it).
+/// e2e/test_unattended.py, runs the whole of it).
 @Suite(.serialized) struct UnattendedTests {
     @Test func stopSignalsCountAndNameWhatArrives() {
         let signals = StopSignals()

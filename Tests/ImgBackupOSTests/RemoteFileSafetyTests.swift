@@ -9,7 +9,7 @@ import Glibc
 
 /// What the remote (or a local user) can plant where imgbackup opens or
 /// writes a file: a symlink, a FIFO, a file on another filesystem; and the
-/// numbers a server reports. End to end over sshfs: tests/e2e/test_hostile_host.py.
+/// numbers a server reports. End to end over sshfs: e2e/test_hostile_host.py.
 @Suite struct RemoteFileSafetyTests {
     @Test func aSymlinkFIFOOrDirectoryInTheImagesPlaceIsNeverOpened() throws {
         let scratch = ScratchDirectory()

@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 /// The watch's syncfs and its release; the failed write-back it exists to
-/// report needs a remote that fills up: tests/e2e/test_faults.py.
+/// report needs a remote that fills up: e2e/test_faults.py.
 @Suite struct WriteBackWatchTests {
     @Test func syncsUntilReleasedAndThenHoldsNothingOpen() async throws {
         let scratch = ScratchDirectory()

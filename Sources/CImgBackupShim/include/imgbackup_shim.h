@@ -25,9 +25,6 @@ int imgb_loop_clear(int loop_fd);
 /// LOOP_SET_CAPACITY: re-read the backing file's size after it grew.
 int imgb_loop_set_capacity(int loop_fd);
 
-/// BLKGETSIZE64: a block device's size in bytes, or -errno.
-int64_t imgb_block_device_size(int fd);
-
 /// memfd_create(2) for capturing a child's output without a pipe: a daemon
 /// that inherits a pipe (sshfs's ssh child) would keep it open forever.
 int imgb_memfd_create(const char *name);

@@ -3,7 +3,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export PYTHONDONTWRITEBYTECODE=1
-export IMGBACKUP_BIN=${IMGBACKUP_BIN:-$(cd "$here/../.." && pwd)/.build/debug/imgbackup}
+export IMGBACKUP_BIN=${IMGBACKUP_BIN:-$(cd "$here/.." && pwd)/.build/debug/imgbackup}
 # run-sharded.sh: --shard=K/N runs the K-th of N shards (conftest.py splits the files).
 case "${1:-}" in
   --shard=*) export IMGBACKUP_SHARD=${1#--shard=}; shift ;;

@@ -2,14 +2,14 @@
 # Runs a command in a Linux kernel that has what imgbackup needs (dm-crypt,
 # loop, fuse): directly when this machine's kernel has device-mapper,
 # otherwise in the Debian kernel booted with virtme-ng (the development and CI
-# machines lack device-mapper and nbd; see shared notes).
+# machines lack device-mapper and nbd, and KVM: docs/testing.md).
 #
 #   in-real-kernel.sh COMMAND [ARGS...]
 #
 # The VM sees this machine's filesystem read-only, with /tmp, /run and /var
 # writable (overlays); the command's exit status comes back as ours.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 host_has_device_mapper() {
   grep -qw device-mapper /proc/devices 2>/dev/null || { modprobe dm_crypt 2>/dev/null && grep -qw device-mapper /proc/devices; }
@@ -18,7 +18,7 @@ host_has_device_mapper() {
 quoted=$(printf '%q ' "$@")
 if [ "${IMGBACKUP_FORCE_VM:-0}" != 1 ] && host_has_device_mapper; then
   echo "in-real-kernel: this kernel ($(uname -r)) has device-mapper: running directly"
-  exec "$root/tests/e2e/kernel-setup.sh" "$@"
+  exec "$root/e2e/kernel-setup.sh" "$@"
 fi
 
 kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1)
@@ -33,5 +33,5 @@ cd "$root"
 # Through a pipe: vng reopens its output, which truncates a file it was
 # redirected to and would lose everything printed before it (the unit tests).
 vng --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
-  --exec "env IMGBACKUP_IN_VM=1 $root/tests/e2e/kernel-setup.sh $quoted" 2>&1 | cat
+  --exec "env IMGBACKUP_IN_VM=1 $root/e2e/kernel-setup.sh $quoted" 2>&1 | cat
 exit "${PIPESTATUS[0]}"

@@ -37,7 +37,7 @@ start)
     -E "$dir/ssh/sshd.log"
   for _ in $(seq 50); do [ -s "$dir/ssh/sshd.pid" ] && break; sleep 0.1; done
   cat > "$dir/imgbackup.toml" <<TOML
-# Written by tests/e2e/backup-host.sh for a throwaway loopback backup host.
+# Written by e2e/backup-host.sh for a throwaway loopback backup host.
 [target.demo]
 remote        = "root@127.0.0.1:$dir/storage"
 port          = $port

@@ -3,7 +3,7 @@
 # the command definitions: each must know every subcommand, and the bash and
 # zsh scripts must parse.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 make --no-print-directory completions man >/dev/null
 commands="init open close run trim resize status doctor key authorized-keys"

@@ -3,7 +3,7 @@
 # directives, each timer's unit and each OnFailure= unit exists), as installed
 # with a stand-in binary, and keep the promises docs/usage.md makes of them.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for unit in imgbackup@.service imgbackup-trim@.service imgbackup-failed@.service; do

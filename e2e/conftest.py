@@ -2,7 +2,7 @@
 and helpers that run the imgbackup binary as a user would, and check that
 nothing (mount, mapping, loop device, FUSE mount, state record) is left behind.
 
-Runs as root inside a kernel with dm-crypt (tests/e2e/in-real-kernel.sh).
+Runs as root inside a kernel with dm-crypt (e2e/in-real-kernel.sh).
 """
 import collections
 import glob
@@ -16,7 +16,7 @@ import time
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BIN = os.environ.get("IMGBACKUP_BIN", os.path.join(HERE, "..", "..", ".build", "debug", "imgbackup"))
+BIN = os.environ.get("IMGBACKUP_BIN", os.path.join(HERE, "..", ".build", "debug", "imgbackup"))
 PORT = 2222
 # Named limits for one CLI call: init runs mkfs under software emulation.
 COMMAND_TIMEOUT = {"init": 600, "open": 180, "close": 180, "trim": 600, "run": 600}
@@ -162,7 +162,7 @@ def toml_value(value):
 def host():
     assert os.geteuid() == 0, "the end-to-end suite needs root"
     with open("/proc/devices") as devices:
-        assert "device-mapper" in devices.read(), "run through tests/e2e/in-real-kernel.sh: no device-mapper"
+        assert "device-mapper" in devices.read(), "run through e2e/in-real-kernel.sh: no device-mapper"
     work = tempfile.mkdtemp(prefix="imgbackup-e2e.")
     subprocess.run([os.path.join(HERE, "backup-host.sh"), "start", work, str(PORT)], check=True)
     backup_host = BackupHost(work)
