@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit e2e test demo install completions man clean format bench
+.PHONY: all deps build unit lint e2e test demo install completions man clean format bench
 
 all: build
 
@@ -18,7 +18,7 @@ build:
 
 # Host tests: config, layer stack, and the real libcryptsetup/loop/command
 # runner seams (no device-mapper needed).
-unit: build
+unit: build lint
 	$(SWIFT) test
 	checks/systemd-units.sh
 	checks/cli-artifacts.sh
@@ -66,7 +66,11 @@ man:
 	.build/debug/generate-manual $(BIN) --multi-page --section 1 --output-directory .build/man
 
 format:
-	$(SWIFT) format --in-place --recursive Sources Tests Package.swift
+	$(SWIFT) format --in-place --recursive Sources Tests Package.swift Plugins
+
+# The repository's own .swift-format: `make format` fixes what it reports.
+lint:
+	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift Plugins
 
 clean:
 	rm -rf .build

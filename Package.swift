@@ -69,7 +69,8 @@ let package = Package(
         .target(name: "CImgBackupShim"),
         .testTarget(name: "ImgBackupCoreTests", dependencies: ["ImgBackupCore"]),
         .testTarget(name: "ImgBackupOSTests", dependencies: ["ImgBackupOS"]),
-        .testTarget(name: "ImgBackupNBDBridgeTests", dependencies: ["ImgBackupNBDBridge", "ImgBackupCore", "ImgBackupOS"]),
+        .testTarget(
+            name: "ImgBackupNBDBridgeTests", dependencies: ["ImgBackupNBDBridge", "ImgBackupCore", "ImgBackupOS"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -10,7 +10,8 @@ extension String {
             case "\n": escaped += "\\n"
             case "\r": escaped += "\\r"
             case "\t": escaped += "\\t"
-            case _ where [.control, .lineSeparator, .paragraphSeparator, .format].contains(scalar.properties.generalCategory):
+            case _
+            where [.control, .lineSeparator, .paragraphSeparator, .format].contains(scalar.properties.generalCategory):
                 escaped += "\\u{\(String(scalar.value, radix: 16))}"
             default: escaped.unicodeScalars.append(scalar)
             }

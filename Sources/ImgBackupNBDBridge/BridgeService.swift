@@ -1,9 +1,10 @@
+import CImgBackupShim
 import ImgBackupCore
 import ImgBackupOS
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The NBD bridge process itself (`imgbackup nbd-bridge`): connects to the
@@ -114,10 +115,9 @@ public struct BridgeService: Sendable {
             return opened
         }
         if extra.count < Self.multiConnections - 1 {
-            logger.info("only \(extra.count + 1) of \(Self.multiConnections) NBD connections opened: continuing with those")
+            logger.info(
+                "only \(extra.count + 1) of \(Self.multiConnections) NBD connections opened: continuing with those")
         }
         return extra
     }
 }
-
-import CImgBackupShim

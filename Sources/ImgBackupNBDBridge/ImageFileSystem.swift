@@ -1,10 +1,10 @@
-import ImgBackupOS
 import CFuse3
 import Foundation
 import ImgBackupCore
+import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Serves an NBD export as a FUSE filesystem holding one file, `image`, so a
@@ -131,7 +131,9 @@ public final class ImageFileSystem: @unchecked Sendable {
             let filesystem = ImageFileSystem.current()
             let count = fuse_buf_size(source)
             guard offset >= 0, UInt64(offset) + UInt64(count) <= filesystem.size else { return -ENOSPC }
-            let scratch = imgb_write_needs_copy(source) != 0 ? UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096) : nil
+            let scratch =
+                imgb_write_needs_copy(source) != 0
+                ? UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 4096) : nil
             defer { scratch?.deallocate() }
             var size = 0
             guard let bytes = imgb_write_bytes(source, scratch, &size) else { return -EIO }
@@ -159,7 +161,8 @@ public final class ImageFileSystem: @unchecked Sendable {
                 let error = filesystem.export.trim(count: UInt64(length), offset: UInt64(offset))
                 if error != 0 {
                     // The kernel may drop a failed discard silently: leave a trace in the bridge's log.
-                    let line = "imgbackup: nbd trim of \(length) bytes at \(offset) failed: \(String(cString: strerror(error)))\n"
+                    let line =
+                        "imgbackup: nbd trim of \(length) bytes at \(offset) failed: \(String(cString: strerror(error)))\n"
                     FileHandle.standardError.write(Data(line.utf8))
                 }
                 return -error
@@ -183,7 +186,9 @@ public final class ImageFileSystem: @unchecked Sendable {
                 }
             } else if strcmp(name, ImageFileSystem.pingAttribute) == 0 {
                 var sector = [UInt8](repeating: 0, count: 512)
-                let error = sector.withUnsafeMutableBytes { filesystem.export.read(into: $0.baseAddress!, count: 512, offset: 0) }
+                let error = sector.withUnsafeMutableBytes {
+                    filesystem.export.read(into: $0.baseAddress!, count: 512, offset: 0)
+                }
                 if error != 0 { return -error }
                 answer = "ok"
             } else {

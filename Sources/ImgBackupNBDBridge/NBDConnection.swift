@@ -1,9 +1,9 @@
-import ImgBackupOS
 import CNBD
 import Foundation
+import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A libnbd call failed: the call, libnbd's own message, and its errno.

@@ -13,7 +13,8 @@ public enum NBDEndpointBuilder {
             do {
                 ssh = try ExecutableLocator.locate("ssh")
             } catch {
-                throw ImgBackupError(.system, "failed to start the NBD export: \(error)", hint: "apt-get install openssh-client")
+                throw ImgBackupError(
+                    .system, "failed to start the NBD export: \(error)", hint: "apt-get install openssh-client")
             }
             var argv = [ssh, "-T", "-p", String(target.port)]
             for option in SSHClientOptions.options(for: target, keepalive: true) { argv += ["-o", option] }

@@ -1,11 +1,11 @@
-import ImgBackupOS
 import CImgBackupShim
 import CNBD
 import Foundation
+import ImgBackupOS
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One NBD command waiting for its reply. Callers block on `done`; the event
@@ -101,7 +101,10 @@ final class NBDEventLoop: @unchecked Sendable {
             var events: Int16 = 0
             if direction & UInt32(LIBNBD_AIO_DIRECTION_READ) != 0 { events |= Int16(POLLIN) }
             if direction & UInt32(LIBNBD_AIO_DIRECTION_WRITE) != 0 { events |= Int16(POLLOUT) }
-            var fds = [pollfd(fd: fd, events: events, revents: 0), pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0)]
+            var fds = [
+                pollfd(fd: fd, events: events, revents: 0),
+                pollfd(fd: wakeDescriptor, events: Int16(POLLIN), revents: 0),
+            ]
             if poll(&fds, 2, -1) < 0 {
                 if errno == EINTR { continue }
                 dead.withLock { $0 = true }

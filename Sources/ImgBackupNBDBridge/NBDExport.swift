@@ -1,9 +1,9 @@
-import ImgBackupOS
 import Foundation
+import ImgBackupOS
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One NBD export over one or more connections (multi-conn), with blocking
@@ -93,7 +93,9 @@ public final class NBDExport: @unchecked Sendable {
             let request = NBDRequest(.blockStatus(count: min(size - offset, 1 << 31), offset: offset))
             let error = perform(request, on: loops[0])
             if error != 0 { return .failure(SystemCallError(call: "nbd_block_status", object: "export", errno: error)) }
-            guard let step = Self.step(offset: offset, size: size, covered: request.covered, allocated: request.allocated) else { break }
+            guard
+                let step = Self.step(offset: offset, size: size, covered: request.covered, allocated: request.allocated)
+            else { break }
             allocated += step.allocated
             offset += step.covered
         }
@@ -105,7 +107,9 @@ public final class NBDExport: @unchecked Sendable {
     /// than was asked (or than exists). Clamped to what is left of the
     /// export, so no answer can overflow or run the count past `size`;
     /// nil when it covered nothing (the scan stops).
-    static func step(offset: UInt64, size: UInt64, covered: UInt64, allocated: UInt64) -> (covered: UInt64, allocated: UInt64)? {
+    static func step(offset: UInt64, size: UInt64, covered: UInt64, allocated: UInt64) -> (
+        covered: UInt64, allocated: UInt64
+    )? {
         guard covered > 0, offset < size else { return nil }
         let covered = min(covered, size - offset)
         return (covered, min(allocated, covered))

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Counters of a block device from /sys/block/NAME/stat: how a watcher tells

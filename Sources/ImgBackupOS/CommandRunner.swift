@@ -4,7 +4,7 @@ import Subprocess
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One external tool invocation. Arguments are an argv, never a shell string:
@@ -123,12 +123,16 @@ public struct CommandResult: Sendable {
 /// An executable the runner could not find in the system directories.
 public struct ExecutableNotFound: Error, Sendable, CustomStringConvertible {
     public let name: String
-    public var description: String { "\(name) is not installed (looked in \(ExecutableLocator.searchDirectories.joined(separator: ", ")))" }
+    public var description: String {
+        "\(name) is not installed (looked in \(ExecutableLocator.searchDirectories.joined(separator: ", ")))"
+    }
 }
 
 /// Finds tools in a fixed list of directories, not in the caller's PATH.
 public enum ExecutableLocator {
-    public static let searchDirectories = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+    public static let searchDirectories = [
+        "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+    ]
 
     public static func locate(_ name: String) throws(ExecutableNotFound) -> String {
         if name.hasPrefix("/") {
@@ -331,7 +335,9 @@ final class MemoryFile: Sendable {
 public enum CommandPipe {
     public static func make() throws(SystemCallError) -> (read: Int32, write: Int32) {
         var ends: [Int32] = [-1, -1]
-        guard imgb_pipe_cloexec(&ends) == 0 else { throw SystemCallError(call: "pipe2", object: "command pipe", errno: errno) }
+        guard imgb_pipe_cloexec(&ends) == 0 else {
+            throw SystemCallError(call: "pipe2", object: "command pipe", errno: errno)
+        }
         return (ends[0], ends[1])
     }
 }

@@ -4,7 +4,7 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A libcryptsetup call failed. `log` holds the last error line libcryptsetup
@@ -108,7 +108,9 @@ public final class CryptDevice {
         let status = crypt_format(handle, CRYPT_LUKS2, cipher, cipherMode, nil, nil, volumeKeyBytes, &params)
         if status < 0 { throw fail("crypt_format", status) }
         try addKeyslot(key: key)
-        guard let uuid else { throw CryptSetupError(call: "crypt_get_uuid", device: devicePath, errno: EINVAL, log: nil) }
+        guard let uuid else {
+            throw CryptSetupError(call: "crypt_get_uuid", device: devicePath, errno: EINVAL, log: nil)
+        }
         return uuid
     }
 
@@ -124,14 +126,17 @@ public final class CryptDevice {
     /// Adds a keyslot for `newKey`, unlocked by `existingKey` (a second key,
     /// e.g. an offline recovery key). Needs ``load()`` first. Returns the slot.
     @discardableResult
-    public func addKeyslot(existingKey: SecureBytes, newKey: SecureBytes, pbkdf: PBKDFSettings = .strong) throws(CryptSetupError) -> Int {
+    public func addKeyslot(existingKey: SecureBytes, newKey: SecureBytes, pbkdf: PBKDFSettings = .strong)
+        throws(CryptSetupError) -> Int
+    {
         try applyPBKDF(pbkdf)
         let status = existingKey.withUnsafeBytes { old in
             old.withMemoryRebound(to: CChar.self) { oldChars in
                 newKey.withUnsafeBytes { new in
                     new.withMemoryRebound(to: CChar.self) { newChars in
                         crypt_keyslot_add_by_passphrase(
-                            handle, imgb_crypt_any_slot, oldChars.baseAddress, oldChars.count, newChars.baseAddress, newChars.count)
+                            handle, imgb_crypt_any_slot, oldChars.baseAddress, oldChars.count, newChars.baseAddress,
+                            newChars.count)
                     }
                 }
             }
@@ -222,7 +227,8 @@ public final class CryptDevice {
     /// mapping itself is never closed.
     /// With `detachedHeader`, the metadata and keyslots come from that local
     /// file (a checked copy), not from the device under the mapping.
-    public static func growActive(name: String, key: SecureBytes, detachedHeader: String? = nil) throws(CryptSetupError) {
+    public static func growActive(name: String, key: SecureBytes, detachedHeader: String? = nil) throws(CryptSetupError)
+    {
         silenceGlobalLog()
         var cd: OpaquePointer?
         let status = crypt_init_by_name_and_header(&cd, name, detachedHeader)
@@ -237,7 +243,8 @@ public final class CryptDevice {
             }
         }
         if unlocked < 0 {
-            throw CryptSetupError(call: "crypt_activate_by_passphrase", device: "/dev/mapper/\(name)", errno: -unlocked, log: nil)
+            throw CryptSetupError(
+                call: "crypt_activate_by_passphrase", device: "/dev/mapper/\(name)", errno: -unlocked, log: nil)
         }
         // 0: as large as the underlying device.
         let resized = crypt_resize(cd, name, 0)
@@ -263,7 +270,8 @@ public final class CryptDevice {
         let flags: UInt32 = deferred ? imgb_crypt_deactivate_deferred : 0
         let status = crypt_deactivate_by_name(nil, name, flags)
         if status < 0 && status != -ENODEV {
-            throw CryptSetupError(call: "crypt_deactivate_by_name", device: "/dev/mapper/\(name)", errno: -status, log: nil)
+            throw CryptSetupError(
+                call: "crypt_deactivate_by_name", device: "/dev/mapper/\(name)", errno: -status, log: nil)
         }
     }
 
@@ -289,7 +297,9 @@ public final class CryptDevice {
     private static func deviceMapperKernelName(_ name: String) -> String? {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
         return entries.first { entry in
-            entry.hasPrefix("dm-") && KernelFile.text("/sys/block/\(entry)/dm/name")?.trimmingCharacters(in: .whitespacesAndNewlines) == name
+            entry.hasPrefix("dm-")
+                && KernelFile.text("/sys/block/\(entry)/dm/name")?.trimmingCharacters(in: .whitespacesAndNewlines)
+                    == name
         }
     }
 

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The kernel side of a FUSE mount: /sys/fs/fuse/connections/N, where N is

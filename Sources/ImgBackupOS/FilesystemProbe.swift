@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Recognises the filesystems imgbackup makes by their superblock magic, so

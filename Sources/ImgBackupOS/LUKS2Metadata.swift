@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One copy of a LUKS2 header's metadata as it lies on the device: the
@@ -79,7 +79,8 @@ public enum LUKS2Metadata {
     }
 
     private static func writeDetachedHeader(
-        from device: String, copies: [LUKS2MetadataCopy], areas: [(offset: UInt64, length: UInt64)], length: UInt64, to path: String
+        from device: String, copies: [LUKS2MetadataCopy], areas: [(offset: UInt64, length: UInt64)], length: UInt64,
+        to path: String
     ) throws(LUKS2MetadataError) {
         let source = try DeviceFile(path: device)
         let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
@@ -115,7 +116,8 @@ public enum LUKS2MetadataError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .noPrimaryHeader(let device): return "\(device) has no LUKS2 header at offset 0"
-        case .badHeader(let device, let offset, let reason): return "the LUKS2 header copy at offset \(offset) of \(device) \(reason)"
+        case .badHeader(let device, let offset, let reason):
+            return "the LUKS2 header copy at offset \(offset) of \(device) \(reason)"
         case .io(let error): return error.description
         }
     }
@@ -158,12 +160,16 @@ private final class DeviceFile {
         let size = header[8..<16].reduce(0) { $0 << 8 | UInt64($1) }
         let sequenceID = header[16..<24].reduce(0) { $0 << 8 | UInt64($1) }
         // The remote wrote these numbers: check them before they size a read.
-        guard version == 2 else { throw .badHeader(device: path, offset: offset, reason: "is version \(version), not 2") }
+        guard version == 2 else {
+            throw .badHeader(device: path, offset: offset, reason: "is version \(version), not 2")
+        }
         guard LUKS2Metadata.allowedSizes.contains(size) else {
-            throw .badHeader(device: path, offset: offset, reason: "claims a size of \(size) bytes, which LUKS2 does not allow")
+            throw .badHeader(
+                device: path, offset: offset, reason: "claims a size of \(size) bytes, which LUKS2 does not allow")
         }
         let uuidBytes = header[168..<208].prefix { $0 != 0 }
-        let area = try read(at: offset + UInt64(LUKS2Metadata.binaryHeaderSize), count: Int(size) - LUKS2Metadata.binaryHeaderSize)
+        let area = try read(
+            at: offset + UInt64(LUKS2Metadata.binaryHeaderSize), count: Int(size) - LUKS2Metadata.binaryHeaderSize)
         let text = String(validating: area.prefix { $0 != 0 }, as: UTF8.self)
         return LUKS2MetadataCopy(
             offset: offset, size: size, sequenceID: sequenceID,

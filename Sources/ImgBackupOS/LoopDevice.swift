@@ -2,7 +2,7 @@ import CImgBackupShim
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A loop device imgbackup attached to an image file.

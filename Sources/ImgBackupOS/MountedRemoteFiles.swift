@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// File operations on the mounted remote directory. Each runs where its
@@ -55,7 +55,8 @@ public enum MountedRemoteFiles {
         if (file.st_mode & S_IFMT) != S_IFREG || file.st_dev != directory.st_dev {
             close(fd)
             throw SystemCallError(
-                call: (file.st_mode & S_IFMT) != S_IFREG ? "open (not a regular file)" : "open (not on the remote's mount)",
+                call: (file.st_mode & S_IFMT) != S_IFREG
+                    ? "open (not a regular file)" : "open (not on the remote's mount)",
                 object: path, errno: (file.st_mode & S_IFMT) != S_IFREG ? EINVAL : EXDEV)
         }
         return fd
@@ -98,7 +99,9 @@ public enum MountedRemoteFiles {
     /// Through the descriptor: a symlink put in the image's place is refused.
     public static func grow(_ path: String, to size: UInt64, deadline: Duration) async throws {
         try await withAbandonableDeadline(deadline, operation: "grow \(path)") {
-            guard let length = off_t(exactly: size) else { throw SystemCallError(call: "ftruncate", object: path, errno: EFBIG) }
+            guard let length = off_t(exactly: size) else {
+                throw SystemCallError(call: "ftruncate", object: path, errno: EFBIG)
+            }
             let fd = try openRegularFile(path, flags: O_WRONLY)
             defer { close(fd) }
             _ = try checked("ftruncate", path) { ftruncate(fd, length) }
@@ -136,7 +139,9 @@ public enum LocalFiles {
         guard let directory = opendir(path) else { return false }
         defer { closedir(directory) }
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             if name != "." && name != ".." { return false }
         }
         return true
@@ -168,7 +173,8 @@ public enum LocalFiles {
     /// O_CREAT|O_EXCL), so a symlink someone planted in a directory others
     /// can write (a metrics collector's) is never followed; rename replaces
     /// a link at `path` itself rather than writing through it.
-    public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = 0o600) throws(SystemCallError) {
+    public static func writeAtomically(_ path: String, _ contents: String, mode: mode_t = 0o600) throws(SystemCallError)
+    {
         var template = Array("\(path).tmp-XXXXXX".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         let temporary = String(cString: template)
@@ -187,7 +193,8 @@ public enum LocalFiles {
         close(fd)
         guard written == bytes.count, synced == 0 else {
             _ = unlink(temporary)
-            throw SystemCallError(call: "write", object: temporary, errno: written < 0 || synced != 0 ? writeErrno : EIO)
+            throw SystemCallError(
+                call: "write", object: temporary, errno: written < 0 || synced != 0 ? writeErrno : EIO)
         }
         try rename(temporary, to: path)
     }
@@ -199,7 +206,9 @@ public enum LocalFiles {
     /// generation marker, at every open of an image over a slow link). A
     /// file that is not there yet is created through ``writeAtomically``,
     /// and its directory synced, so the new name is durable too.
-    public static func overwriteInPlace(_ path: String, _ contents: String, mode: mode_t = 0o600) throws(SystemCallError) {
+    public static func overwriteInPlace(_ path: String, _ contents: String, mode: mode_t = 0o600)
+        throws(SystemCallError)
+    {
         let fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else {
             guard errno == ENOENT else { throw SystemCallError(call: "open", object: path, errno: errno) }
@@ -220,7 +229,9 @@ public enum LocalFiles {
         }
         let bytes = Array(contents.utf8)
         let written = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
-        guard written == bytes.count else { throw SystemCallError(call: "pwrite", object: path, errno: written < 0 ? errno : EIO) }
+        guard written == bytes.count else {
+            throw SystemCallError(call: "pwrite", object: path, errno: written < 0 ? errno : EIO)
+        }
         if info.st_size != off_t(bytes.count) {
             _ = try checked("ftruncate", path) { ftruncate(fd, off_t(bytes.count)) }
         }
@@ -228,13 +239,17 @@ public enum LocalFiles {
     }
 
     /// Size, free space and free space for unprivileged users of the filesystem holding `path`.
-    public static func capacity(_ path: String) throws(SystemCallError) -> (total: UInt64, free: UInt64, available: UInt64) {
+    public static func capacity(_ path: String) throws(SystemCallError) -> (
+        total: UInt64, free: UInt64, available: UInt64
+    ) {
         var info = statvfs()
         _ = try checked("statvfs", path) { statvfs(path, &info) }
         // Through sshfs these are the server's numbers: saturate, never trap.
         let block = UInt64(info.f_frsize)
-        return (saturatingProduct(UInt64(info.f_blocks), block), saturatingProduct(UInt64(info.f_bfree), block),
-                saturatingProduct(UInt64(info.f_bavail), block))
+        return (
+            saturatingProduct(UInt64(info.f_blocks), block), saturatingProduct(UInt64(info.f_bfree), block),
+            saturatingProduct(UInt64(info.f_bavail), block)
+        )
     }
 
     /// The file's text, or nil when it does not exist or cannot be read.

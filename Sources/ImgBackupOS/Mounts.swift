@@ -2,7 +2,7 @@ import CImgBackupShim
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// mount(2) and umount2(2), run where a deadline can abandon them.

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Finds and stops processes by their command line, from /proc.
@@ -33,13 +33,16 @@ public enum ProcessTable {
         return entries.compactMap { entry -> pid_t? in
             guard let pid = pid_t(entry), pid != getpid() else { return nil }
             for name in ["cwd", "root"] {
-                if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/\(name)"), isUnder(link) {
+                if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/\(name)"),
+                    isUnder(link)
+                {
                     return pid
                 }
             }
             let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(entry)/fd")) ?? []
             for descriptor in descriptors {
-                if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(entry)/fd/\(descriptor)"),
+                if let link = try? FileManager.default.destinationOfSymbolicLink(
+                    atPath: "/proc/\(entry)/fd/\(descriptor)"),
                     isUnder(link)
                 {
                     return pid
@@ -47,7 +50,9 @@ public enum ProcessTable {
             }
             // A mapped file keeps the mount busy too (a tool's mmap of what it reads).
             if let maps = KernelFile.text("/proc/\(entry)/maps"),
-                maps.split(separator: "\n").contains(where: { line in line.firstIndex(of: "/").map { isUnder(String(line[$0...])) } ?? false })
+                maps.split(separator: "\n").contains(where: { line in
+                    line.firstIndex(of: "/").map { isUnder(String(line[$0...])) } ?? false
+                })
             {
                 return pid
             }

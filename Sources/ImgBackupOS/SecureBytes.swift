@@ -1,7 +1,7 @@
 import CImgBackupShim
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Key material. The bytes live in pages of their own that are locked in

@@ -3,7 +3,7 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// SIGTERM (`systemctl stop`, a shutdown), SIGINT (Ctrl-C) and SIGHUP (a
@@ -34,7 +34,9 @@ public final class StopSignals: Sendable {
     public func install(_ handler: @escaping @Sendable (Int32, Int) -> Void) throws(SystemCallError) {
         handle(handler)
         let readEnd = imgb_catch_stop_signals()
-        guard readEnd >= 0 else { throw SystemCallError(call: "sigaction", object: "SIGTERM, SIGINT, SIGHUP", errno: -readEnd) }
+        guard readEnd >= 0 else {
+            throw SystemCallError(call: "sigaction", object: "SIGTERM, SIGINT, SIGHUP", errno: -readEnd)
+        }
         let reader = Thread { [self] in
             var number: UInt8 = 0
             while true {

@@ -42,17 +42,23 @@ struct AuthorizedKeysCommand: ParsableCommand {
                 hint: "drop --source, or add an ssh://[user@]host/path source")
         }
         let keyName = source ? "source_identity_file" : "identity_file"
-        guard let path = publicKey ?? (source ? target.copy?.sourceIdentityFile : target.identityFile).map({ $0 + ".pub" }) else {
+        guard
+            let path = publicKey
+                ?? (source ? target.copy?.sourceIdentityFile : target.identityFile).map({ $0 + ".pub" })
+        else {
             throw ImgBackupError(
                 .config, "no public key for target '\(target.name)': it has no \(keyName)",
                 hint: "pass --public-key FILE")
         }
         guard let key = try? String(contentsOfFile: path, encoding: .utf8), !key.isEmpty else {
             throw ImgBackupError(
-                .config, "failed to read the public key \(path)", hint: "pass --public-key FILE, or ssh-keygen -y -f KEY > \(path)")
+                .config, "failed to read the public key \(path)",
+                hint: "pass --public-key FILE, or ssh-keygen -y -f KEY > \(path)")
         }
         if source {
-            print(try AuthorizedKeysLine.readOnlySource(publicKey: key, paths: target.copy?.sourcePaths ?? [], sftpServer: sftpServer))
+            print(
+                try AuthorizedKeysLine.readOnlySource(
+                    publicKey: key, paths: target.copy?.sourcePaths ?? [], sftpServer: sftpServer))
         } else {
             print(try AuthorizedKeysLine(target: target, publicKey: key, sftpServer: sftpServer).render())
         }

@@ -34,9 +34,12 @@ struct DoctorCommand: AsyncParsableCommand {
             targets.append(try global.target(name, in: config, keys: noOverride))
         }
         let runner = environment.runner
-        let findings = await DoctorOperation(targets: targets, system: SystemInspector(
-            runner: runner, paths: environment.paths,
-            nbd: { await BridgeService.look(at: $0, deadline: SystemInspector.remoteLimit) })).run { target in
+        let findings = await DoctorOperation(
+            targets: targets,
+            system: SystemInspector(
+                runner: runner, paths: environment.paths,
+                nbd: { await BridgeService.look(at: $0, deadline: SystemInspector.remoteLimit) })
+        ).run { target in
             do {
                 _ = try await KeyLoader.load(target.key, target: target.name, runner: runner)  // wiped on release
                 return nil

@@ -39,7 +39,8 @@ struct GlobalOptions: ParsableArguments {
             if argument == "--config", index + 1 < arguments.count {
                 globals += [argument, arguments[index + 1]]
                 index += 2
-            } else if argument.hasPrefix("--config=") || argument == "--verbose" || argument == "--quiet" || argument == "-q"
+            } else if argument.hasPrefix("--config=") || argument == "--verbose" || argument == "--quiet"
+                || argument == "-q"
                 || (argument.hasPrefix("-v") && argument.dropFirst().allSatisfy { $0 == "v" })
             {
                 globals.append(argument)
@@ -72,7 +73,9 @@ struct GlobalOptions: ParsableArguments {
         environment.processEnvironment = ProcessInfo.processInfo.environment
         environment.metricsDirectory = config.metricsDirectory ?? environment.paths.metricsDirectory
         // Tests see a journal line without waiting a minute.
-        if let seconds = ProcessInfo.processInfo.environment["IMGBACKUP_PROGRESS_INTERVAL"].flatMap(Int.init), seconds > 0 {
+        if let seconds = ProcessInfo.processInfo.environment["IMGBACKUP_PROGRESS_INTERVAL"].flatMap(Int.init),
+            seconds > 0
+        {
             environment.journalProgressInterval = .seconds(seconds)
         }
         if quiet { environment.journalProgressInterval = nil }

@@ -31,7 +31,8 @@ struct InitCommand: AsyncParsableCommand {
             sizeOverride = parsed
         }
         let operation = try InitOperation(
-            target: try global.target(target, in: config, keys: keys), environment: global.environment(config), size: sizeOverride)
+            target: try global.target(target, in: config, keys: keys), environment: global.environment(config),
+            size: sizeOverride)
         let report = try await operation.run()
         global.say("created \(report.image): \(report.size), LUKS2 \(report.luksUUID)")
     }

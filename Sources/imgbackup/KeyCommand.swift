@@ -28,10 +28,14 @@ struct KeyAddCommand: AsyncParsableCommand {
     @Argument(help: "The target, a [target.NAME] table of the config.")
     var target: String
 
-    @Option(help: ArgumentHelp("The key to add: a file readable only by its owner, or '-' for standard input.", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp(
+            "The key to add: a file readable only by its owner, or '-' for standard input.", valueName: "FILE"))
     var newKeyFile: String?
 
-    @Option(name: .customLong("new-key-fd"), help: ArgumentHelp("Read the key to add from the open file descriptor N.", valueName: "N"))
+    @Option(
+        name: .customLong("new-key-fd"),
+        help: ArgumentHelp("Read the key to add from the open file descriptor N.", valueName: "N"))
     var newKeyDescriptor: Int32?
 
     func validate() throws {
@@ -42,7 +46,8 @@ struct KeyAddCommand: AsyncParsableCommand {
             throw ValidationError("only one key can come from standard input")
         }
         if let newKeyDescriptor, newKeyDescriptor < 0 || newKeyDescriptor == 1 || newKeyDescriptor == 2 {
-            throw ValidationError("--new-key-fd \(newKeyDescriptor) is not a descriptor to read a key from (0, or 3 and up)")
+            throw ValidationError(
+                "--new-key-fd \(newKeyDescriptor) is not a descriptor to read a key from (0, or 3 and up)")
         }
     }
 

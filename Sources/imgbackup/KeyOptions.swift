@@ -4,13 +4,17 @@ import ImgBackupCore
 
 /// --key-file and --key-fd; which key source wins is KeySourceChoice's to say.
 struct KeyOptions: ParsableArguments {
-    @Option(name: .customLong("key-file"), help: ArgumentHelp(
-        "Read the key from FILE instead of the config's key source; '-' reads it from standard input.",
-        valueName: "FILE"))
+    @Option(
+        name: .customLong("key-file"),
+        help: ArgumentHelp(
+            "Read the key from FILE instead of the config's key source; '-' reads it from standard input.",
+            valueName: "FILE"))
     var keyFile: String?
 
-    @Option(name: .customLong("key-fd"), help: ArgumentHelp(
-        "Read the key from the open file descriptor N, to end of file.", valueName: "N"))
+    @Option(
+        name: .customLong("key-fd"),
+        help: ArgumentHelp(
+            "Read the key from the open file descriptor N, to end of file.", valueName: "N"))
     var keyDescriptor: Int32?
 
     var isGiven: Bool { keyFile != nil || keyDescriptor != nil }

@@ -59,8 +59,12 @@ extension Entry {
     /// A command a stop signal ended says so, and exits 9; one whose
     /// teardown left something up keeps its exit 8.
     static func stopped(_ error: ImgBackupError) -> ImgBackupError {
-        guard let signal = StopSignals.shared.received, error.code != .interrupted, error.code != .invalidState else { return error }
-        return ImgBackupError(.interrupted, "interrupted by \(StopSignals.name(of: signal)): \(error.message)", hint: error.hint, cause: error)
+        guard let signal = StopSignals.shared.received, error.code != .interrupted, error.code != .invalidState else {
+            return error
+        }
+        return ImgBackupError(
+            .interrupted, "interrupted by \(StopSignals.name(of: signal)): \(error.message)", hint: error.hint,
+            cause: error)
     }
 }
 
@@ -81,7 +85,8 @@ struct ImgBackup: AsyncParsableCommand {
         version: "imgbackup \(release) (commit \(BuildInfo.commit))",
         subcommands: [
             InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, KeyCommand.self,
-            ResizeCommand.self, StatusCommand.self, DoctorCommand.self, AuthorizedKeysCommand.self, NBDBridgeCommand.self,
+            ResizeCommand.self, StatusCommand.self, DoctorCommand.self, AuthorizedKeysCommand.self,
+            NBDBridgeCommand.self,
         ]
     )
 }

@@ -18,17 +18,26 @@ struct OpenCommand: AsyncParsableCommand {
     @Flag(help: "Open dm-crypt with discards allowed (for fstrim).")
     var discard = false
 
-    @Flag(help: ArgumentHelp(
-        "Mount without checking the filesystem after an unclean session (to check it by hand).",
-        discussion: "After a hang or a forced close, open runs e2fsck -f -p (btrfs: btrfs check --readonly) before mounting."))
+    @Flag(
+        help: ArgumentHelp(
+            "Mount without checking the filesystem after an unclean session (to check it by hand).",
+            discussion:
+                "After a hang or a forced close, open runs e2fsck -f -p (btrfs: btrfs check --readonly) before mounting."
+        ))
     var skipCheck = false
 
-    @Flag(help: "Take the remote lock even if another machine's or target's lock file is there (when that holder is gone for good).")
+    @Flag(
+        help:
+            "Take the remote lock even if another machine's or target's lock file is there (when that holder is gone for good)."
+    )
     var breakLock = false
 
-    @Flag(help: ArgumentHelp(
-        "Accept an image older than the one this machine last opened, after restoring an older copy on purpose.",
-        discussion: "Every open checks the generation marker inside the image against this machine's record, so a backup host that serves an old copy is refused."))
+    @Flag(
+        help: ArgumentHelp(
+            "Accept an image older than the one this machine last opened, after restoring an older copy on purpose.",
+            discussion:
+                "Every open checks the generation marker inside the image against this machine's record, so a backup host that serves an old copy is refused."
+        ))
     var acceptRollback = false
 
     func run() async throws {

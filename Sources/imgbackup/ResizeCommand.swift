@@ -29,9 +29,12 @@ struct ResizeCommand: AsyncParsableCommand {
         }
         let config = try global.load()
         let resolved = try global.target(target, in: config, keys: keys)
-        let report = try await ResizeOperation(target: resolved, environment: global.environment(config), size: newSize).run()
+        let report = try await ResizeOperation(target: resolved, environment: global.environment(config), size: newSize)
+            .run()
         var line = "\(target): image \(ByteSize.format(report.previousBytes)) -> \(ByteSize.format(report.imageBytes))"
-        if let filesystem = report.filesystemBytes { line += ", \(resolved.filesystem.rawValue) now \(ByteSize.format(filesystem))" }
+        if let filesystem = report.filesystemBytes {
+            line += ", \(resolved.filesystem.rawValue) now \(ByteSize.format(filesystem))"
+        }
         line += report.wasOpen ? " (online, still open)" : " (opened and closed again)"
         global.say(line)
         if resolved.size?.bytes != report.imageBytes {

@@ -48,13 +48,17 @@ struct RunCommand: AsyncParsableCommand {
         } catch {
             // A config that does not load still has someone to tell, if its [notify] reads.
             if let command = ConfigLoader.notifyCommandLeniently(path: global.configPath) {
-                await FailureNotice(command: command, runner: SubprocessCommandRunner(), logger: Logger(label: "imgbackup"))
-                    .send(target: target ?? "all", error: error)
+                await FailureNotice(
+                    command: command, runner: SubprocessCommandRunner(), logger: Logger(label: "imgbackup")
+                )
+                .send(target: target ?? "all", error: error)
             }
             throw error
         }
         let environment = global.environment(config)
-        let notice = config.notifyCommand.map { FailureNotice(command: $0, runner: environment.runner, logger: environment.logger) }
+        let notice = config.notifyCommand.map {
+            FailureNotice(command: $0, runner: environment.runner, logger: environment.logger)
+        }
         let time: Date
         do {
             time = try now.map(Self.parseTime) ?? Date()
@@ -64,7 +68,8 @@ struct RunCommand: AsyncParsableCommand {
         }
         let names = all ? config.targets.filter { $0.copy != nil }.map(\.name) : [target!]
         if all && names.isEmpty {
-            let error = ImgBackupError(.config, "no target in \(config.path) has a [copy] table", hint: "nothing to run")
+            let error = ImgBackupError(
+                .config, "no target in \(config.path) has a [copy] table", hint: "nothing to run")
             await notice?.send(target: "all", error: error)
             throw error
         }
@@ -72,7 +77,9 @@ struct RunCommand: AsyncParsableCommand {
         for name in names {
             do {
                 let target = try global.target(name, in: config, keys: keys)
-                let report = try await RunOperation(target: target, environment: environment, now: time, breakLock: breakLock).run()
+                let report = try await RunOperation(
+                    target: target, environment: environment, now: time, breakLock: breakLock
+                ).run()
                 global.say(Self.summary(report.record))
             } catch {
                 await notice?.send(target: name, error: Entry.stopped(error))

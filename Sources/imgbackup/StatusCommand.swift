@@ -33,7 +33,8 @@ struct StatusCommand: AsyncParsableCommand {
             print(try TargetStatus.json(statuses))
         } else {
             // Lock holders and names come from the remote: each line escaped.
-            let lines = statuses.map { $0.text() }.joined(separator: "\n\n").split(separator: "\n", omittingEmptySubsequences: false)
+            let lines = statuses.map { $0.text() }.joined(separator: "\n\n").split(
+                separator: "\n", omittingEmptySubsequences: false)
             print(lines.map { String($0).escapingControlCharacters }.joined(separator: "\n"))
         }
     }

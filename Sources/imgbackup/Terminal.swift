@@ -38,7 +38,8 @@ struct LineLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         let prefix = event.level >= .warning ? "\(event.level): " : ""
-        FileHandle.standardError.write(Data("imgbackup: \(prefix)\("\(event.message)".escapingControlCharacters)\n".utf8))
+        FileHandle.standardError.write(
+            Data("imgbackup: \(prefix)\("\(event.message)".escapingControlCharacters)\n".utf8))
     }
 }
 

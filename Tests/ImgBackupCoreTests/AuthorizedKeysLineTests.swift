@@ -40,7 +40,9 @@ import Testing
     }
 
     /// Runs the forced command as sshd would for a client that asked for `request`.
-    static func dispatch(_ command: String, request: String, home: String = "/nonexistent") throws -> (status: Int32, stdout: String, stderr: String) {
+    static func dispatch(_ command: String, request: String, home: String = "/nonexistent") throws -> (
+        status: Int32, stdout: String, stderr: String
+    ) {
         let shell = Process()
         shell.executableURL = URL(fileURLWithPath: "/bin/sh")
         shell.arguments = ["-c", command]
@@ -68,12 +70,14 @@ import Testing
     }
 
     @Test func anyOtherRequestIsRefusedAndNeverRun() throws {
-        let command = try Self.forcedCommand(of: AuthorizedKeysLine(target: Self.target(), publicKey: Self.publicKey).render())
+        let command = try Self.forcedCommand(
+            of: AuthorizedKeysLine(target: Self.target(), publicKey: Self.publicKey).render())
         for request in ["id", "", "cat /etc/passwd", "echo ran; exit 0", "nbdkit --single file /etc/shadow"] {
             let result = try Self.dispatch(command, request: request)
             #expect(result.status == 1, "\(request)")
             #expect(result.stdout == "", "\(request)")
-            #expect(result.stderr == "imgbackup: this key of target 'laptop' only serves its image's SFTP and NBD export\n")
+            #expect(
+                result.stderr == "imgbackup: this key of target 'laptop' only serves its image's SFTP and NBD export\n")
         }
     }
 
@@ -87,7 +91,8 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let argv = ["printf", "%s|", "it's", "$(id)", "a \"quoted\" word", "back\\slash"]
         let command = try Self.forcedCommand(
-            of: AuthorizedKeysLine(target: Self.target(directory: directory, nbd: argv), publicKey: Self.publicKey).render())
+            of: AuthorizedKeysLine(target: Self.target(directory: directory, nbd: argv), publicKey: Self.publicKey)
+                .render())
         let sent = RemoteCommandLine.of(argv)
 
         let exact = try Self.dispatch(command, request: sent)
@@ -111,15 +116,19 @@ import Testing
         let directory = "\(parent)/laptop"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
         try "neighbour's\n".write(toFile: "\(parent)/neighbour.img", atomically: false, encoding: .utf8)
-        try FileManager.default.createSymbolicLink(atPath: "\(directory)/laptop.img", withDestinationPath: "\(parent)/neighbour.img")
-        let probe = "ls -a /; cat /etc/passwd; ls \(directory); cat \(directory)/laptop.img || echo unreadable; cat /etc/hostname || echo no-hostname"
+        try FileManager.default.createSymbolicLink(
+            atPath: "\(directory)/laptop.img", withDestinationPath: "\(parent)/neighbour.img")
+        let probe =
+            "ls -a /; cat /etc/passwd; ls \(directory); cat \(directory)/laptop.img || echo unreadable; cat /etc/hostname || echo no-hostname"
         let argv = ["sh", "-c", probe]
         let command = try Self.forcedCommand(
-            of: AuthorizedKeysLine(target: Self.target(directory: directory, nbd: argv), publicKey: Self.publicKey).render())
+            of: AuthorizedKeysLine(target: Self.target(directory: directory, nbd: argv), publicKey: Self.publicKey)
+                .render())
         let result = try Self.dispatch(command, request: RemoteCommandLine.of(argv))
         let lines = result.stdout.split(separator: "\n").map(String.init)
         #expect(lines.contains("imgbackup:x:0:0:imgbackup sftp:/:/nonexistent"), "\(result)")
-        #expect(lines.contains("laptop.img") && lines.contains("unreadable") && lines.contains("no-hostname"), "\(result)")
+        #expect(
+            lines.contains("laptop.img") && lines.contains("unreadable") && lines.contains("no-hostname"), "\(result)")
         #expect(!result.stdout.contains("neighbour's"))
         #expect(!lines.contains("root:x:0:0:root:/root:/bin/bash"))
     }
@@ -149,11 +158,14 @@ import Testing
 
     @Test func aLineBreakIsRefused() throws {
         #expect(throws: ImgBackupError.self) {
-            try AuthorizedKeysLine(target: Self.target(nbd: ["nbdkit", "file", "/srv/a\nb.img"]), publicKey: Self.publicKey)
-                .render()
+            try AuthorizedKeysLine(
+                target: Self.target(nbd: ["nbdkit", "file", "/srv/a\nb.img"]), publicKey: Self.publicKey
+            )
+            .render()
         }
         #expect(throws: ImgBackupError.self) {
-            try AuthorizedKeysLine(target: Self.target(), publicKey: Self.publicKey + "\nssh-ed25519 AAAA other").render()
+            try AuthorizedKeysLine(target: Self.target(), publicKey: Self.publicKey + "\nssh-ed25519 AAAA other")
+                .render()
         }
     }
 

@@ -48,7 +48,9 @@ let firstFullExample = """
         #expect(target.transport == .sshfs)
         #expect(target.key == .file("/etc/imgbackup/offsite.key"))
         #expect(target.mountPoint == "/mnt/imgbackup/offsite")
-        #expect(target.nbd == .command(["nbdkit", "--single", "--exit-with-parent", "file", "/srv/backups/laptop/laptop.img"]))
+        #expect(
+            target.nbd
+                == .command(["nbdkit", "--single", "--exit-with-parent", "file", "/srv/backups/laptop/laptop.img"]))
         #expect(target.copy?.method == .rsync)
         #expect(target.copy?.sources == ["/etc", "/home"])
         #expect(target.copy?.exclude == ["/home/*/.cache"])
@@ -123,39 +125,74 @@ let firstFullExample = """
     }
 
     @Test(arguments: [
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.timeouts]\nstall = \"soon\"\n",
-         "c.toml:5: target.t.timeouts.stall: 'soon' is not a duration"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"rsync\"\nsource = [\"/etc\"]\n",
-         "c.toml:4: target.t.copy.sources: rsync needs at least one source"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.nbd]\nuri = \"http://x\"\n",
-         "c.toml:5: target.t.nbd.uri: 'http://x' is not an NBD URI"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.retention]\nkeep_daily = -1\n",
-         "c.toml:5: target.t.retention.keep_daily: must not be negative"),
-        ("[target.t]\nremote = \"h:backups\"\nkey_file = \"/k\"\n",
-         "c.toml:2: target.t.remote: 'h:backups' is not [user@]host:/directory"),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.timeouts]\nstall = \"soon\"\n",
+            "c.toml:5: target.t.timeouts.stall: 'soon' is not a duration"
+        ),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"rsync\"\nsource = [\"/etc\"]\n",
+            "c.toml:4: target.t.copy.sources: rsync needs at least one source"
+        ),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.nbd]\nuri = \"http://x\"\n",
+            "c.toml:5: target.t.nbd.uri: 'http://x' is not an NBD URI"
+        ),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.retention]\nkeep_daily = -1\n",
+            "c.toml:5: target.t.retention.keep_daily: must not be negative"
+        ),
+        (
+            "[target.t]\nremote = \"h:backups\"\nkey_file = \"/k\"\n",
+            "c.toml:2: target.t.remote: 'h:backups' is not [user@]host:/directory"
+        ),
         ("[target.t]\nkey_file = \"/k\"\n", "c.toml:1: target.t: missing required key 'remote'"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_command = []\n", "c.toml:3: target.t.key_command: must be a non-empty argv"),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_command = []\n",
+            "c.toml:3: target.t.key_command: must be a non-empty argv"
+        ),
         // The TOML parser underneath asserts on these instead of reporting them.
         ("[=target.t]\nremote = \"h:/b\"\n", "c.toml:1: invalid TOML: '[' must be followed by a table name"),
         ("[[[target.t]\n", "c.toml:1: invalid TOML: '[' must be followed by a table name"),
-        ("[target.t]\nremote = \"h:/b\"\nssh_options = [}\"a=b\"]\n", "c.toml:3: invalid TOML: expected a value before '}'"),
+        (
+            "[target.t]\nremote = \"h:/b\"\nssh_options = [}\"a=b\"]\n",
+            "c.toml:3: invalid TOML: expected a value before '}'"
+        ),
         // A value with a newline in it stays one line in the message.
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\nssh_options = [\"A=b\\nProxyCommand=x\"]\n",
-         "c.toml:4: target.t.ssh_options: 'A=b\\nProxyCommand=x' is not an ssh option"),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\nssh_options = [\"A=b\\nProxyCommand=x\"]\n",
+            "c.toml:4: target.t.ssh_options: 'A=b\\nProxyCommand=x' is not an ssh option"
+        ),
         // CRLF line ends: the line number is still right.
-        ("[target.t]\r\nremote = \"h:/b\"\r\nkey_file = \"/k\"\r\nport = 0\r\n", "c.toml:4: target.t.port: 0 is not a TCP port"),
+        (
+            "[target.t]\r\nremote = \"h:/b\"\r\nkey_file = \"/k\"\r\nport = 0\r\n",
+            "c.toml:4: target.t.port: 0 is not a TCP port"
+        ),
         ("[targets.t]\nremote = \"h:/b\"\n", "c.toml:1: targets: unknown key"),
-        ("[target.\"bad name\"]\nremote = \"h:/b\"\nkey_file = \"/k\"\n", "c.toml:1: target.bad name: target name 'bad name'"),
+        (
+            "[target.\"bad name\"]\nremote = \"h:/b\"\nkey_file = \"/k\"\n",
+            "c.toml:1: target.bad name: target name 'bad name'"
+        ),
         ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\nport = \n", "c.toml:4: invalid TOML"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"btrfs-send\"\nsource_subvolume = \"/srv/@root\"\n",
-         "c.toml:5: target.t.copy.method: btrfs-send receives into a btrfs image, but filesystem is ext4"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.hooks]\npre = [\"systemctl\", \"stop\", \"db\"]\n",
-         "c.toml:5: target.t.hooks.pre: expected an array of commands (each an array of strings), found a TOML string"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.hooks]\npost = [[]]\n",
-         "c.toml:5: target.t.hooks.post: a command must not be empty"),
-        ("[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"borg\"\nsources = [\"/etc\"]\nborg_passphrase_file = \"pass\"\n",
-         "c.toml:7: target.t.copy.borg_passphrase_file: 'pass' must be an absolute path"),
-        ("[metrics]\ndirectory = \"node-exporter\"\n", "c.toml:2: metrics.directory: 'node-exporter' must be an absolute path"),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"btrfs-send\"\nsource_subvolume = \"/srv/@root\"\n",
+            "c.toml:5: target.t.copy.method: btrfs-send receives into a btrfs image, but filesystem is ext4"
+        ),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.hooks]\npre = [\"systemctl\", \"stop\", \"db\"]\n",
+            "c.toml:5: target.t.hooks.pre: expected an array of commands (each an array of strings), found a TOML string"
+        ),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.hooks]\npost = [[]]\n",
+            "c.toml:5: target.t.hooks.post: a command must not be empty"
+        ),
+        (
+            "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n[target.t.copy]\nmethod = \"borg\"\nsources = [\"/etc\"]\nborg_passphrase_file = \"pass\"\n",
+            "c.toml:7: target.t.copy.borg_passphrase_file: 'pass' must be an absolute path"
+        ),
+        (
+            "[metrics]\ndirectory = \"node-exporter\"\n",
+            "c.toml:2: metrics.directory: 'node-exporter' must be an absolute path"
+        ),
         ("[metrics]\npath = \"/x\"\n", "c.toml:2: metrics.path: unknown key"),
     ])
     func badTablesNameFileLineAndKey(text: String, expected: String) {
@@ -167,7 +204,8 @@ let firstFullExample = """
     @Test func metricsGoWhereTheMetricsTableSays() throws {
         let target = "[target.t]\nremote = \"h:/b\"\nkey_file = \"/k\"\n"
         #expect(try ConfigLoader.parse(target, path: "c.toml").metricsDirectory == nil)
-        let config = try ConfigLoader.parse("[metrics]\ndirectory = \"/var/lib/node-exporter\"\n" + target, path: "c.toml")
+        let config = try ConfigLoader.parse(
+            "[metrics]\ndirectory = \"/var/lib/node-exporter\"\n" + target, path: "c.toml")
         #expect(config.metricsDirectory == "/var/lib/node-exporter")
         #expect(RuntimePaths().metricsDirectory == "/var/lib/imgbackup/metrics")
     }

@@ -31,7 +31,8 @@ import Testing
 
     func context(_ copy: Target.Copy, at time: String) -> CopyContext {
         let target = Target(
-            name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"), mountPoint: mount)
+            name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"),
+            mountPoint: mount)
         return CopyContext(
             target: target, copy: copy, mountPoint: mount, now: ISO8601DateFormatter().date(from: time)!,
             environment: environment)
@@ -66,10 +67,13 @@ import Testing
         // Incremental: the unchanged file is the same inode in both snapshots.
         #expect(try inode(one + "/same.txt") == inode(two + "/same.txt"))
         #expect(try inode(one + "/changing.txt") != inode(two + "/changing.txt"))
-        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "\(mount)/snapshots/latest") == "2026-03-02T030000Z")
+        #expect(
+            try FileManager.default.destinationOfSymbolicLink(atPath: "\(mount)/snapshots/latest")
+                == "2026-03-02T030000Z")
 
         _ = try await method.copy(context(copy, at: "2026-03-03T03:00:00Z"))
-        let pruned = try await method.prune(context(copy, at: "2026-03-03T03:00:00Z"), policy: RetentionPolicy(keepDaily: 2))
+        let pruned = try await method.prune(
+            context(copy, at: "2026-03-03T03:00:00Z"), policy: RetentionPolicy(keepDaily: 2))
         #expect(pruned == ["2026-03-01T030000Z"])
         let left = try FileManager.default.contentsOfDirectory(atPath: "\(mount)/snapshots").sorted()
         #expect(left == ["2026-03-02T030000Z", "2026-03-03T030000Z", "latest"])
@@ -107,7 +111,8 @@ import Testing
             #expect(outcome.point == "borg::2026-03-0\(day)T030000Z")
             #expect((outcome.bytesCopied ?? 0) > 0)
         }
-        let pruned = try await method.prune(context(copy, at: "2026-03-03T03:00:00Z"), policy: RetentionPolicy(keepDaily: 2))
+        let pruned = try await method.prune(
+            context(copy, at: "2026-03-03T03:00:00Z"), policy: RetentionPolicy(keepDaily: 2))
         #expect(pruned == ["2026-03-01T030000Z"])
 
         // The repository is encrypted with that passphrase: borg without it fails.
@@ -120,7 +125,9 @@ import Testing
         let listed = try await runner.run(
             Command(
                 "borg", ["list", "--short", mount + "/borg"], timeout: .seconds(60),
-                environment: ["BORG_BASE_DIR": root + "/state/t/borg", "BORG_PASSPHRASE": "correct horse battery staple"]))
+                environment: [
+                    "BORG_BASE_DIR": root + "/state/t/borg", "BORG_PASSPHRASE": "correct horse battery staple",
+                ]))
         #expect(listed.standardOutput == "2026-03-02T030000Z\n2026-03-03T030000Z\n")
     }
 

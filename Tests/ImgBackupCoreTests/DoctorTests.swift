@@ -50,36 +50,49 @@ import Testing
         #expect(findings.allSatisfy { $0.level == .ok }, "\(findings)")
         #expect(DoctorOperation.exitStatus(findings) == 0)
         #expect(findings.map(\.description).contains("ok    offsite: 10 GiB free on the remote"))
-        #expect(findings.map(\.description).contains("ok    offsite: programs: ssh, sshfs, fusermount3, mkfs.ext4, e2fsck, resize2fs, rsync"))
+        #expect(
+            findings.map(\.description).contains(
+                "ok    offsite: programs: ssh, sshfs, fusermount3, mkfs.ext4, e2fsck, resize2fs, rsync"))
     }
 
     @Test func eachMissingPieceFailsWithItsFixAndTheRunsExitStatus() async throws {
         var system = FakeSystem()
         system.missingPrograms = ["rsync"]
         var findings = await Self.findings(system, try Self.target())
-        #expect(findings.filter { $0.level == .fail }.map(\.description) == [
-            "FAIL  offsite: rsync is not installed -> apt-get install rsync"
-        ])
+        #expect(
+            findings.filter { $0.level == .fail }.map(\.description) == [
+                "FAIL  offsite: rsync is not installed -> apt-get install rsync"
+            ])
         #expect(DoctorOperation.exitStatus(findings) == 7)
 
         system = FakeSystem()
         system.files["/proc/devices"] = "Block devices:\n7 loop\n"
         system.present.remove("/sys/module/dm_crypt")
         findings = await Self.findings(system, try Self.target())
-        #expect(findings.filter { $0.level == .fail }.map(\.message) == [
-            "the kernel has no device-mapper", "the kernel has no dm-crypt",
-        ])
+        #expect(
+            findings.filter { $0.level == .fail }.map(\.message) == [
+                "the kernel has no device-mapper", "the kernel has no dm-crypt",
+            ])
 
-        let loose = ImgBackupError(.badKey, "refusing key file /k: group or others can access it (mode 644)", hint: "chmod 600 /k")
+        let loose = ImgBackupError(
+            .badKey, "refusing key file /k: group or others can access it (mode 644)", hint: "chmod 600 /k")
         findings = await Self.findings(FakeSystem(), try Self.target(), key: loose)
-        #expect(findings.contains { $0.description == "FAIL  offsite: refusing key file /k: group or others can access it (mode 644) -> chmod 600 /k" })
+        #expect(
+            findings.contains {
+                $0.description
+                    == "FAIL  offsite: refusing key file /k: group or others can access it (mode 644) -> chmod 600 /k"
+            })
         #expect(DoctorOperation.exitStatus(findings) == 5)
 
         system = FakeSystem()
         system.remote = .unreachable("ssh: connect to host host port 22: Connection refused")
         findings = await Self.findings(system, try Self.target())
         #expect(DoctorOperation.exitStatus(findings) == 6)
-        #expect(findings.contains { $0.level == .fail && $0.message.hasSuffix("Connection refused") && $0.fix?.contains("ssh -p 22 backup@host") == true })
+        #expect(
+            findings.contains {
+                $0.level == .fail && $0.message.hasSuffix("Connection refused")
+                    && $0.fix?.contains("ssh -p 22 backup@host") == true
+            })
     }
 
     @Test func layersLeftUpByADeadCommandAreReportedWithTheirFix() async throws {
@@ -112,7 +125,10 @@ import Testing
         system.remote = .reachable(available: 1 << 30, imageBytes: nil)
         var findings = await Self.findings(system, try Self.target())
         #expect(findings.contains { $0.level == .warn && $0.fix == "imgbackup init offsite" })
-        #expect(findings.contains { $0.level == .warn && $0.message == "1 GiB free on the remote, and the image may grow to 2 GiB" })
+        #expect(
+            findings.contains {
+                $0.level == .warn && $0.message == "1 GiB free on the remote, and the image may grow to 2 GiB"
+            })
         #expect(DoctorOperation.exitStatus(findings) == 0)
 
         system.remote = .reachable(available: 1 << 20, imageBytes: 2 << 30)
@@ -123,7 +139,8 @@ import Testing
         system.mountPoints = []
         system.remote = .reachable(available: nil, imageBytes: 2 << 30)
         findings = await Self.findings(system, try Self.target())
-        #expect(findings.contains { $0.level == .warn && $0.fix == "mount -t fusectl fusectl /sys/fs/fuse/connections" })
+        #expect(
+            findings.contains { $0.level == .warn && $0.fix == "mount -t fusectl fusectl /sys/fs/fuse/connections" })
         #expect(DoctorOperation.exitStatus(findings) == 0)
     }
 
@@ -148,14 +165,17 @@ import Testing
         system.nbd = .failed("nbd_connect_command: server disconnected unexpectedly")
         findings = await Self.findings(system, nbdTarget)
         #expect(DoctorOperation.exitStatus(findings) == 6)
-        #expect(findings.filter { $0.level == .fail }.map(\.description) == [
-            "FAIL  offsite: cannot connect to the NBD export: nbd_connect_command: server disconnected unexpectedly"
-                + " -> check [target.offsite.nbd] command: it must run on the backup host and serve laptop.img"
-                + " (try it over ssh -p 22 backup@host)"
-        ])
+        #expect(
+            findings.filter { $0.level == .fail }.map(\.description) == [
+                "FAIL  offsite: cannot connect to the NBD export: nbd_connect_command: server disconnected unexpectedly"
+                    + " -> check [target.offsite.nbd] command: it must run on the backup host and serve laptop.img"
+                    + " (try it over ssh -p 22 backup@host)"
+            ])
 
         findings = await Self.findings(system, try Self.target { $0.nbd = .uri("nbd://nas/laptop") })
-        #expect(findings.contains { $0.fix == "check that an NBD server answers at nbd://nas/laptop and exports the image" })
+        #expect(
+            findings.contains { $0.fix == "check that an NBD server answers at nbd://nas/laptop and exports the image" }
+        )
     }
 
     @Test func theProgramsFollowTheConfig() throws {
@@ -165,23 +185,29 @@ import Testing
             $0.nbd = .command(["nbdkit", "file", "/x"])
             $0.key = .command(["pass", "show", "offsite"])
         }
-        #expect(DoctorOperation.programsNeeded(by: target) == [
-            "ssh", "sshfs", "fusermount3", "mkfs.btrfs", "btrfs", "fstrim", "borg", "pass",
-        ])
+        #expect(
+            DoctorOperation.programsNeeded(by: target) == [
+                "ssh", "sshfs", "fusermount3", "mkfs.btrfs", "btrfs", "fstrim", "borg", "pass",
+            ])
     }
 
     @Test func sourceHostsAreLookedAtWithTheirPaths() async throws {
-        let pulling = try Self.target { $0.copy?.sources = ["/etc", "ssh://backup@db1:2222/srv/data", "ssh://backup@db1:2222/etc"] }
+        let pulling = try Self.target {
+            $0.copy?.sources = ["/etc", "ssh://backup@db1:2222/srv/data", "ssh://backup@db1:2222/etc"]
+        }
         var findings = await Self.findings(FakeSystem(), pulling)
-        #expect(findings.map(\.description).contains("ok    offsite: the source host backup@db1 port 2222 reachable over SFTP"))
+        #expect(
+            findings.map(\.description).contains(
+                "ok    offsite: the source host backup@db1 port 2222 reachable over SFTP"))
         #expect(DoctorOperation.exitStatus(findings) == 0)
 
         var system = FakeSystem()
         system.source = .reachable(missing: ["/srv/data"])
         findings = await Self.findings(system, pulling)
-        #expect(findings.filter { $0.level == .fail }.map(\.description) == [
-            "FAIL  offsite: the source /srv/data is not on db1 -> fix [target.offsite.copy] sources, or create it there"
-        ])
+        #expect(
+            findings.filter { $0.level == .fail }.map(\.description) == [
+                "FAIL  offsite: the source /srv/data is not on db1 -> fix [target.offsite.copy] sources, or create it there"
+            ])
         #expect(DoctorOperation.exitStatus(findings) == 2)
 
         system.source = .unreachable("Permission denied (publickey).")
@@ -191,13 +217,17 @@ import Testing
 
         let listing = CommandResult(
             executable: "/usr/bin/sftp", termination: .exited(0),
-            standardOutput: "sftp> pwd\nRemote working directory: /root\nsftp> -ls -ln \"/etc\"\n-rw-r--r-- 1 0 0 12 Nov 22 22:00 hosts\n",
+            standardOutput:
+                "sftp> pwd\nRemote working directory: /root\nsftp> -ls -ln \"/etc\"\n-rw-r--r-- 1 0 0 12 Nov 22 22:00 hosts\n",
             standardError: "Can't ls: \"/srv/data\" not found\n")
-        #expect(SystemInspector.parseSource(listing, paths: ["/etc", "/srv/data"]) == .reachable(missing: ["/srv/data"]))
+        #expect(
+            SystemInspector.parseSource(listing, paths: ["/etc", "/srv/data"]) == .reachable(missing: ["/srv/data"]))
         let refused = CommandResult(
             executable: "/usr/bin/sftp", termination: .exited(255), standardOutput: "",
             standardError: "backup@db1: Permission denied (publickey).\r\nConnection closed\n")
-        #expect(SystemInspector.parseSource(refused, paths: ["/etc"]) == .unreachable("backup@db1: Permission denied (publickey)."))
+        #expect(
+            SystemInspector.parseSource(refused, paths: ["/etc"])
+                == .unreachable("backup@db1: Permission denied (publickey)."))
     }
 
     @Test func sftpAnswersAreRead() {
@@ -212,23 +242,31 @@ import Testing
                 -rw-------    ? 1000     1000     2147483648 Nov 22 22:00 laptop.img
 
                 """, standardError: "")
-        #expect(SystemInspector.parse(df, image: "laptop.img") == .reachable(available: 5_154_560 * 1024, imageBytes: 2 << 30))
+        #expect(
+            SystemInspector.parse(df, image: "laptop.img")
+                == .reachable(available: 5_154_560 * 1024, imageBytes: 2 << 30))
 
         let noImage = CommandResult(
             executable: "/usr/bin/sftp", termination: .exited(0),
-            standardOutput: "sftp> df .\n        Size         Used        Avail       (root)    %Capacity\n 100 50 40 50 50%\n",
+            standardOutput:
+                "sftp> df .\n        Size         Used        Avail       (root)    %Capacity\n 100 50 40 50 50%\n",
             standardError: "Can't ls: \"/srv/laptop/laptop.img\" not found\n")
-        #expect(SystemInspector.parse(noImage, image: "laptop.img") == .reachable(available: 40 * 1024, imageBytes: nil))
+        #expect(
+            SystemInspector.parse(noImage, image: "laptop.img") == .reachable(available: 40 * 1024, imageBytes: nil))
 
         let noDirectory = CommandResult(
             executable: "/usr/bin/sftp", termination: .exited(1), standardOutput: "sftp> cd \"/srv/nope\"\n",
             standardError: "stat remote: No such file or directory\n")
-        #expect(SystemInspector.parse(noDirectory, image: "x.img") == .noDirectory("stat remote: No such file or directory"))
+        #expect(
+            SystemInspector.parse(noDirectory, image: "x.img") == .noDirectory("stat remote: No such file or directory")
+        )
 
         let refused = CommandResult(
             executable: "/usr/bin/sftp", termination: .exited(255), standardOutput: "",
             standardError: "ssh: connect to host h port 22: Connection refused\nConnection closed\n")
-        #expect(SystemInspector.parse(refused, image: "x.img") == .unreachable("ssh: connect to host h port 22: Connection refused"))
+        #expect(
+            SystemInspector.parse(refused, image: "x.img")
+                == .unreachable("ssh: connect to host h port 22: Connection refused"))
         #expect(SystemInspector.sftpQuoted(#"/srv/a "b"\c"#) == #""/srv/a \"b\"\\c""#)
     }
 }

@@ -22,7 +22,8 @@ final class FakeRunner: CommandRunning {
 
     static func exit(_ command: Command, _ status: Int32, standardError: String = "") -> CommandResult {
         CommandResult(
-            executable: command.executable, termination: .exited(status), standardOutput: "", standardError: standardError)
+            executable: command.executable, termination: .exited(status), standardOutput: "",
+            standardError: standardError)
     }
 }
 
@@ -64,6 +65,8 @@ struct RecordingTeardown: LayerTeardown {
             let end = clock.now.advanced(by: slowDown)
             while clock.now < end { try? await Task.sleep(for: .milliseconds(10)) }
         }
-        log.add("down \(record.layerName) \(record.place)\(force ? " (forced)" : "")\(Task.isCancelled ? " (cancelled)" : "")")
+        log.add(
+            "down \(record.layerName) \(record.place)\(force ? " (forced)" : "")\(Task.isCancelled ? " (cancelled)" : "")"
+        )
     }
 }

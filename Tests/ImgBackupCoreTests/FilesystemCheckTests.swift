@@ -27,7 +27,8 @@ import Testing
         let image = root + "/fs.img"
         FileManager.default.createFile(atPath: image, contents: nil)
         truncate(image, 32 << 20)
-        let made = try await SubprocessCommandRunner().run(Command("mkfs.ext4", ["-q", "-F", image], timeout: .seconds(60)))
+        let made = try await SubprocessCommandRunner().run(
+            Command("mkfs.ext4", ["-q", "-F", image], timeout: .seconds(60)))
         #expect(made.succeeded)
         return image
     }
@@ -68,7 +69,8 @@ import Testing
 
 @Suite struct RemoteLockHolderTests {
     @Test func roundTripsAndRejectsWhatIsNotALock() {
-        let holder = RemoteLockHolder(host: "laptop", pid: 42, target: "offsite", since: "2026-11-22T03:00:00Z", token: "T-1")
+        let holder = RemoteLockHolder(
+            host: "laptop", pid: 42, target: "offsite", since: "2026-11-22T03:00:00Z", token: "T-1")
         #expect(RemoteLockHolder.parse(holder.text) == holder)
         #expect(holder.description == "target 'offsite' on laptop (pid 42) since 2026-11-22T03:00:00Z")
         #expect(RemoteLockHolder.parse("") == nil)

@@ -7,7 +7,7 @@ import Testing
 @testable import ImgBackupCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The orchestration around the layers, on the host: the hang watchdog's
@@ -32,10 +32,14 @@ import Glibc
 
     // MARK: the stall decision
 
-    func watchdog(_ probes: [any TransportProbing], bytes: @escaping @Sendable () -> UInt64? = { 0 }, output: OutputHeartbeat = OutputHeartbeat())
+    func watchdog(
+        _ probes: [any TransportProbing], bytes: @escaping @Sendable () -> UInt64? = { 0 },
+        output: OutputHeartbeat = OutputHeartbeat()
+    )
         -> HangWatchdog
     {
-        HangWatchdog(bytesWritten: bytes, stall: .milliseconds(400), probes: probes, outputSeen: output, step: "the backup")
+        HangWatchdog(
+            bytesWritten: bytes, stall: .milliseconds(400), probes: probes, outputSeen: output, step: "the backup")
     }
 
     /// Races the watchdog against `window`: the hang it declared, or nil.
@@ -83,7 +87,8 @@ import Glibc
     @Test func bytesReachingTheImageAreNoProgressOfASourceHost() async {
         let counter = Atomic<UInt64>(0)
         let source = FakeProbe("the source host web1", answers: false, isSource: true)
-        let moving = watchdog([FakeProbe(answers: true), source], bytes: { counter.add(4096, ordering: .relaxed).newValue })
+        let moving = watchdog(
+            [FakeProbe(answers: true), source], bytes: { counter.add(4096, ordering: .relaxed).newValue })
         let hang = await hang(of: moving, within: .seconds(5))
         #expect(hang?.probe.layerName == "the source host web1")
         #expect(hang?.probe.isSource == true)
@@ -118,7 +123,8 @@ import Glibc
             try await builder.push(RecordedLayer(record: .crypt(name: name)))
         }
         let stepSawCancellation = Latch()
-        let outcome = await HangGuard(target: target, environment: environment).run { () async throws(ImgBackupError) -> Int in
+        let outcome = await HangGuard(target: target, environment: environment).run {
+            () async throws(ImgBackupError) -> Int in
             // The copy step, stuck on the remote until it is stopped.
             while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(20)) }
             stepSawCancellation.set()
@@ -131,7 +137,8 @@ import Glibc
         #expect(error.code == .hung && probe.layerName == "sshfs to backup-host")
         #expect(stepSawCancellation.isSet, "the stuck step was not stopped before the teardown")
         try await builder.unwind(force: true)
-        #expect(log.all == ["down dm-crypt crypt (forced)", "down dm-crypt loop (forced)", "down dm-crypt remote (forced)"])
+        #expect(
+            log.all == ["down dm-crypt crypt (forced)", "down dm-crypt loop (forced)", "down dm-crypt remote (forced)"])
         #expect(try environment.stateStore.load(target: "t") == nil)
     }
 
@@ -148,7 +155,8 @@ import Glibc
         let environment = environment(root, runner: runner, log: log)
         let builder = StackBuilder(target: Self.target, environment: environment, operation: .open)
         let error = await #expect(throws: ImgBackupError.self) {
-            try await builder.unwindingOnFailure { () async throws(ImgBackupError) in _ = try await builder.pushRemote() }
+            try await builder.unwindingOnFailure { () async throws(ImgBackupError) in _ = try await builder.pushRemote()
+            }
         }
         #expect(error?.code == .remote)
         #expect(error?.message.hasPrefix("failed to mount backup@backup-host:/srv over sshfs: ") == true)
@@ -173,7 +181,8 @@ import Glibc
                 }
             }
         }
-        #expect(error?.message.hasPrefix("failed to bring up the dm-crypt mapping /dev/mapper/\(names[failing])") == true)
+        #expect(
+            error?.message.hasPrefix("failed to bring up the dm-crypt mapping /dev/mapper/\(names[failing])") == true)
         #expect(log.all == names.prefix(failing + 1).reversed().map { "down dm-crypt \($0)" })
         #expect(try environment.stateStore.load(target: "t") == nil)
     }

@@ -34,7 +34,8 @@ import Testing
             var root = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
             edit(&root)
             let edited = String(decoding: try JSONSerialization.data(withJSONObject: root), as: UTF8.self)
-            return LUKS2MetadataCopy(offset: copy.offset, size: copy.size, sequenceID: copy.sequenceID, uuid: copy.uuid, json: edited)
+            return LUKS2MetadataCopy(
+                offset: copy.offset, size: copy.size, sequenceID: copy.sequenceID, uuid: copy.uuid, json: edited)
         }
     }
 
@@ -60,7 +61,8 @@ import Testing
         let checked = try CheckedHeader.read(device: image, expected: .pinned(pin))
         #expect(checked.copies.map(\.offset) == [0, 16384])
         #expect(pin.keyslotEncryption == "aes-xts-plain64")
-        #expect(pin.segment.contains("\"encryption\":\"aes-xts-plain64\"") && pin.segment.contains("\"sector_size\":4096"))
+        #expect(
+            pin.segment.contains("\"encryption\":\"aes-xts-plain64\"") && pin.segment.contains("\"sector_size\":4096"))
         #expect(pin.digests.count == 1 && !pin.digests[0].contains("keyslots"))
         #expect(checked.keyslotAreas.count == 1 && checked.dataOffset == 16 << 20)
     }
@@ -85,25 +87,45 @@ import Testing
         let pin = try CheckedHeader.read(device: ours, expected: .firstUse).pin
         let theirs = try Self.image(scratch, "theirs", key: "attacker")
         let copies = try LUKS2Metadata.readCopies(device: theirs).map {
-            LUKS2MetadataCopy(offset: $0.offset, size: $0.size, sequenceID: $0.sequenceID, uuid: pin.uuid, json: $0.json)
+            LUKS2MetadataCopy(
+                offset: $0.offset, size: $0.size, sequenceID: $0.sequenceID, uuid: pin.uuid, json: $0.json)
         }
-        let error = #expect(throws: ImgBackupError.self) { try CheckedHeader(copies: copies, expected: .pinned(pin), device: theirs) }
+        let error = #expect(throws: ImgBackupError.self) {
+            try CheckedHeader(copies: copies, expected: .pinned(pin), device: theirs)
+        }
         #expect(error?.code == .luks)
-        #expect(error?.message.contains("not the one this machine created: its header (copy at offset 0) binds another volume key") == true)
+        #expect(
+            error?.message.contains(
+                "not the one this machine created: its header (copy at offset 0) binds another volume key") == true)
     }
 
     /// What the host changes (a path in the metadata, the new value as JSON) and what the refusal says.
     static let forgeries: [(what: String, path: [String], json: String, says: String)] = [
-        ("keyslot cipher_null", ["keyslots", "0", "area", "encryption"], #""cipher_null-ecb""#, "keeps keyslot 0's key unencrypted"),
+        (
+            "keyslot cipher_null", ["keyslots", "0", "area", "encryption"], #""cipher_null-ecb""#,
+            "keeps keyslot 0's key unencrypted"
+        ),
         ("segment cipher_null", ["segments", "0", "encryption"], #""cipher_null-ecb""#, "leaves the data unencrypted"),
         ("segment sector size", ["segments", "0", "sector_size"], "512", "encrypts the data differently"),
-        ("second segment", ["segments", "1"], #"{"type":"linear","offset":"0","size":"dynamic"}"#, "exactly one encrypted data segment"),
-        ("keyslot other cipher", ["keyslots", "0", "area", "encryption"], #""serpent-xts-plain64""#, "a keyslot is encrypted with serpent"),
+        (
+            "second segment", ["segments", "1"], #"{"type":"linear","offset":"0","size":"dynamic"}"#,
+            "exactly one encrypted data segment"
+        ),
+        (
+            "keyslot other cipher", ["keyslots", "0", "area", "encryption"], #""serpent-xts-plain64""#,
+            "a keyslot is encrypted with serpent"
+        ),
         ("keyslot area over the data", ["keyslots", "0", "area", "offset"], #""16777216""#, "outside the header"),
         ("keyslot area huge", ["keyslots", "0", "area", "size"], #""18446744073709551615""#, "outside the header"),
         ("reencrypt keyslot", ["keyslots", "0", "type"], #""reencrypt""#, "of a kind this tool never makes"),
-        ("requirements", ["config", "requirements", "mandatory"], #"["online-reencrypt-v2"]"#, "requirements this tool never sets"),
-        ("digest salt", ["digests", "0", "salt"], #""AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=""#, "binds another volume key"),
+        (
+            "requirements", ["config", "requirements", "mandatory"], #"["online-reencrypt-v2"]"#,
+            "requirements this tool never sets"
+        ),
+        (
+            "digest salt", ["digests", "0", "salt"], #""AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=""#,
+            "binds another volume key"
+        ),
     ]
 
     @Test(arguments: 0..<Self.forgeries.count) func aForgedHeaderIsRefused(index: Int) throws {
@@ -118,7 +140,9 @@ import Testing
             do {
                 _ = try CheckedHeader(copies: copies, expected: expected, device: image)
                 // Without a pin only what no imgbackup image ever has is refused.
-                #expect(!(expected.pin != nil || !["segment sector size", "keyslot other cipher", "digest salt"].contains(forgery.what)),
+                #expect(
+                    !(expected.pin != nil
+                        || !["segment sector size", "keyslot other cipher", "digest salt"].contains(forgery.what)),
                     "\(forgery.what) passed")
             } catch {
                 #expect(error.code == .luks)
@@ -133,12 +157,15 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let image = try Self.image(scratch)
         let copies = try LUKS2Metadata.readCopies(device: image)
-        let secondary = try Self.forged(image) { Self.edit(&$0, ["keyslots", "0", "area", "encryption"], "twofish-xts-plain64") }[1]
+        let secondary = try Self.forged(image) {
+            Self.edit(&$0, ["keyslots", "0", "area", "encryption"], "twofish-xts-plain64")
+        }[1]
         let disagree = #expect(throws: ImgBackupError.self) {
             try CheckedHeader(copies: [copies[0], secondary], expected: .firstUse, device: image)
         }
         #expect(disagree?.message.contains("its two LUKS2 metadata copies disagree") == true)
-        let garbage = LUKS2MetadataCopy(offset: 0, size: copies[0].size, sequenceID: 9, uuid: copies[0].uuid, json: "{\"keyslots\":")
+        let garbage = LUKS2MetadataCopy(
+            offset: 0, size: copies[0].size, sequenceID: 9, uuid: copies[0].uuid, json: "{\"keyslots\":")
         let unreadable = #expect(throws: ImgBackupError.self) {
             try CheckedHeader(copies: [garbage, copies[1]], expected: .firstUse, device: image)
         }

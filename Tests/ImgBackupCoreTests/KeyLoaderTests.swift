@@ -1,3 +1,4 @@
+import Foundation
 import ImgBackupOS
 import Testing
 
@@ -7,7 +8,9 @@ import Testing
 @Suite struct KeyLoaderTests {
     let runner = SubprocessCommandRunner()
 
-    private func load(_ source: Target.KeySource, environment: [String: String] = [:]) async throws(ImgBackupError) -> [UInt8] {
+    private func load(_ source: Target.KeySource, environment: [String: String] = [:]) async throws(ImgBackupError)
+        -> [UInt8]
+    {
         let key = try await KeyLoader.load(source, target: "offsite", runner: runner, environment: environment)
         return key.withUnsafeBytes { Array($0) }
     }
@@ -28,7 +31,8 @@ import Testing
         try Data("half-a-key".utf8).write(to: URL(fileURLWithPath: keyPath))
         defer { try? FileManager.default.removeItem(atPath: keyPath) }
         let error = await #expect(throws: ImgBackupError.self) {
-            try await load(.command(["sh", "-c", "cat \"$0\"; echo 'gpg: decryption failed: No secret key' >&2; exit 2", keyPath]))
+            try await load(
+                .command(["sh", "-c", "cat \"$0\"; echo 'gpg: decryption failed: No secret key' >&2; exit 2", keyPath]))
         }
         #expect(error?.code == .badKey)
         #expect(error?.message.contains("key_command sh -c") == true)
@@ -42,7 +46,9 @@ import Testing
     }
 
     @Test func aMissingKeyCommandIsOneLine() async {
-        let error = await #expect(throws: ImgBackupError.self) { try await load(.command(["/nonexistent/pass", "show"])) }
+        let error = await #expect(throws: ImgBackupError.self) {
+            try await load(.command(["/nonexistent/pass", "show"]))
+        }
         #expect(error?.code == .badKey)
         #expect(error?.message.contains("/nonexistent/pass") == true)
     }
@@ -59,12 +65,11 @@ import Testing
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = "\(directory)/imgbackup.offsite"
-        _ = FileManager.default.createFile(atPath: path, contents: Data("k".utf8), attributes: [.posixPermissions: 0o644])
+        _ = FileManager.default.createFile(
+            atPath: path, contents: Data("k".utf8), attributes: [.posixPermissions: 0o644])
         let error = await #expect(throws: ImgBackupError.self) { try await load(.credential(path)) }
         #expect(error?.message.hasPrefix("refusing systemd credential \(path)") == true)
         chmod(path, 0o400)
         #expect(try await load(.credential(path)) == Array("k".utf8))
     }
 }
-
-import Foundation

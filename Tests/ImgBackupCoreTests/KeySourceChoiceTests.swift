@@ -31,7 +31,9 @@ import Testing
 
     @Test func aCredentialForTheTargetWinsOverTheConfig() throws {
         try withCredential { (credentials: String) throws in
-            #expect(try resolve(KeySourceChoice(), credentials: credentials) == .credential("\(credentials)/imgbackup.offsite"))
+            #expect(
+                try resolve(KeySourceChoice(), credentials: credentials)
+                    == .credential("\(credentials)/imgbackup.offsite"))
         }
     }
 

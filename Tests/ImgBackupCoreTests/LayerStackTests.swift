@@ -66,10 +66,11 @@ final class MemoryJournal: StateJournal {
         let (stack, log, journal) = makeStack()
         try await stack.push(FakeLayer(name: "sshfs", failsUp: false, log: log, journal: journal))
         try await stack.push(FakeLayer(name: "loop", failsUp: false, log: log, journal: journal))
-        #expect(log.all == [
-            "up sshfs (recorded: dm-crypt mapping /dev/mapper/sshfs)",
-            "up loop (recorded: dm-crypt mapping /dev/mapper/sshfs, dm-crypt mapping /dev/mapper/loop)",
-        ])
+        #expect(
+            log.all == [
+                "up sshfs (recorded: dm-crypt mapping /dev/mapper/sshfs)",
+                "up loop (recorded: dm-crypt mapping /dev/mapper/sshfs, dm-crypt mapping /dev/mapper/loop)",
+            ])
         #expect(journal.latest == [.crypt(name: "sshfs"), .crypt(name: "loop")])
     }
 
@@ -159,8 +160,11 @@ final class MemoryJournal: StateJournal {
     /// A record with a pid and one without, at the same place, are one layer.
     @Test func recordsOfOneLayerMatchWhateverOnlyOneOfThemKnows() {
         #expect(LayerRecord.nbdBridge(mountPoint: "/m", pid: 3).isSameLayer(as: .nbdBridge(mountPoint: "/m", pid: nil)))
-        #expect(LayerRecord.loop(backingFile: "/i", device: "/dev/loop0").isSameLayer(as: .loop(backingFile: "/i", device: nil)))
-        #expect(!LayerRecord.sshfs(source: "a:/", mountPoint: "/m").isSameLayer(as: .nbdBridge(mountPoint: "/m", pid: nil)))
+        #expect(
+            LayerRecord.loop(backingFile: "/i", device: "/dev/loop0").isSameLayer(
+                as: .loop(backingFile: "/i", device: nil)))
+        #expect(
+            !LayerRecord.sshfs(source: "a:/", mountPoint: "/m").isSameLayer(as: .nbdBridge(mountPoint: "/m", pid: nil)))
         #expect(LayerRecord.crypt(name: "imgbackup-x").description == "dm-crypt mapping /dev/mapper/imgbackup-x")
     }
 }

@@ -22,8 +22,10 @@ import Testing
         #expect(ByteSize(bytes: 100).description == "100 B")
     }
 
-    @Test(arguments: [("120s", Duration.seconds(120)), ("2m", .seconds(120)), ("1h", .seconds(3600)),
-                      ("500ms", .milliseconds(500)), ("30", .seconds(30))])
+    @Test(arguments: [
+        ("120s", Duration.seconds(120)), ("2m", .seconds(120)), ("1h", .seconds(3600)),
+        ("500ms", .milliseconds(500)), ("30", .seconds(30)),
+    ])
     func durations(text: String, duration: Duration) {
         #expect(Duration(parsing: text) == duration)
     }
@@ -34,7 +36,9 @@ import Testing
     }
 
     @Test func remoteLocations() throws {
-        #expect(try RemoteLocation.parse("backup@host:/srv/b").get() == .init(user: "backup", host: "host", directory: "/srv/b"))
+        #expect(
+            try RemoteLocation.parse("backup@host:/srv/b").get()
+                == .init(user: "backup", host: "host", directory: "/srv/b"))
         #expect(try RemoteLocation.parse("host:/srv/b").get() == .init(user: nil, host: "host", directory: "/srv/b"))
         let v6 = try RemoteLocation.parse("u@[2001:db8::1]:/d").get()
         #expect(v6.host == "2001:db8::1")
@@ -68,8 +72,10 @@ import Testing
         }
     }
 
-    @Test(arguments: [("laptop", true), ("a-b_c9", true), ("", false), ("-x", false), ("a b", false),
-                      ("a/b", false), ("ümlaut", false)])
+    @Test(arguments: [
+        ("laptop", true), ("a-b_c9", true), ("", false), ("-x", false), ("a b", false),
+        ("a/b", false), ("ümlaut", false),
+    ])
     func targetNames(name: String, valid: Bool) {
         #expect(Target.isValidName(name) == valid)
     }

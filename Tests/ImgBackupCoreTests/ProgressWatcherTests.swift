@@ -52,7 +52,7 @@ struct ProgressWatcherTests {
         display.cancel()
         await display.value
         // A device the kernel cannot describe counts as nothing written.
-        #expect(progress.lines.withLock { $0 } .count == 1)
+        #expect(progress.lines.withLock { $0 }.count == 1)
         #expect(progress.lines.withLock { $0.first }?.hasPrefix("making btrfs: 0 B written, 0 B/s, 0s") == true)
     }
 }

@@ -56,7 +56,9 @@ import Testing
         let date = ISO8601DateFormatter().date(from: "2026-11-22T03:15:09Z")!
         #expect(BackupPointName.make(date) == "2026-11-22T031509Z")
         #expect(BackupPointName.parse("2026-11-22T031509Z") == date)
-        for other in ["latest", ".incomplete", "2026-11-22", "2026-11-22T031509", "2026-13-22T031509Z", "x2026-11-22T031509Z"] {
+        for other in [
+            "latest", ".incomplete", "2026-11-22", "2026-11-22T031509", "2026-13-22T031509Z", "x2026-11-22T031509Z",
+        ] {
             #expect(BackupPointName.parse(other) == nil, "\(other)")
         }
     }
@@ -80,7 +82,9 @@ import Testing
     @Test func borgProgressAndJSON() {
         #expect(BorgCopy.progressLine("1.23 MB O 1.00 MB C 512 kB D 12 N etc/hosts") == "borg: 1.23 MB read, 12 files")
         #expect(BorgCopy.progressLine("Creating archive") == nil)
-        #expect(BorgCopy.originalSize(#"{"archive": {"name": "x", "stats": {"original_size": 123456, "nfiles": 3}}}"#) == 123_456)
+        #expect(
+            BorgCopy.originalSize(#"{"archive": {"name": "x", "stats": {"original_size": 123456, "nfiles": 3}}}"#)
+                == 123_456)
         #expect(BorgCopy.originalSize("not json") == nil)
         let date = ISO8601DateFormatter().date(from: "2026-11-22T03:15:09Z")!
         #expect(BorgCopy.borgTimestamp(date) == "2026-11-22T03:15:09")
@@ -91,8 +95,12 @@ import Testing
 
     @Test func commandSubstitutesMountAndTargetInEveryArgument() {
         #expect(
-            CommandCopy.substitute(["/usr/bin/tool", "--into={mount}/data", "{target}", "{mount}"], mount: "/mnt/x", target: "x")
+            CommandCopy.substitute(
+                ["/usr/bin/tool", "--into={mount}/data", "{target}", "{mount}"], mount: "/mnt/x", target: "x")
                 == ["/usr/bin/tool", "--into=/mnt/x/data", "x", "/mnt/x"])
-        #expect(CommandCopy.environment(mount: "/mnt/x", target: "x") == ["IMGBACKUP_MOUNT": "/mnt/x", "IMGBACKUP_TARGET": "x"])
+        #expect(
+            CommandCopy.environment(mount: "/mnt/x", target: "x") == [
+                "IMGBACKUP_MOUNT": "/mnt/x", "IMGBACKUP_TARGET": "x",
+            ])
     }
 }

@@ -34,20 +34,22 @@ import Testing
         var record = Self.record(.success, exitCode: 0)
         record.bytesCopied = 3 << 20
         record.bytesWritten = 4 << 20
-        let image = TargetStatus.Image(apparentBytes: 96 << 20, allocatedBytes: 20 << 20, source: .run, measuredAt: Date())
+        let image = TargetStatus.Image(
+            apparentBytes: 96 << 20, allocatedBytes: 20 << 20, source: .run, measuredAt: Date())
         let samples = Self.samples(RunMetrics.text(record, lastSuccess: record.end, image: image))
-        #expect(samples == [
-            "imgbackup_last_run_start_timestamp_seconds{target=\"offsite\"}": "1795000000",
-            "imgbackup_last_run_end_timestamp_seconds{target=\"offsite\"}": "1795000042",
-            "imgbackup_last_run_duration_seconds{target=\"offsite\"}": "42",
-            "imgbackup_last_run_success{target=\"offsite\"}": "1",
-            "imgbackup_last_run_exit_code{target=\"offsite\"}": "0",
-            "imgbackup_last_success_timestamp_seconds{target=\"offsite\"}": "1795000042",
-            "imgbackup_last_run_bytes_copied{target=\"offsite\"}": "3145728",
-            "imgbackup_last_run_bytes_written{target=\"offsite\"}": "4194304",
-            "imgbackup_image_apparent_bytes{target=\"offsite\"}": "100663296",
-            "imgbackup_image_allocated_bytes{target=\"offsite\"}": "20971520",
-        ])
+        #expect(
+            samples == [
+                "imgbackup_last_run_start_timestamp_seconds{target=\"offsite\"}": "1795000000",
+                "imgbackup_last_run_end_timestamp_seconds{target=\"offsite\"}": "1795000042",
+                "imgbackup_last_run_duration_seconds{target=\"offsite\"}": "42",
+                "imgbackup_last_run_success{target=\"offsite\"}": "1",
+                "imgbackup_last_run_exit_code{target=\"offsite\"}": "0",
+                "imgbackup_last_success_timestamp_seconds{target=\"offsite\"}": "1795000042",
+                "imgbackup_last_run_bytes_copied{target=\"offsite\"}": "3145728",
+                "imgbackup_last_run_bytes_written{target=\"offsite\"}": "4194304",
+                "imgbackup_image_apparent_bytes{target=\"offsite\"}": "100663296",
+                "imgbackup_image_allocated_bytes{target=\"offsite\"}": "20971520",
+            ])
     }
 
     @Test func aFailedRunKeepsTheLastSuccessAndLeavesUnknownsOut() {

@@ -71,7 +71,8 @@ import Testing
             record.layers == [
                 .sshfs(source: "backup@host:/srv/laptop", mountPoint: "/run/imgbackup/offsite/remote"),
                 .remoteLock(
-                    path: "/run/imgbackup/offsite/remote/laptop.img.lock", token: "6F1C0E2A-4B7D-4C51-9E0F-2D8A1B3C4D5E"),
+                    path: "/run/imgbackup/offsite/remote/laptop.img.lock", token: "6F1C0E2A-4B7D-4C51-9E0F-2D8A1B3C4D5E"
+                ),
                 .loop(backingFile: "/run/imgbackup/offsite/remote/laptop.img", device: "/dev/loop0"),
                 .crypt(name: "imgbackup-offsite"),
                 .filesystem(device: "/dev/mapper/imgbackup-offsite", mountPoint: "/mnt/offsite"),
@@ -99,7 +100,8 @@ import Testing
         let root = makeScratchDirectory("format")
         defer { try? FileManager.default.removeItem(atPath: root) }
         let paths = RuntimePaths(runtimeDirectory: root, stateDirectory: root)
-        try FileManager.default.createDirectory(atPath: paths.targetStateDirectory("offsite"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: paths.targetStateDirectory("offsite"), withIntermediateDirectories: true)
         let run = """
             {"bytesCopied":1048576,"bytesWritten":2097152,"end":"2026-12-01T02:01:00Z","exitCode":0,"incremental":true,"method":"rsync","point":"snapshots/2026-12-01T020003Z","result":"interrupted","start":"2026-12-01T02:00:03Z","target":"offsite"}
             """

@@ -20,10 +20,12 @@ import Testing
         let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
         let targets = try #require(object["targets"] as? [[String: Any]])
         let target = try #require(targets.first)
-        #expect(Set(target.keys) == [
-            "target", "transport", "remote", "mountPoint", "state", "layers", "stateRecord", "lockHolder", "lastRun",
-            "lastSuccess", "image", "mountUsage",
-        ])
+        #expect(
+            Set(target.keys) == [
+                "target", "transport", "remote", "mountPoint", "state", "layers", "stateRecord", "lockHolder",
+                "lastRun",
+                "lastSuccess", "image", "mountUsage",
+            ])
         for key in ["stateRecord", "lockHolder", "lastRun", "lastSuccess", "image", "mountUsage"] {
             #expect(target[key] is NSNull, "\(key)")
         }
@@ -32,7 +34,8 @@ import Testing
         var withLock = Self.status(state: .open)
         withLock.layers = [.init(layer: "lock", detail: "remote lock", recorded: true, up: nil)]
         let layers = try #require(
-            ((try JSONSerialization.jsonObject(with: Data(TargetStatus.json([withLock]).utf8)) as? [String: Any])?["targets"]
+            ((try JSONSerialization.jsonObject(with: Data(TargetStatus.json([withLock]).utf8)) as? [String: Any])?[
+                "targets"]
                 as? [[String: Any]])?.first?["layers"] as? [[String: Any]])
         #expect(Set(layers[0].keys) == ["layer", "detail", "recorded", "up"])
         #expect(layers[0]["up"] is NSNull)
@@ -40,7 +43,8 @@ import Testing
         var overSSHFS = Self.status(state: .open)
         overSSHFS.image = .init(apparentBytes: 1 << 30, allocatedBytes: nil, source: .live, measuredAt: Self.start)
         let image = try #require(
-            ((try JSONSerialization.jsonObject(with: Data(TargetStatus.json([overSSHFS]).utf8)) as? [String: Any])?["targets"]
+            ((try JSONSerialization.jsonObject(with: Data(TargetStatus.json([overSSHFS]).utf8)) as? [String: Any])?[
+                "targets"]
                 as? [[String: Any]])?.first?["image"] as? [String: Any])
         #expect(Set(image.keys) == ["apparentBytes", "allocatedBytes", "source", "measuredAt"])
         #expect(image["allocatedBytes"] is NSNull)

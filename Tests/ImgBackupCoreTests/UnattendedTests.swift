@@ -28,14 +28,15 @@ import Testing
         #expect(StopSignals.name(of: SIGHUP) == "SIGHUP")
     }
 
-    @Test(arguments: [
-        (nil, nil, RunRecord.Result.success),
-        (ImgBackupError(.copyFailed, "x"), nil, .failure),
-        (ImgBackupError(.hung, "x"), nil, .hung),
-        (ImgBackupError(.copyFailed, "x"), SIGTERM, .interrupted),
-        (ImgBackupError(.invalidState, "x"), SIGINT, .interrupted),
-        (nil, SIGTERM, .success),  // the signal came once the run was done
-    ] as [(ImgBackupError?, Int32?, RunRecord.Result)])
+    @Test(
+        arguments: [
+            (nil, nil, RunRecord.Result.success),
+            (ImgBackupError(.copyFailed, "x"), nil, .failure),
+            (ImgBackupError(.hung, "x"), nil, .hung),
+            (ImgBackupError(.copyFailed, "x"), SIGTERM, .interrupted),
+            (ImgBackupError(.invalidState, "x"), SIGINT, .interrupted),
+            (nil, SIGTERM, .success),  // the signal came once the run was done
+        ] as [(ImgBackupError?, Int32?, RunRecord.Result)])
     func resultNamesHowARunEnded(failure: ImgBackupError?, signal: Int32?, expected: RunRecord.Result) {
         #expect(RunRecord.Result(failure: failure, stoppedBy: signal) == expected)
     }
@@ -51,11 +52,18 @@ import Testing
         let previous = BlockDeviceStats(sectorsRead: 0, sectorsWritten: 2048 * 100)  // 100 MiB
         let now = BlockDeviceStats(sectorsRead: 0, sectorsWritten: 2048 * 160)  // 160 MiB
         let line = JournalProgress.line(
-            "run of 'offsite'", elapsed: .seconds(300), interval: .seconds(60), first: first, previous: previous, now: now,
+            "run of 'offsite'", elapsed: .seconds(300), interval: .seconds(60), first: first, previous: previous,
+            now: now,
             tool: "rsync: 150 MiB copied, 1.00MB/s, 45% of what it has seen so far")
-        #expect(line == "run of 'offsite': 5 min in, 160 MiB written to the image (1 MiB/s over the last 60s); rsync: 150 MiB copied, 1.00MB/s, 45% of what it has seen so far")
+        #expect(
+            line
+                == "run of 'offsite': 5 min in, 160 MiB written to the image (1 MiB/s over the last 60s); rsync: 150 MiB copied, 1.00MB/s, 45% of what it has seen so far"
+        )
         // No device yet (a run still opening): the time alone.
-        #expect(JournalProgress.line("init of 'x'", elapsed: .seconds(61), interval: .seconds(60), first: nil, previous: nil, now: nil, tool: nil) == "init of 'x': 61 s in")
+        #expect(
+            JournalProgress.line(
+                "init of 'x'", elapsed: .seconds(61), interval: .seconds(60), first: nil, previous: nil, now: nil,
+                tool: nil) == "init of 'x': 61 s in")
     }
 
     @Test func theNotifyCommandAndOneFileSystemAreRead() throws {
@@ -80,7 +88,9 @@ import Testing
         #expect(try config.target(named: "b").copy?.oneFileSystem == true, "on by default")
 
         let badType = #expect(throws: ImgBackupError.self) {
-            try ConfigLoader.parse(text.replacingOccurrences(of: "one_file_system = false", with: "one_file_system = \"no\""), path: "c.toml")
+            try ConfigLoader.parse(
+                text.replacingOccurrences(of: "one_file_system = false", with: "one_file_system = \"no\""),
+                path: "c.toml")
         }
         #expect(badType?.message.contains("one_file_system") == true)
         #expect(badType?.message.contains("true or false") == true)
@@ -90,12 +100,12 @@ import Testing
         let path = makeScratchDirectory("notify") + "/imgbackup.toml"
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
         try """
-            [notify]
-            command = ["logger", "-t", "imgbackup"]
-            [target.a]
-            remote = "host:/backups"
-            no_such_key = 1
-            """.write(toFile: path, atomically: false, encoding: .utf8)
+        [notify]
+        command = ["logger", "-t", "imgbackup"]
+        [target.a]
+        remote = "host:/backups"
+        no_such_key = 1
+        """.write(toFile: path, atomically: false, encoding: .utf8)
         #expect(throws: ImgBackupError.self) { try ConfigLoader.load(path: path) }
         #expect(ConfigLoader.notifyCommandLeniently(path: path) == ["logger", "-t", "imgbackup"])
         try "[notify\nbroken".write(toFile: path, atomically: false, encoding: .utf8)
@@ -105,10 +115,13 @@ import Testing
     @Test func theNoticeCarriesResultStatusAndTheEscapedLine() async {
         let runner = FakeRunner()
         let signals = StopSignals()
-        let notice = FailureNotice(command: ["notify-me", "now"], runner: runner, logger: Logger(label: "test"), stopSignals: signals)
-        await notice.send(target: "offsite", error: ImgBackupError(.remote, "failed to reach \u{1b}[2Jhost", hint: "check it"))
+        let notice = FailureNotice(
+            command: ["notify-me", "now"], runner: runner, logger: Logger(label: "test"), stopSignals: signals)
+        await notice.send(
+            target: "offsite", error: ImgBackupError(.remote, "failed to reach \u{1b}[2Jhost", hint: "check it"))
         signals.deliver(SIGTERM)
-        await notice.send(target: "offsite", error: ImgBackupError(.interrupted, "interrupted by SIGTERM: the run stopped"))
+        await notice.send(
+            target: "offsite", error: ImgBackupError(.interrupted, "interrupted by SIGTERM: the run stopped"))
         let commands = runner.commands
         #expect(commands.count == 2)
         #expect(commands[0].executable == "notify-me" && commands[0].arguments == ["now"])
@@ -131,7 +144,9 @@ import Testing
     }
 
     func target(_ root: String) -> Target {
-        Target(name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"), mountPoint: root + "/mnt")
+        Target(
+            name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"),
+            mountPoint: root + "/mnt")
     }
 
     func writeRecord(_ environment: OperationEnvironment, operation: String, pid: Int32) throws {
@@ -147,7 +162,9 @@ import Testing
             // A pid that cannot be running (above pid_max): the command died.
             try writeRecord(environment, operation: operation, pid: 1 << 23)
             try await TargetLock.clearLeftovers(target(root), environment: environment)
-            #expect(try environment.stateStore.load(target: "t") == nil, "the leftovers of a dead \(operation) were not cleared")
+            #expect(
+                try environment.stateStore.load(target: "t") == nil,
+                "the leftovers of a dead \(operation) were not cleared")
         }
     }
 
@@ -159,7 +176,9 @@ import Testing
             StateRecord(
                 target: "t", operation: .open, pid: 1 << 23, startedAt: Date(),
                 layers: [.filesystem(device: "/dev/mapper/imgbackup-t", mountPoint: root + "/mnt")]))
-        let error = await #expect(throws: ImgBackupError.self) { try await TargetLock.clearLeftovers(target(root), environment: environment) }
+        let error = await #expect(throws: ImgBackupError.self) {
+            try await TargetLock.clearLeftovers(target(root), environment: environment)
+        }
         #expect(error?.code == .alreadyOpen)
         #expect(error?.message.contains("opened by 'imgbackup open', pid \(1 << 23)") == true)
         #expect(try environment.stateStore.load(target: "t") != nil, "a person's open was touched")
@@ -172,7 +191,9 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: root) }
         let environment = environment(root)
         try writeRecord(environment, operation: "restore", pid: 1 << 23)
-        let error = await #expect(throws: ImgBackupError.self) { try await TargetLock.clearLeftovers(target(root), environment: environment) }
+        let error = await #expect(throws: ImgBackupError.self) {
+            try await TargetLock.clearLeftovers(target(root), environment: environment)
+        }
         #expect(error?.code == .alreadyOpen)
         #expect(try environment.stateStore.load(target: "t")?.operation == .unknown("restore"))
     }
@@ -195,15 +216,18 @@ import Testing
         try "kept".write(toFile: source + "/data/file", atomically: false, encoding: .utf8)
         try "the remote".write(toFile: runtime + "/t/remote/t.img", atomically: false, encoding: .utf8)
         var environment = OperationEnvironment(
-            paths: RuntimePaths(runtimeDirectory: runtime, stateDirectory: root + "/state"), logger: Logger(label: "test"))
+            paths: RuntimePaths(runtimeDirectory: runtime, stateDirectory: root + "/state"),
+            logger: Logger(label: "test"))
         environment.processEnvironment = ProcessInfo.processInfo.environment
         var copy = Target.Copy(method: method)
         copy.sources = [source]
         copy.oneFileSystem = false
         let target = Target(
-            name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"), mountPoint: mount)
+            name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"),
+            mountPoint: mount)
         let context = CopyContext(
-            target: target, copy: copy, mountPoint: mount, now: ISO8601DateFormatter().date(from: "2026-03-01T03:00:00Z")!,
+            target: target, copy: copy, mountPoint: mount,
+            now: ISO8601DateFormatter().date(from: "2026-03-01T03:00:00Z")!,
             environment: environment)
         #expect(context.ownMounts.starts(with: [runtime, mount]))
         _ = try await CopyMethods.make(method).copy(context)
@@ -218,12 +242,15 @@ import Testing
                         "BORG_BASE_DIR": root + "/state/t/borg", "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
                         "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
                     ]))
-            files = listing.standardOutput.split(separator: "\n").map(String.init).filter { $0.hasSuffix("/file") || $0.contains("t.img") || $0.contains("/mnt/image/") }
+            files = listing.standardOutput.split(separator: "\n").map(String.init).filter {
+                $0.hasSuffix("/file") || $0.contains("t.img") || $0.contains("/mnt/image/")
+            }
         default:
             let snapshot = "\(mount)/snapshots/latest\(source)"
             files = (FileManager.default.enumerator(atPath: snapshot)?.allObjects as? [String] ?? []).filter {
                 var isDirectory: ObjCBool = false
-                return FileManager.default.fileExists(atPath: snapshot + "/" + $0, isDirectory: &isDirectory) && !isDirectory.boolValue
+                return FileManager.default.fileExists(atPath: snapshot + "/" + $0, isDirectory: &isDirectory)
+                    && !isDirectory.boolValue
             }
         }
         #expect(files.map { $0.hasSuffix("data/file") } == [true], "\(method): \(files)")

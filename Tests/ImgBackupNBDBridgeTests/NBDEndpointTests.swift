@@ -1,7 +1,6 @@
+import ImgBackupCore
 import ImgBackupOS
 import Testing
-
-import ImgBackupCore
 
 @testable import ImgBackupNBDBridge
 
@@ -23,9 +22,10 @@ import ImgBackupCore
         #expect(argv.contains("IdentityFile=/root/.ssh/id"))
         #expect(argv.contains("StrictHostKeyChecking=yes"))
         #expect(argv.contains("BatchMode=yes"))
-        #expect(Array(argv.suffix(3)) == [
-            "backup@host", "--", #"'nbdkit' '--single' 'file' '/srv/it'\''s here/$(id).img'"#,
-        ])
+        #expect(
+            Array(argv.suffix(3)) == [
+                "backup@host", "--", #"'nbdkit' '--single' 'file' '/srv/it'\''s here/$(id).img'"#,
+            ])
     }
 
     @Test func uriIsPassedAsIs() throws {

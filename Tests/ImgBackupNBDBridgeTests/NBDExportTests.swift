@@ -1,7 +1,6 @@
 import Foundation
-import Testing
-
 import ImgBackupOS
+import Testing
 
 @testable import ImgBackupNBDBridge
 
@@ -48,14 +47,16 @@ import ImgBackupOS
             #expect(data.withUnsafeBytes { loop.write(from: $0.baseAddress!, count: $0.count, offset: 1 << 20) } == 0)
             #expect(loop.flush() == 0)
             var back = [UInt8](repeating: 0, count: 4 << 20)
-            #expect(back.withUnsafeMutableBytes { loop.read(into: $0.baseAddress!, count: $0.count, offset: 1 << 20) } == 0)
+            #expect(
+                back.withUnsafeMutableBytes { loop.read(into: $0.baseAddress!, count: $0.count, offset: 1 << 20) } == 0)
             #expect(back == data)
             #expect(try loop.allocatedBytes(size: 64 << 20).get() >= 4 << 20)
 
             // A trim larger than one request is split, and all of it happens.
             #expect(loop.trim(count: 20 << 20, offset: 0) == 0)
             #expect(loop.allocatedBytes(size: 64 << 20) == .success(0))
-            #expect(back.withUnsafeMutableBytes { loop.read(into: $0.baseAddress!, count: $0.count, offset: 1 << 20) } == 0)
+            #expect(
+                back.withUnsafeMutableBytes { loop.read(into: $0.baseAddress!, count: $0.count, offset: 1 << 20) } == 0)
             #expect(back.allSatisfy { $0 == 0 })
         }
     }
@@ -68,10 +69,15 @@ import ImgBackupOS
                     group.addTask {
                         var chunk = [UInt8](repeating: UInt8(block), count: 256 << 10)
                         let offset = UInt64(block) * UInt64(256 << 10)
-                        guard chunk.withUnsafeBytes({ loop.write(from: $0.baseAddress!, count: $0.count, offset: offset) }) == 0
+                        guard
+                            chunk.withUnsafeBytes({ loop.write(from: $0.baseAddress!, count: $0.count, offset: offset) }
+                            ) == 0
                         else { return false }
                         chunk = [UInt8](repeating: 0xff, count: 256 << 10)
-                        guard chunk.withUnsafeMutableBytes({ loop.read(into: $0.baseAddress!, count: $0.count, offset: offset) }) == 0
+                        guard
+                            chunk.withUnsafeMutableBytes({
+                                loop.read(into: $0.baseAddress!, count: $0.count, offset: offset)
+                            }) == 0
                         else { return false }
                         return chunk.allSatisfy { $0 == UInt8(block) }
                     }
@@ -93,7 +99,9 @@ import ImgBackupOS
                     group.addTask {
                         let chunk = [UInt8](repeating: UInt8(block + 1), count: 128 << 10)
                         let offset = UInt64(block) * UInt64(128 << 10)
-                        return chunk.withUnsafeBytes { export.write(from: $0.baseAddress!, count: $0.count, offset: offset) } == 0
+                        return chunk.withUnsafeBytes {
+                            export.write(from: $0.baseAddress!, count: $0.count, offset: offset)
+                        } == 0
                     }
                 }
                 for await ok in group { #expect(ok) }
@@ -102,7 +110,10 @@ import ImgBackupOS
             for loop in export.loops { #expect(loop.issued.load(ordering: .relaxed) >= 8) }
             for block in 0..<32 {
                 var back = [UInt8](repeating: 0, count: 128 << 10)
-                #expect(back.withUnsafeMutableBytes { export.read(into: $0.baseAddress!, count: $0.count, offset: UInt64(block) * UInt64(128 << 10)) } == 0)
+                #expect(
+                    back.withUnsafeMutableBytes {
+                        export.read(into: $0.baseAddress!, count: $0.count, offset: UInt64(block) * UInt64(128 << 10))
+                    } == 0)
                 #expect(back.allSatisfy { $0 == UInt8(block + 1) })
             }
         }
@@ -120,7 +131,9 @@ import ImgBackupOS
 
     @Test func refusedConnectionNamesTheProblem() throws {
         let connection = try NBDConnection(name: "test")
-        let error = #expect(throws: NBDError.self) { try connection.connect(.uri("nbd+unix:///?socket=/nonexistent/sock")) }
+        let error = #expect(throws: NBDError.self) {
+            try connection.connect(.uri("nbd+unix:///?socket=/nonexistent/sock"))
+        }
         #expect(error?.message.isEmpty == false)
     }
 }

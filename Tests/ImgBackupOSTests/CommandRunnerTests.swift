@@ -5,14 +5,15 @@ import Testing
 @testable import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite struct CommandRunnerTests {
     let runner = SubprocessCommandRunner()
 
     @Test func capturesOutputAndExitStatus() async throws {
-        let result = try await runner.run(Command("sh", ["-c", "echo out; echo err >&2; exit 3"], timeout: .seconds(10)))
+        let result = try await runner.run(
+            Command("sh", ["-c", "echo out; echo err >&2; exit 3"], timeout: .seconds(10)))
         #expect(result.termination == .exited(3))
         #expect(!result.succeeded)
         #expect(result.standardOutput == "out\n")
@@ -54,7 +55,8 @@ import Glibc
         let seen = Mutex<[String]>([])
         let marker = "/var/tmp/imgbackup-observer-\(getpid())"
         var command = Command(
-            "sh", ["-c", "echo first; while [ ! -e \(marker) ]; do sleep 0.1; done; echo second >&2"], timeout: .seconds(20))
+            "sh", ["-c", "echo first; while [ ! -e \(marker) ]; do sleep 0.1; done; echo second >&2"],
+            timeout: .seconds(20))
         command.observer = { output in
             seen.withLock { $0.append(output.text) }
             // The command only finishes once the observer has seen its first line.

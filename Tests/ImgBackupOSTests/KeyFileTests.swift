@@ -24,7 +24,11 @@ import Testing
         #expect(throws: KeyFileProblem.empty) { try KeyFile.read(path: empty) }
         #expect(throws: KeyFileProblem.notRegularFile) { try KeyFile.read(path: scratch.path) }
         let error = #expect(throws: KeyFileProblem.self) { try KeyFile.read(path: "\(scratch.path)/missing") }
-        if case .unreadable(let cause) = error { #expect(cause.errno == ENOENT) } else { Issue.record("got \(String(describing: error))") }
+        if case .unreadable(let cause) = error {
+            #expect(cause.errno == ENOENT)
+        } else {
+            Issue.record("got \(String(describing: error))")
+        }
     }
 
     /// A FIFO at key_file would block a run forever; a symlink could lead anywhere.
@@ -59,7 +63,7 @@ import Testing
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite struct KeyStreamTests {
@@ -87,10 +91,13 @@ import Glibc
 
     @Test func refusesMoreThanTheStreamLimit() throws {
         let scratch = ScratchDirectory()
-        let path = scratch.file("big", size: 0, mode: 0o600, contents: [UInt8](repeating: 7, count: KeyFile.streamLimit + 1))
+        let path = scratch.file(
+            "big", size: 0, mode: 0o600, contents: [UInt8](repeating: 7, count: KeyFile.streamLimit + 1))
         let fd = open(path, O_RDONLY)
         defer { close(fd) }
-        #expect(throws: KeyFileProblem.tooLarge(limit: KeyFile.streamLimit)) { try KeyFile.read(descriptor: fd, name: "big") }
+        #expect(throws: KeyFileProblem.tooLarge(limit: KeyFile.streamLimit)) {
+            try KeyFile.read(descriptor: fd, name: "big")
+        }
     }
 
     @Test func aCaptureHandsBackWhatTheChildWroteAndEmptiesItself() async throws {

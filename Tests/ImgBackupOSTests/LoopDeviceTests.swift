@@ -3,7 +3,7 @@ import Testing
 @testable import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Real loop devices: the host kernel has them (it lacks device-mapper only).
@@ -17,7 +17,9 @@ struct LoopDeviceTests {
         #expect(LoopDevice.devices(backingFile: backing) == [path])
         #expect(device?.directIO == true, "direct I/O was asked for on a disk-backed file")
         // The kernel's own count of 512-byte sectors.
-        #expect(KernelFile.text("/sys/block/\(path.dropFirst(5))/size")?.trimmingCharacters(in: .whitespacesAndNewlines) == "32768")
+        #expect(
+            KernelFile.text("/sys/block/\(path.dropFirst(5))/size")?.trimmingCharacters(in: .whitespacesAndNewlines)
+                == "32768")
         #expect(BlockDeviceStats.kernelName(of: path) == String(path.dropFirst(5)))
         #expect(BlockDeviceStats.read(devicePath: path) != nil)
         #expect(LoopDevice.holders(of: path).isEmpty)

@@ -4,7 +4,7 @@ import Testing
 @testable import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// How `close` stops what a killed run left in the mount: processes found
@@ -32,7 +32,8 @@ import Glibc
     }
 
     @Test func everyUserOfADirectoryIsStoppedAndWaitedFor() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("imgbackup-users-\(getpid())").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("imgbackup-users-\(getpid())")
+            .path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let polite = try startSleeping(in: directory)

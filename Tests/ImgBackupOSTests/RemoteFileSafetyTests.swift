@@ -4,7 +4,7 @@ import Testing
 @testable import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What the remote (or a local user) can plant where imgbackup opens or
@@ -41,7 +41,9 @@ import Glibc
             return
         }
         defer { umount(bound) }
-        let error = #expect(throws: SystemCallError.self) { close(try MountedRemoteFiles.openRegularFile(bound, flags: O_RDONLY)) }
+        let error = #expect(throws: SystemCallError.self) {
+            close(try MountedRemoteFiles.openRegularFile(bound, flags: O_RDONLY))
+        }
         #expect(error?.errno == EXDEV)
     }
 

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A scratch directory on a disk filesystem (not tmpfs), removed at deinit.

@@ -4,7 +4,7 @@ import Testing
 @testable import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The watch's syncfs and its release; the failed write-back it exists to
@@ -16,7 +16,9 @@ import Glibc
         try await watch.sync(deadline: .seconds(30))
         let open = { () -> Int in
             let links = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
-            return links.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) == scratch.path }.count
+            return links.filter {
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) == scratch.path
+            }.count
         }
         #expect(open() == 1)
         watch.release()

@@ -51,7 +51,8 @@ final class JournalProgress: Sendable {
             let seconds = max(Double(interval.components.seconds), 1)
             let written = now.bytesWritten &- first.bytesWritten
             let rate = Double(now.bytesWritten &- previous.bytesWritten) / seconds
-            line += ", \(ByteSize.format(written)) written to the image (\(ByteSize.format(UInt64(rate)))/s over the last \(interval.secondsText))"
+            line +=
+                ", \(ByteSize.format(written)) written to the image (\(ByteSize.format(UInt64(rate)))/s over the last \(interval.secondsText))"
             let discarded = now.bytesDiscarded &- first.bytesDiscarded
             if discarded > 0 { line += ", \(ByteSize.format(discarded)) discarded" }
         }

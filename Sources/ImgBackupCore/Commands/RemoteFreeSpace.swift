@@ -30,7 +30,8 @@ struct RemoteFreeSpace: Sendable {
         return ImgBackupError(
             failure.code,
             "the remote filesystem is full: writing the backup out to \(target.image) failed with \(ByteSize.format(free)) free in \(target.remote)",
-            hint: "free space there, then run again\(growth); earlier backups are kept, and the next open checks the filesystem",
+            hint:
+                "free space there, then run again\(growth); earlier backups are kept, and the next open checks the filesystem",
             cause: failure)
     }
 }

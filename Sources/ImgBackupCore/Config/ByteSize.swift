@@ -1,3 +1,5 @@
+import Foundation
+
 /// A size in bytes, written in config as "50G", "512M", "1T" (binary units:
 /// 1K = 1024) or a plain number of bytes.
 public struct ByteSize: Sendable, Hashable, Comparable, CustomStringConvertible {
@@ -11,7 +13,11 @@ public struct ByteSize: Sendable, Hashable, Comparable, CustomStringConvertible 
         let digits = trimmed.prefix { $0.isASCII && $0.isNumber }
         guard !digits.isEmpty, let number = UInt64(digits) else { return nil }
         var unit = trimmed.dropFirst(digits.count).uppercased()
-        if unit.hasSuffix("IB") { unit.removeLast(2) } else if unit.hasSuffix("B") && unit.count == 2 { unit.removeLast() }
+        if unit.hasSuffix("IB") {
+            unit.removeLast(2)
+        } else if unit.hasSuffix("B") && unit.count == 2 {
+            unit.removeLast()
+        }
         let shift: UInt64
         switch unit {
         case "", "B": shift = 0
@@ -45,5 +51,3 @@ public struct ByteSize: Sendable, Hashable, Comparable, CustomStringConvertible 
         return rounded == rounded.rounded() ? "\(Int(rounded)) \(units[index])" : "\(rounded) \(units[index])"
     }
 }
-
-import Foundation

@@ -21,7 +21,8 @@ public enum ConfigLoader {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             let reason =
-                !FileManager.default.fileExists(atPath: path) ? "no such file"
+                !FileManager.default.fileExists(atPath: path)
+                ? "no such file"
                 : !FileManager.default.isReadableFile(atPath: path) ? "permission denied" : "not UTF-8 text"
             throw ImgBackupError(
                 .config, "failed to read config \(path): \(reason)", hint: "pass --config FILE or set IMGBACKUP_CONFIG")
@@ -69,7 +70,8 @@ public enum ConfigLoader {
         guard let notify = try document.table("notify") else { return nil }
         let command = try notify.stringArray("command")
         if let command, command.first?.isEmpty ?? true {
-            throw notify.error("command", "must be a non-empty argv whose first element is a program name or absolute path")
+            throw notify.error(
+                "command", "must be a non-empty argv whose first element is a program name or absolute path")
         }
         try notify.rejectUnknownKeys()
         return command
@@ -79,7 +81,8 @@ public enum ConfigLoader {
     /// key elsewhere): a failed run still tells someone. Nil when the file
     /// cannot be read or is not TOML at all.
     public static func notifyCommandLeniently(path: String) -> [String]? {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8), TOMLPreflight.firstProblem(in: text) == nil,
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+            TOMLPreflight.firstProblem(in: text) == nil,
             let root = try? TOMLTable(string: text)
         else { return nil }
         let document = TableReader(table: root, keyPath: [], context: .init(path: path, lines: LineLocator(text)))
@@ -106,7 +109,8 @@ public enum ConfigLoader {
         case (let file?, nil): key = .file(file)
         case (nil, let command?):
             guard let first = command.first, first.hasPrefix("/") || !first.contains("/") else {
-                throw table.error("key_command", "must be a non-empty argv whose first element is a program name or absolute path")
+                throw table.error(
+                    "key_command", "must be a non-empty argv whose first element is a program name or absolute path")
             }
             key = .command(command)
         case (nil, nil): key = .unset
@@ -152,7 +156,8 @@ public enum ConfigLoader {
         if let copyTable = try table.table("copy") {
             target.copy = try readCopy(copyTable)
             if target.copy?.method == .btrfsSend && target.filesystem != .btrfs {
-                throw copyTable.error("method", "btrfs-send receives into a btrfs image, but filesystem is \(target.filesystem.rawValue)")
+                throw copyTable.error(
+                    "method", "btrfs-send receives into a btrfs image, but filesystem is \(target.filesystem.rawValue)")
             }
         }
 
@@ -179,7 +184,9 @@ public enum ConfigLoader {
             if let iterations = try luks.int("pbkdf_iterations") {
                 let minimum = target.pbkdf.kind == .pbkdf2 ? 1000 : 4
                 guard iterations >= minimum, iterations <= Int(UInt32.max) else {
-                    throw luks.error("pbkdf_iterations", "\(iterations) is out of range (at least \(minimum) for \(target.pbkdf.kind.rawValue))")
+                    throw luks.error(
+                        "pbkdf_iterations",
+                        "\(iterations) is out of range (at least \(minimum) for \(target.pbkdf.kind.rawValue))")
                 }
                 target.pbkdf.forcedIterations = UInt32(iterations)
             }
@@ -214,19 +221,25 @@ public enum ConfigLoader {
                 }
                 if let other = logins[host.directoryName], other != host {
                     throw table.error(
-                        "sources", "'\(host.host)' appears with two logins (\(other.location.sshDestination) port \(other.port), \(host.location.sshDestination) port \(host.port)): use one per host")
+                        "sources",
+                        "'\(host.host)' appears with two logins (\(other.location.sshDestination) port \(other.port), \(host.location.sshDestination) port \(host.port)): use one per host"
+                    )
                 }
                 logins[host.directoryName] = host
             }
         }
         if !pulls {
-            if copy.sourceIdentityFile != nil { throw table.error("source_identity_file", "is only for ssh:// sources") }
+            if copy.sourceIdentityFile != nil {
+                throw table.error("source_identity_file", "is only for ssh:// sources")
+            }
             if !copy.sourceSSHOptions.isEmpty { throw table.error("source_ssh_options", "is only for ssh:// sources") }
         }
     }
 
     private static func readCopy(_ table: TableReader) throws(ImgBackupError) -> Target.Copy {
-        let method = try table.require("method") { key throws(ImgBackupError) in try table.choice(key, Target.Copy.Method.self) }
+        let method = try table.require("method") { key throws(ImgBackupError) in
+            try table.choice(key, Target.Copy.Method.self)
+        }
         var copy = Target.Copy(method: method)
         copy.sources = try table.stringArray("sources") ?? []
         copy.exclude = try table.stringArray("exclude") ?? []
@@ -245,9 +258,13 @@ public enum ConfigLoader {
         case .rsync, .borg:
             if copy.sources.isEmpty { throw table.error("sources", "\(method.rawValue) needs at least one source") }
         case .btrfsSend:
-            if copy.sourceSubvolume == nil { throw table.error("source_subvolume", "btrfs-send needs source_subvolume") }
+            if copy.sourceSubvolume == nil {
+                throw table.error("source_subvolume", "btrfs-send needs source_subvolume")
+            }
         case .command:
-            if copy.command?.isEmpty ?? true { throw table.error("command", "method command needs a non-empty command") }
+            if copy.command?.isEmpty ?? true {
+                throw table.error("command", "method command needs a non-empty command")
+            }
         }
         try checkSources(copy, table)
         try table.rejectUnknownKeys()

@@ -9,7 +9,9 @@ public enum CopySource: Sendable, Equatable {
     /// A failure with the reason when `text` is neither an absolute path nor an ssh:// URL.
     public static func parse(_ text: String) -> Result<CopySource, RemoteLocation.ParseFailure> {
         guard text.hasPrefix("ssh://") else {
-            guard text.hasPrefix("/") else { return .failure(.init("'\(text)' must be an absolute path or ssh://[user@]host[:port]/path")) }
+            guard text.hasPrefix("/") else {
+                return .failure(.init("'\(text)' must be an absolute path or ssh://[user@]host[:port]/path"))
+            }
             return .success(.local(text))
         }
         let rest = text.dropFirst("ssh://".count)
@@ -22,14 +24,17 @@ public enum CopySource: Sendable, Equatable {
         if let at = authority.lastIndex(of: "@") {
             user = String(authority[..<at])
             authority = authority[authority.index(after: at)...]
-            guard let user, !user.isEmpty, !user.hasPrefix("-"), !user.contains(where: { $0.isWhitespace || $0 == ":" }) else {
+            guard let user, !user.isEmpty, !user.hasPrefix("-"), !user.contains(where: { $0.isWhitespace || $0 == ":" })
+            else {
                 return .failure(.init("'\(text)' has no usable user before '@'"))
             }
         }
         var host = authority
         var port = 22
         if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { return .failure(.init("'\(text)': '[' without ']'")) }
+            guard let close = authority.firstIndex(of: "]") else {
+                return .failure(.init("'\(text)': '[' without ']'"))
+            }
             host = authority[authority.index(after: authority.startIndex)..<close]
             let after = authority[authority.index(after: close)...]
             if !after.isEmpty {
@@ -45,11 +50,16 @@ public enum CopySource: Sendable, Equatable {
             }
             port = number
         }
-        guard (1...65535).contains(port) else { return .failure(.init("'\(text)': \(port) is not a TCP port (1-65535)")) }
-        guard !host.isEmpty, !host.hasPrefix("-"), !host.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "@" }) else {
+        guard (1...65535).contains(port) else {
+            return .failure(.init("'\(text)': \(port) is not a TCP port (1-65535)"))
+        }
+        guard !host.isEmpty, !host.hasPrefix("-"), !host.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "@" })
+        else {
             return .failure(.init("'\(text)' has no usable host name"))
         }
-        guard !path.contains("\0"), !path.contains("\n") else { return .failure(.init("'\(text)': the path must not contain NUL or newline")) }
+        guard !path.contains("\0"), !path.contains("\n") else {
+            return .failure(.init("'\(text)': the path must not contain NUL or newline"))
+        }
         return .success(.remote(SourceHost(user: user, host: String(host), port: port), path: path))
     }
 }

@@ -1,3 +1,5 @@
+import Foundation
+
 extension Duration {
     /// Parses "120s", "2m", "1h", "500ms" (a bare number is seconds).
     public init?(parsing text: String) {
@@ -13,5 +15,3 @@ extension Duration {
         }
     }
 }
-
-import Foundation

@@ -78,7 +78,9 @@ enum TOMLPreflight {
                 atLineStart = false
                 continue
             case "}", ",":
-                if wantsValue && !tableHeader { return Problem(line: line, reason: "expected a value before '\(scalar)'") }
+                if wantsValue && !tableHeader {
+                    return Problem(line: line, reason: "expected a value before '\(scalar)'")
+                }
                 wantsValue = scalar == ","
                 if scalar == "}" { nesting = max(0, nesting - 1) }
             case "=":
@@ -94,7 +96,9 @@ enum TOMLPreflight {
                 var name = index + 1
                 if name < scalars.count && scalars[name] == "[" { name += 1 }  // [[array of tables]]
                 while name < scalars.count && (scalars[name] == " " || scalars[name] == "\t") { name += 1 }
-                if name >= scalars.count || !(isBareKeyScalar(scalars[name]) || scalars[name] == "\"" || scalars[name] == "'") {
+                if name >= scalars.count
+                    || !(isBareKeyScalar(scalars[name]) || scalars[name] == "\"" || scalars[name] == "'")
+                {
                     return Problem(line: line, reason: "'[' must be followed by a table name")
                 }
                 wantsValue = false

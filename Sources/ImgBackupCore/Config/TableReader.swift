@@ -24,7 +24,9 @@ final class TableReader {
     /// Keys in the order they appear in the file (TOMLKit returns them sorted).
     var keysInFileOrder: [String] {
         table.keys.sorted { lhs, rhs in
-            (context.lines.line(for: keyPath + [lhs]) ?? .max, lhs) < (context.lines.line(for: keyPath + [rhs]) ?? .max, rhs)
+            (context.lines.line(for: keyPath + [lhs]) ?? .max, lhs) < (
+                context.lines.line(for: keyPath + [rhs]) ?? .max, rhs
+            )
         }
     }
 
@@ -91,12 +93,16 @@ final class TableReader {
         var commands: [[String]] = []
         for element in array {
             guard let inner = element.array else {
-                throw error(key, "expected an array of commands (each an array of strings), found a TOML \(element.type.rawValue) in it")
+                throw error(
+                    key,
+                    "expected an array of commands (each an array of strings), found a TOML \(element.type.rawValue) in it"
+                )
             }
             var argv: [String] = []
             for part in inner {
                 guard let string = part.string else {
-                    throw error(key, "expected each command as an array of strings, found a TOML \(part.type.rawValue) in one")
+                    throw error(
+                        key, "expected each command as an array of strings, found a TOML \(part.type.rawValue) in one")
                 }
                 argv.append(string)
             }
@@ -175,7 +181,8 @@ struct LineLocator {
                 let inner = Self.trimmed(line, dropping: "[]").split(separator: "#").first.map(String.init) ?? ""
                 current = Self.splitDotted(Self.trimmed(inner, dropping: "[] \t"))
                 let joined = current.joined(separator: ".")
-                for depth in 1...max(current.count, 1) where lines[current.prefix(depth).joined(separator: ".")] == nil {
+                for depth in 1...max(current.count, 1) where lines[current.prefix(depth).joined(separator: ".")] == nil
+                {
                     lines[current.prefix(depth).joined(separator: ".")] = number
                 }
                 lines[joined] = lines[joined] ?? number

@@ -17,7 +17,8 @@ struct BorgCopy: CopyMethod {
         let passphrase = try loadPassphrase(context)
         if !FileManager.default.fileExists(atPath: "\(repository)/config") {
             let encryption = passphrase == nil ? "none" : "repokey-blake2"
-            context.logger.notice("creating the borg repository \(Self.repositoryDirectory)/ in the image (encryption \(encryption))")
+            context.logger.notice(
+                "creating the borg repository \(Self.repositoryDirectory)/ in the image (encryption \(encryption))")
             _ = try await context.runChecked(
                 borg(["init", "--encryption=\(encryption)", repository], context, passphrase: passphrase),
                 "create the borg repository")
@@ -47,7 +48,8 @@ struct BorgCopy: CopyMethod {
         for pattern in context.excludePatterns { arguments += ["--exclude", pattern] }
         arguments.append("\(repository)::\(name)")
         arguments += context.sourcePaths(rooted: false)
-        context.logger.info("borg create \(Self.repositoryDirectory)::\(name) from \(context.copy.sources.joined(separator: " "))")
+        context.logger.info(
+            "borg create \(Self.repositoryDirectory)::\(name) from \(context.copy.sources.joined(separator: " "))")
         var create = borg(arguments, context, passphrase: passphrase, step: true)
         // Pulled sources are HOST/path relative to their mounts: archived as HOST/path.
         if context.pullsFromOtherHosts { create.workingDirectory = context.sourcesDirectory }
@@ -61,7 +63,8 @@ struct BorgCopy: CopyMethod {
         default:
             throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)")
         }
-        return CopyOutcome(point: "\(Self.repositoryDirectory)::\(name)", bytesCopied: Self.originalSize(result.standardOutput))
+        return CopyOutcome(
+            point: "\(Self.repositoryDirectory)::\(name)", bytesCopied: Self.originalSize(result.standardOutput))
     }
 
     func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {
@@ -76,7 +79,8 @@ struct BorgCopy: CopyMethod {
         let names = points.filter { pruned.contains($0.1) }.map(\.0)
         guard !names.isEmpty else { return [] }
         _ = try await context.runChecked(
-            borg(["delete", repository] + names, context, passphrase: passphrase, step: true), "delete pruned borg archives")
+            borg(["delete", repository] + names, context, passphrase: passphrase, step: true),
+            "delete pruned borg archives")
         _ = try await context.runChecked(
             borg(["compact", repository], context, passphrase: passphrase, step: true), "compact the borg repository")
         return names
@@ -93,7 +97,9 @@ struct BorgCopy: CopyMethod {
         }
     }
 
-    private func borg(_ arguments: [String], _ context: CopyContext, passphrase: SecureBytes?, step: Bool = false) -> Command {
+    private func borg(_ arguments: [String], _ context: CopyContext, passphrase: SecureBytes?, step: Bool = false)
+        -> Command
+    {
         var environment = [
             // borg's cache and security records live with imgbackup's state,
             // not in whichever HOME the service has.

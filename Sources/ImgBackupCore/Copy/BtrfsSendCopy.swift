@@ -2,7 +2,7 @@ import Foundation
 import ImgBackupOS
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// btrfs send/receive from a local subvolume into a btrfs image: a read-only
@@ -41,9 +41,11 @@ struct BtrfsSendCopy: CopyMethod {
         try await takeSnapshot(of: source, at: "\(local)/\(name)", context)
         let parent = usableParent(context, local: local, received: received)
         context.logger.info(
-            "btrfs send \(name)\(parent.map { " incrementally against \($0)" } ?? " in full") into \(Self.snapshotsDirectory)/")
+            "btrfs send \(name)\(parent.map { " incrementally against \($0)" } ?? " in full") into \(Self.snapshotsDirectory)/"
+        )
         do {
-            try await sendAndReceive("\(local)/\(name)", parent: parent.map { "\(local)/\($0)" }, into: received, context)
+            try await sendAndReceive(
+                "\(local)/\(name)", parent: parent.map { "\(local)/\($0)" }, into: received, context)
         } catch {
             // Neither half is any use: a receive that did not finish, a local
             // snapshot the image never got. The parent stays for next time.
@@ -72,7 +74,8 @@ struct BtrfsSendCopy: CopyMethod {
     }
 
     private func localDirectory(_ context: CopyContext) -> String {
-        let base = context.copy.snapshotDirectory
+        let base =
+            context.copy.snapshotDirectory
             ?? ((context.copy.sourceSubvolume ?? "/") as NSString).deletingLastPathComponent + "/.imgbackup-snapshots"
         return "\(base)/\(context.target.name)"
     }
@@ -84,10 +87,12 @@ struct BtrfsSendCopy: CopyMethod {
     /// The recorded parent, if the local snapshot and the received copy both
     /// still exist: an incremental send needs the parent on both sides.
     private func usableParent(_ context: CopyContext, local: String, received: String) -> String? {
-        guard let recorded = LocalFiles.contents(parentRecord(context))?.trimmingCharacters(in: .whitespacesAndNewlines),
+        guard
+            let recorded = LocalFiles.contents(parentRecord(context))?.trimmingCharacters(in: .whitespacesAndNewlines),
             BackupPointName.parse(recorded) != nil
         else { return nil }
-        let both = FileManager.default.fileExists(atPath: "\(local)/\(recorded)")
+        let both =
+            FileManager.default.fileExists(atPath: "\(local)/\(recorded)")
             && FileManager.default.fileExists(atPath: "\(received)/\(recorded)")
         if !both { context.logger.notice("the parent snapshot \(recorded) is gone on one side: sending in full") }
         return both ? recorded : nil
@@ -95,7 +100,8 @@ struct BtrfsSendCopy: CopyMethod {
 
     private func takeSnapshot(of source: String, at path: String, _ context: CopyContext) async throws(ImgBackupError) {
         if let quiesce = context.copy.quiesceCommand {
-            let result = try await context.run(Command(quiesce[0], Array(quiesce.dropFirst()), timeout: CopyContext.housekeepingLimit))
+            let result = try await context.run(
+                Command(quiesce[0], Array(quiesce.dropFirst()), timeout: CopyContext.housekeepingLimit))
             guard result.succeeded else {
                 // Quiesce may have half-happened: resume anyway.
                 await resume(context)
@@ -105,7 +111,8 @@ struct BtrfsSendCopy: CopyMethod {
         var failure: ImgBackupError?
         do {
             _ = try await context.runChecked(
-                Command("btrfs", ["subvolume", "snapshot", "-r", source, path], timeout: CopyContext.housekeepingLimit),
+                Command(
+                    "btrfs", ["subvolume", "snapshot", "-r", source, path], timeout: CopyContext.housekeepingLimit),
                 "snapshot \(source)")
         } catch {
             failure = error
@@ -116,9 +123,12 @@ struct BtrfsSendCopy: CopyMethod {
 
     private func resume(_ context: CopyContext) async {
         guard let resume = context.copy.resumeCommand else { return }
-        let result = try? await context.run(Command(resume[0], Array(resume.dropFirst()), timeout: CopyContext.housekeepingLimit))
+        let result = try? await context.run(
+            Command(resume[0], Array(resume.dropFirst()), timeout: CopyContext.housekeepingLimit))
         if result?.succeeded != true {
-            context.logger.error("the resume command failed: \(result?.failureSummary ?? "it did not run"); start what quiesce stopped by hand")
+            context.logger.error(
+                "the resume command failed: \(result?.failureSummary ?? "it did not run"); start what quiesce stopped by hand"
+            )
         }
     }
 
@@ -139,7 +149,8 @@ struct BtrfsSendCopy: CopyMethod {
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "connect btrfs send to btrfs receive")
         }
-        var send = Command("btrfs", ["send"] + (parent.map { ["-p", $0] } ?? []) + [snapshot], timeout: CopyContext.stepLimit)
+        var send = Command(
+            "btrfs", ["send"] + (parent.map { ["-p", $0] } ?? []) + [snapshot], timeout: CopyContext.stepLimit)
         send.outputDescriptor = pipe.write
         var receive = Command("btrfs", ["receive", directory], timeout: CopyContext.stepLimit)
         receive.input = .descriptor(pipe.read)
@@ -164,9 +175,11 @@ struct BtrfsSendCopy: CopyMethod {
 
     private func deleteSubvolume(_ path: String, _ context: CopyContext) async {
         guard FileManager.default.fileExists(atPath: path) else { return }
-        let result = try? await context.run(Command("btrfs", ["subvolume", "delete", path], timeout: CopyContext.housekeepingLimit))
+        let result = try? await context.run(
+            Command("btrfs", ["subvolume", "delete", path], timeout: CopyContext.housekeepingLimit))
         if result?.succeeded != true {
-            context.logger.error("could not delete the subvolume \(path): \(result?.failureSummary ?? "btrfs did not run")")
+            context.logger.error(
+                "could not delete the subvolume \(path): \(result?.failureSummary ?? "btrfs did not run")")
         }
     }
 }

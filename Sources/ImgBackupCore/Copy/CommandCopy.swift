@@ -14,7 +14,9 @@ struct CommandCopy: CopyMethod {
         var command = Command(executable, Array(argv.dropFirst()), timeout: CopyContext.stepLimit)
         command.environment = Self.environment(mount: context.mountPoint, target: context.target.name)
         let result = try await context.run(command)
-        guard result.succeeded else { throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)") }
+        guard result.succeeded else {
+            throw ImgBackupError(.copyFailed, "the copy step failed: \(result.failureSummary)")
+        }
         return CopyOutcome()
     }
 
@@ -24,7 +26,9 @@ struct CommandCopy: CopyMethod {
     }
 
     static func substitute(_ argv: [String], mount: String, target: String) -> [String] {
-        argv.map { $0.replacingOccurrences(of: "{mount}", with: mount).replacingOccurrences(of: "{target}", with: target) }
+        argv.map {
+            $0.replacingOccurrences(of: "{mount}", with: mount).replacingOccurrences(of: "{target}", with: target)
+        }
     }
 
     static func environment(mount: String, target: String) -> [String: String] {

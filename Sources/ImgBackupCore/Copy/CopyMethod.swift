@@ -55,8 +55,10 @@ public struct CopyContext: Sendable {
     /// Writes the image's filesystem out to the remote (nil: nothing to vouch for).
     let writeOut: WriteOut?
 
-    init(target: Target, copy: Target.Copy, mountPoint: String, now: Date, environment: OperationEnvironment,
-         heartbeat: OutputHeartbeat = OutputHeartbeat(), writeOut: WriteOut? = nil) {
+    init(
+        target: Target, copy: Target.Copy, mountPoint: String, now: Date, environment: OperationEnvironment,
+        heartbeat: OutputHeartbeat = OutputHeartbeat(), writeOut: WriteOut? = nil
+    ) {
         self.target = target
         self.copy = copy
         self.mountPoint = mountPoint
@@ -150,7 +152,9 @@ public struct CopyContext: Sendable {
     /// Runs a housekeeping command and fails the copy step when it fails.
     func runChecked(_ command: Command, _ purpose: String) async throws(ImgBackupError) -> CommandResult {
         let result = try await run(command)
-        guard result.succeeded else { throw ImgBackupError(.copyFailed, "failed to \(purpose): \(result.failureSummary)") }
+        guard result.succeeded else {
+            throw ImgBackupError(.copyFailed, "failed to \(purpose): \(result.failureSummary)")
+        }
         return result
     }
 

@@ -45,7 +45,8 @@ struct RsyncCopy: CopyMethod {
         arguments += context.sourcePaths(rooted: true)
         arguments.append(incomplete + "/")
         context.logger.info(
-            "rsync \(context.copy.sources.joined(separator: " ")) into \(Self.snapshotsDirectory)/\(name)\(previous.map { ", hard-linked against \($0)" } ?? ", a full copy")")
+            "rsync \(context.copy.sources.joined(separator: " ")) into \(Self.snapshotsDirectory)/\(name)\(previous.map { ", hard-linked against \($0)" } ?? ", a full copy")"
+        )
 
         let result = try await context.run(
             Command("rsync", arguments, timeout: CopyContext.stepLimit, outputLimit: 256 * 1024),
@@ -67,7 +68,8 @@ struct RsyncCopy: CopyMethod {
         } catch {
             throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "finish the snapshot \(name)")
         }
-        return CopyOutcome(point: "\(Self.snapshotsDirectory)/\(name)", bytesCopied: Self.transferredBytes(result.standardOutput))
+        return CopyOutcome(
+            point: "\(Self.snapshotsDirectory)/\(name)", bytesCopied: Self.transferredBytes(result.standardOutput))
     }
 
     func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {

@@ -28,7 +28,8 @@ public enum KeyLoader {
             do {
                 return try KeyFile.read(path: path)
             } catch {
-                throw message(for: error, what: "systemd credential \(path)", fix: "check LoadCredential= in the service unit")
+                throw message(
+                    for: error, what: "systemd credential \(path)", fix: "check LoadCredential= in the service unit")
             }
         case .descriptor(let fd):
             let name = fd == 0 ? "the key on standard input" : "the key on descriptor \(fd)"
@@ -42,7 +43,9 @@ public enum KeyLoader {
         case .unset:
             throw ImgBackupError(
                 .config, "target '\(target)' has no key",
-                hint: "set key_file or key_command in [target.\(target)], pass --key-file or --key-fd, or give the service the credential imgbackup.\(target)")
+                hint:
+                    "set key_file or key_command in [target.\(target)], pass --key-file or --key-fd, or give the service the credential imgbackup.\(target)"
+            )
         }
     }
 
@@ -96,9 +99,12 @@ public enum KeyLoader {
         case .loosePermissions:
             return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))", hint: fix.isEmpty ? nil : fix)
         case .foreignOwner:
-            return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))", hint: "chown root: it, or keep the key elsewhere")
+            return ImgBackupError(
+                .badKey, "refusing \(what): \(describe(problem))", hint: "chown root: it, or keep the key elsewhere")
         case .looseDirectory:
-            return ImgBackupError(.badKey, "refusing \(what): \(describe(problem))", hint: "keep key files in a directory only root can write, such as /etc/imgbackup/keys (mode 700)")
+            return ImgBackupError(
+                .badKey, "refusing \(what): \(describe(problem))",
+                hint: "keep key files in a directory only root can write, such as /etc/imgbackup/keys (mode 700)")
         case .unreadable:
             return ImgBackupError(.badKey, "failed to read \(what): \(describe(problem))")
         case .notRegularFile, .empty, .tooLarge:

@@ -42,20 +42,23 @@ public final class CryptLayer: Layer {
     public func up() async throws -> LayerRecord {
         guard access("/dev/mapper/control", F_OK) == 0 else {
             throw ImgBackupError(
-                .system, "failed to unlock the image: this kernel has no device-mapper (/dev/mapper/control is missing)",
+                .system,
+                "failed to unlock the image: this kernel has no device-mapper (/dev/mapper/control is missing)",
                 hint: "modprobe dm_crypt, or run on a kernel with dm-crypt")
         }
         let (device, name, key, expected, allowDiscards, detached) = (
             device, name, key, expected, allowDiscards, detachedHeaderPath
         )
         do {
-            let pin = try await withAbandonableDeadline(deadline, operation: "unlock \(device)") { () throws -> HeaderPin in
+            let pin = try await withAbandonableDeadline(deadline, operation: "unlock \(device)") {
+                () throws -> HeaderPin in
                 // Check the header the remote serves, then let libcryptsetup
                 // act on a local copy of exactly those bytes: what it unlocks
                 // is what was checked, whatever the remote serves next.
                 let header = try CheckedHeader.read(device: device, expected: expected)
                 try LUKS2Metadata.withDetachedHeader(
-                    from: device, copies: header.copies, areas: header.keyslotAreas, length: header.dataOffset, at: detached
+                    from: device, copies: header.copies, areas: header.keyslotAreas, length: header.dataOffset,
+                    at: detached
                 ) { () throws in
                     let crypt = try CryptDevice(devicePath: device, detachedHeader: detached)
                     try crypt.load()
@@ -107,5 +110,5 @@ extension CryptLayer {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

@@ -50,8 +50,11 @@ public struct FilesystemLayer: Layer {
                 deadline: deadline)
         } catch let error as SystemCallError where error.errno == EINVAL {
             throw ImgBackupError(
-                .system, "failed to mount \(device) at \(mountPoint): the kernel refused the \(filesystem.rawValue) filesystem in it",
-                hint: "the image may be truncated (compare the remote file's size with the target's size) or its filesystem damaged")
+                .system,
+                "failed to mount \(device) at \(mountPoint): the kernel refused the \(filesystem.rawValue) filesystem in it",
+                hint:
+                    "the image may be truncated (compare the remote file's size with the target's size) or its filesystem damaged"
+            )
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "mount \(device) at \(mountPoint)")
         }
@@ -158,5 +161,5 @@ extension FilesystemLayer {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

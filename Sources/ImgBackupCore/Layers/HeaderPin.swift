@@ -86,7 +86,8 @@ struct CheckedHeader {
             copies = try LUKS2Metadata.readCopies(device: device)
         } catch .noPrimaryHeader {
             throw ImgBackupError(
-                .luks, "failed to unlock the image: it has no LUKS header", hint: "is this an imgbackup image? 'imgbackup init' makes one")
+                .luks, "failed to unlock the image: it has no LUKS header",
+                hint: "is this an imgbackup image? 'imgbackup init' makes one")
         } catch {
             throw ImgBackupError(.luks, "failed to read the LUKS2 header: \(error)")
         }
@@ -95,12 +96,16 @@ struct CheckedHeader {
 
     static func notOurs(_ reason: String) -> ImgBackupError {
         ImgBackupError(
-            .luks, "refusing to unlock the image: the image on the remote is not the one this machine created: \(reason)",
-            hint: "the backup host changed or replaced its LUKS header; write nothing to it. If you replaced the image yourself, "
+            .luks,
+            "refusing to unlock the image: the image on the remote is not the one this machine created: \(reason)",
+            hint:
+                "the backup host changed or replaced its LUKS header; write nothing to it. If you replaced the image yourself, "
                 + "remove luks-header.json and luks-uuid in the target's state directory")
     }
 
-    private static func compare(_ seen: HeaderPin, with pinned: HeaderPin, copy: LUKS2MetadataCopy) throws(ImgBackupError) {
+    private static func compare(_ seen: HeaderPin, with pinned: HeaderPin, copy: LUKS2MetadataCopy)
+        throws(ImgBackupError)
+    {
         if seen.uuid != pinned.uuid {
             throw notOurs("its LUKS UUID is \(seen.uuid), but this target's image has \(pinned.uuid)")
         }
@@ -108,7 +113,8 @@ struct CheckedHeader {
             throw notOurs("its header (copy at offset \(copy.offset)) binds another volume key than the one made here")
         }
         if seen.segment != pinned.segment {
-            throw notOurs("its header (copy at offset \(copy.offset)) encrypts the data differently than the one made here")
+            throw notOurs(
+                "its header (copy at offset \(copy.offset)) encrypts the data differently than the one made here")
         }
         if !seen.keyslotEncryption.isEmpty, seen.keyslotEncryption != pinned.keyslotEncryption {
             throw notOurs("a keyslot is encrypted with \(seen.keyslotEncryption), not \(pinned.keyslotEncryption)")

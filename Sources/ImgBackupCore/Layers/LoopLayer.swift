@@ -26,12 +26,18 @@ public final class LoopLayer: Layer {
             device = try await withAbandonableDeadline(deadline, operation: "attach a loop device to \(backingFile)") {
                 try LoopDevice.attach(backingFile: backingFile, directIO: true)
             }
-        } catch let error as SystemCallError where [ELOOP, EXDEV, EINVAL].contains(error.errno) && error.call.hasPrefix("open") {
+        } catch let error as SystemCallError
+            where [ELOOP, EXDEV, EINVAL].contains(error.errno) && error.call.hasPrefix("open")
+        {
             // What the remote put in the image's place: never followed.
-            let what = error.errno == ELOOP ? "is a symbolic link" : error.errno == EXDEV ? "is not on the remote's mount" : "is not a regular file"
+            let what =
+                error.errno == ELOOP
+                ? "is a symbolic link" : error.errno == EXDEV ? "is not on the remote's mount" : "is not a regular file"
             throw ImgBackupError(
                 .remote, "refusing to open the image \(backingFile): on the remote it \(what)",
-                hint: "the backup host replaced the image; look at the remote directory, and restore the image from a copy")
+                hint:
+                    "the backup host replaced the image; look at the remote directory, and restore the image from a copy"
+            )
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "attach a loop device to \(backingFile)")
         }
@@ -82,5 +88,5 @@ extension LoopLayer {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

@@ -15,7 +15,9 @@ public struct NBDBridgeLayer: Layer {
     public let requireTrim: Bool
     public let deadline: Duration
 
-    public init(target: Target, mountPoint: String, configPath: String, logFile: String, requireTrim: Bool, deadline: Duration) {
+    public init(
+        target: Target, mountPoint: String, configPath: String, logFile: String, requireTrim: Bool, deadline: Duration
+    ) {
         self.target = target
         self.mountPoint = mountPoint
         self.configPath = configPath
@@ -63,12 +65,16 @@ public struct NBDBridgeLayer: Layer {
             if process.exitStatusIfEnded() != nil {
                 if ((try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "").contains(Self.remoteLockRefusal) {
                     throw ImgBackupError(
-                        .locked, "the image \(target.image) is in use: another NBD client holds the remote's lock on it",
+                        .locked,
+                        "the image \(target.image) is in use: another NBD client holds the remote's lock on it",
                         hint: "wait for it to close; the remote releases the lock when that connection ends")
                 }
                 // The bridge's own error line already says what failed.
                 let line = lastLine(of: logFile)
-                throw ImgBackupError(.remote, line.hasPrefix("failed to") || line.hasPrefix("the NBD") ? line : "failed to connect to the NBD export: \(line)")
+                throw ImgBackupError(
+                    .remote,
+                    line.hasPrefix("failed to") || line.hasPrefix("the NBD")
+                        ? line : "failed to connect to the NBD export: \(line)")
             }
             try await Task.sleep(for: .milliseconds(100))
         }

@@ -29,7 +29,7 @@ extension PartialImageLayer {
     static func down(path: String, force: Bool, in context: TeardownContext) async throws {
         do {
             try await MountedRemoteFiles.remove(path, deadline: context.stepDeadline)
-        } catch where force {
+        } catch  where force {
             // After a hang the remote cannot be reached. The half-made
             // image never had the real name, and the next init removes it.
             context.logger.notice("could not remove the unfinished image \(path) (\(error)): the next init removes it")

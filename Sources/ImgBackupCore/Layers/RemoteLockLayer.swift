@@ -18,10 +18,12 @@ public struct RemoteLockHolder: Sendable, Equatable {
             guard let equals = line.firstIndex(of: "=") else { continue }
             fields[String(line[..<equals])] = String(line[line.index(after: equals)...])
         }
-        guard let host = fields["host"], let pid = fields["pid"].flatMap({ Int32($0) }), let token = fields["token"] else {
+        guard let host = fields["host"], let pid = fields["pid"].flatMap({ Int32($0) }), let token = fields["token"]
+        else {
             return nil
         }
-        return RemoteLockHolder(host: host, pid: pid, target: fields["target"] ?? "?", since: fields["since"] ?? "?", token: token)
+        return RemoteLockHolder(
+            host: host, pid: pid, target: fields["target"] ?? "?", since: fields["since"] ?? "?", token: token)
     }
 
     var description: String { "target '\(target)' on \(host) (pid \(pid)) since \(since)" }
@@ -72,7 +74,9 @@ public struct RemoteLockLayer: Layer {
     private func replaceIfAllowed(with ours: RemoteLockHolder, previousToken: String?) async throws {
         let existing = RemoteLockHolder.parse(try await MountedRemoteFiles.read(path, deadline: deadline) ?? "")
         if breakLock {
-            logger.notice("breaking the lock on \(target.image) held by \(existing?.description ?? "an unreadable lock file") (--break-lock)")
+            logger.notice(
+                "breaking the lock on \(target.image) held by \(existing?.description ?? "an unreadable lock file") (--break-lock)"
+            )
         } else if let existing {
             let here = existing.host == ours.host
             if here && existing.token == previousToken {
@@ -80,10 +84,12 @@ public struct RemoteLockLayer: Layer {
                 // machine (that session is over: we hold the target lock and
                 // there is no state record).
                 logger.notice(
-                    "replacing this machine's own stale lock on \(target.image) (\(existing.description)), left by a teardown that could not reach the remote")
+                    "replacing this machine's own stale lock on \(target.image) (\(existing.description)), left by a teardown that could not reach the remote"
+                )
             } else if here, (try? StateStore(paths: paths).load(target: existing.target)) ?? nil != nil {
                 throw ImgBackupError(
-                    .locked, "the image \(target.image) is in use: target '\(existing.target)' has it open on this machine",
+                    .locked,
+                    "the image \(target.image) is in use: target '\(existing.target)' has it open on this machine",
                     hint: "close it first: imgbackup close \(existing.target)")
             } else {
                 throw ImgBackupError(
@@ -137,5 +143,5 @@ extension RemoteLockLayer {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

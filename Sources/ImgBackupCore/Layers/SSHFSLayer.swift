@@ -40,7 +40,9 @@ public struct SSHFSLayer: Layer {
     public let runner: any CommandRunning
     public let deadline: Duration
 
-    public init(endpoint: SSHFSEndpoint, mountPoint: String, runner: any CommandRunning, deadline: Duration = .seconds(60)) {
+    public init(
+        endpoint: SSHFSEndpoint, mountPoint: String, runner: any CommandRunning, deadline: Duration = .seconds(60)
+    ) {
         self.endpoint = endpoint
         self.mountPoint = mountPoint
         self.runner = runner
@@ -57,7 +59,8 @@ public struct SSHFSLayer: Layer {
         do {
             result = try await runner.run(command)
         } catch let notFound as ExecutableNotFound {
-            throw ImgBackupError(.system, "failed to mount the remote directory: \(notFound)", hint: "apt-get install sshfs")
+            throw ImgBackupError(
+                .system, "failed to mount the remote directory: \(notFound)", hint: "apt-get install sshfs")
         } catch let timeout as DeadlineExceeded {
             throw ImgBackupError(
                 .remote, "failed to mount \(location) over sshfs: no answer within \(timeout.deadline.secondsText)",
@@ -114,7 +117,6 @@ public struct SSHFSLayer: Layer {
         option.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: ",", with: "\\,")
     }
 }
-
 
 extension SSHFSLayer {
     static let kind = "sshfs"

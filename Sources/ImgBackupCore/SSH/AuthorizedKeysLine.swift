@@ -36,7 +36,8 @@ public struct AuthorizedKeysLine: Sendable {
         let components = directory.split(separator: "/")
         guard !components.isEmpty, !components.contains("."), !components.contains("..") else {
             throw ImgBackupError(
-                .config, "cannot write an authorized_keys line for '\(target.name)': the remote directory \(directory) "
+                .config,
+                "cannot write an authorized_keys line for '\(target.name)': the remote directory \(directory) "
                     + "must be a directory of its own, not / and without . or .. in it",
                 hint: "give the target a directory that holds only its image, such as /srv/backups/\(target.name)")
         }
@@ -53,7 +54,9 @@ public struct AuthorizedKeysLine: Sendable {
     /// The line for a host sources are pulled from: read-only SFTP in the
     /// same sandbox, which holds only `paths` (the target's sources on such
     /// hosts), bound read-only; nothing else.
-    public static func readOnlySource(publicKey: String, paths: [String], sftpServer: String = debianSFTPServer) throws(ImgBackupError) -> String {
+    public static func readOnlySource(publicKey: String, paths: [String], sftpServer: String = debianSFTPServer)
+        throws(ImgBackupError) -> String
+    {
         let key = publicKey.trimmingTrailingNewlines()
         guard !spansLines(key), !paths.contains(where: spansLines) else {
             throw ImgBackupError(
@@ -61,7 +64,8 @@ public struct AuthorizedKeysLine: Sendable {
                 hint: "authorized_keys holds one key per line: pass one key")
         }
         let binds = paths.map { Bind(path: $0, readOnly: true, mayBeMissing: true) }
-        let command = "export PATH=\(remotePath); \(namespaceChoice) "
+        let command =
+            "export PATH=\(remotePath); \(namespaceChoice) "
             + "exec \(sandboxed(binds: binds)) \(sh(sftpServer)) -R -P symlink,hardlink"
         return "restrict,command=\"\(escapedForOption(command))\" \(key)"
     }
@@ -91,7 +95,8 @@ public struct AuthorizedKeysLine: Sendable {
     var forcedCommand: String {
         let directory = target.remote.directory
         let sandbox = Self.sandboxed(binds: [Bind(path: directory, readOnly: false, mayBeMissing: false)])
-        let refuse = "echo \"imgbackup: this key of target '\(target.name)' only serves its image's SFTP and NBD export\" >&2; exit 1"
+        let refuse =
+            "echo \"imgbackup: this key of target '\(target.name)' only serves its image's SFTP and NBD export\" >&2; exit 1"
         // A directory that holds the login's ssh keys would let SFTP rewrite them.
         let guardHome =
             "case \"$HOME/\" in \(Self.sh(directory + "/"))*) echo \"imgbackup: refusing to serve \(directory): it holds the login's home directory\" >&2; exit 1 ;; esac; "
@@ -140,7 +145,8 @@ public struct AuthorizedKeysLine: Sendable {
             let path = sh(bind.path)
             let steps =
                 "if [ -d \(path) ]; then mkdir -p \"$r\"\(path); else mkdir -p \"$r\"\(sh(parent(of: bind.path))); : > \"$r\"\(path); fi; "
-                + "mount --rbind \(path) \"$r\"\(path)" + (bind.readOnly ? "; mount -o remount,bind,ro \"$r\"\(path)" : "")
+                + "mount --rbind \(path) \"$r\"\(path)"
+                + (bind.readOnly ? "; mount -o remount,bind,ro \"$r\"\(path)" : "")
             script.append(bind.mayBeMissing ? "if [ -e \(path) ]; then \(steps); fi" : steps)
         }
         script += [

@@ -14,7 +14,8 @@ struct StackBuilder {
         self.environment = environment
         self.deadlines = Deadlines(target)
         let teardown = environment.layerTeardown(
-            TeardownContext(runner: environment.runner, stepDeadline: deadlines.teardownStep, logger: environment.logger))
+            TeardownContext(
+                runner: environment.runner, stepDeadline: deadlines.teardownStep, logger: environment.logger))
         self.stack = LayerStack(
             journal: environment.stateStore.journal(for: target.name, operation: operation),
             teardown: teardown, logger: environment.logger)
@@ -35,11 +36,16 @@ struct StackBuilder {
     /// returns the image's local path.
     func pushRemote(breakLock: Bool = false) async throws(ImgBackupError) -> String {
         environment.logger.info("mounting \(target.remote) over sshfs")
-        try await push(SSHFSLayer(endpoint: SSHFSEndpoint(target: target), mountPoint: remoteDirectory, runner: environment.runner, deadline: deadlines.transportUp))
+        try await push(
+            SSHFSLayer(
+                endpoint: SSHFSEndpoint(target: target), mountPoint: remoteDirectory, runner: environment.runner,
+                deadline: deadlines.transportUp))
         let image = "\(remoteDirectory)/\(target.image)"
-        try await pushLock(RemoteLockLayer(
-            path: RemoteLockLayer.lockPath(imagePath: image), target: target, paths: environment.paths, breakLock: breakLock,
-            deadline: deadlines.remoteCall, logger: environment.logger))
+        try await pushLock(
+            RemoteLockLayer(
+                path: RemoteLockLayer.lockPath(imagePath: image), target: target, paths: environment.paths,
+                breakLock: breakLock,
+                deadline: deadlines.remoteCall, logger: environment.logger))
         return image
     }
 
@@ -72,7 +78,8 @@ struct StackBuilder {
             environment.logger.info("starting the NBD bridge for \(target.remote.host)")
             let bridge = NBDBridgeLayer(
                 target: target, mountPoint: environment.paths.nbdMount(target.name), configPath: environment.configPath,
-                logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim, deadline: deadlines.transportUp)
+                logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim,
+                deadline: deadlines.transportUp)
             try await push(bridge)
             return bridge.imagePath
         }
@@ -85,8 +92,10 @@ struct StackBuilder {
             return try await body()
         } catch {
             // A stop signal's cancellation may have surfaced as another failure.
-            let error = error.code != .interrupted && environment.stopSignals.received != nil
-                ? ImgBackupError.interrupted(by: environment.stopSignals.received, "stopped bringing target '\(target.name)' up", cause: error)
+            let error =
+                error.code != .interrupted && environment.stopSignals.received != nil
+                ? ImgBackupError.interrupted(
+                    by: environment.stopSignals.received, "stopped bringing target '\(target.name)' up", cause: error)
                 : error
             // After a hang the transport is gone: escalate at once.
             let report = await stack.unwind(force: error.code == .hung)

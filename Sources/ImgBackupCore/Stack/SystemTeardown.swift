@@ -75,13 +75,14 @@ public struct TeardownContext: Sendable {
     /// connected (a stop signal, a kill) would mount after we looked.
     func stopStrays(_ strays: [pid_t], _ what: String) async {
         guard !strays.isEmpty else { return }
-        logger.notice("stopping \(what) (pid \(strays.map(String.init).joined(separator: ", "))) left by an interrupted command")
+        logger.notice(
+            "stopping \(what) (pid \(strays.map(String.init).joined(separator: ", "))) left by an interrupted command")
         await ProcessTable.terminate(strays, grace: .seconds(2))
     }
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What the teardown learned about writes lost on the way to the remote.

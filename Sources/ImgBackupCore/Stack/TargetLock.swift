@@ -40,29 +40,37 @@ enum TargetLock {
         // its whole life: its process is gone, whatever the pid shows now.
         guard record.operation.isUnattended else {
             throw ImgBackupError(
-                .alreadyOpen, "target '\(target.name)' has layers of an '\(record.operation)' (pid \(record.pid), at \(since))",
+                .alreadyOpen,
+                "target '\(target.name)' has layers of an '\(record.operation)' (pid \(record.pid), at \(since))",
                 hint: "run 'imgbackup close \(target.name)' to clean up")
         }
         environment.logger.notice(
-            "finishing the teardown of an interrupted '\(record.operation)' of '\(target.name)' (pid \(record.pid), started \(since)), then going on")
+            "finishing the teardown of an interrupted '\(record.operation)' of '\(target.name)' (pid \(record.pid), started \(since)), then going on"
+        )
         let name = target.name
         var failure: ImgBackupError?
-        if case .failure(let error) = await CloseOperation(target: target, environment: environment).tearDownUncancelled() {
+        if case .failure(let error) = await CloseOperation(target: target, environment: environment)
+            .tearDownUncancelled()
+        {
             // A run that died on a frozen transport left mounts a plain
             // close cannot take down in time: force, as after a hang.
-            environment.logger.notice("the leftovers of '\(name)' did not come down cleanly (\(error.message)): forcing")
-            if case .failure(let forced) = await CloseOperation(target: target, environment: environment, force: true).tearDownUncancelled() {
+            environment.logger.notice(
+                "the leftovers of '\(name)' did not come down cleanly (\(error.message)): forcing")
+            if case .failure(let forced) = await CloseOperation(target: target, environment: environment, force: true)
+                .tearDownUncancelled()
+            {
                 failure = forced
             }
         }
         if let failure {
             throw ImgBackupError(
-                failure.code, "failed to clean up after the interrupted '\(record.operation)' of '\(name)': \(failure.message)",
+                failure.code,
+                "failed to clean up after the interrupted '\(record.operation)' of '\(name)': \(failure.message)",
                 hint: failure.hint)
         }
     }
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

@@ -28,5 +28,5 @@ struct DirtyMarker {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

@@ -15,7 +15,9 @@ public struct ImageMeasurement: Sendable {
     /// The sizes read through the image's transport among `layers`, if it
     /// is up: the NBD bridge knows the allocation; over sshfs (the remote
     /// directory's mount, never a source host's) only the apparent size.
-    static func live(_ layers: [LayerRecord], target: Target, paths: RuntimePaths, source: TargetStatus.Image.Source = .live) async
+    static func live(
+        _ layers: [LayerRecord], target: Target, paths: RuntimePaths, source: TargetStatus.Image.Source = .live
+    ) async
         -> TargetStatus.Image?
     {
         let remoteMount = paths.remoteMount(target.name)
@@ -30,12 +32,14 @@ public struct ImageMeasurement: Sendable {
             let apparent = try? await MountedRemoteFiles.size(file, deadline: remoteLookDeadline)
             var allocated: UInt64?
             if case .nbdBridge = layer {
-                allocated = try? await withAbandonableDeadline(remoteLookDeadline, operation: "measure \(file)") {
-                    ExtendedAttribute.value(of: file, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
-                } ?? nil
+                allocated =
+                    try? await withAbandonableDeadline(remoteLookDeadline, operation: "measure \(file)") {
+                        ExtendedAttribute.value(of: file, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
+                    } ?? nil
             }
             if apparent != nil || allocated != nil {
-                return TargetStatus.Image(apparentBytes: apparent, allocatedBytes: allocated, source: source, measuredAt: Date())
+                return TargetStatus.Image(
+                    apparentBytes: apparent, allocatedBytes: allocated, source: source, measuredAt: Date())
             }
         }
         return nil

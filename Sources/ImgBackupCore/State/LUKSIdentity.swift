@@ -34,7 +34,8 @@ struct LUKSIdentity {
             try encoder.encode(pin).write(to: URL(fileURLWithPath: paths.headerPinFile(target)), options: .atomic)
             try (pin.uuid + "\n").write(toFile: paths.luksUUIDFile(target), atomically: true, encoding: .utf8)
         } catch {
-            throw ImgBackupError.wrapping(error, .system, failedTo: "record the LUKS header pin in \(paths.headerPinFile(target))")
+            throw ImgBackupError.wrapping(
+                error, .system, failedTo: "record the LUKS header pin in \(paths.headerPinFile(target))")
         }
     }
 }

@@ -65,7 +65,9 @@ public struct RunHistory: Sendable {
     public func records(_ target: String) -> [RunRecord] {
         guard let text = LocalFiles.contents(file(target)) else { return [] }
         let decoder = Self.decoder()
-        return text.split(whereSeparator: \.isNewline).compactMap { try? decoder.decode(RunRecord.self, from: Data($0.utf8)) }
+        return text.split(whereSeparator: \.isNewline).compactMap {
+            try? decoder.decode(RunRecord.self, from: Data($0.utf8))
+        }
     }
 
     public func last(_ target: String) -> RunRecord? { records(target).last }
@@ -75,7 +77,8 @@ public struct RunHistory: Sendable {
     public func append(_ record: RunRecord) throws(ImgBackupError) {
         do {
             try LocalFiles.makeDirectories(paths.targetStateDirectory(record.target))
-            var lines = (LocalFiles.contents(file(record.target)) ?? "").split(whereSeparator: \.isNewline).map(String.init)
+            var lines = (LocalFiles.contents(file(record.target)) ?? "").split(whereSeparator: \.isNewline).map(
+                String.init)
             let data = try Self.encoder().encode(record)
             lines.append(String(decoding: data, as: UTF8.self))
             try LocalFiles.writeAtomically(file(record.target), lines.suffix(Self.kept).joined(separator: "\n") + "\n")

@@ -19,8 +19,10 @@ public struct RuntimePaths: Sendable {
 
     public static func fromEnvironment(_ environment: [String: String]) -> RuntimePaths {
         RuntimePaths(
-            runtimeDirectory: environment["IMGBACKUP_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/run/imgbackup",
-            stateDirectory: environment["IMGBACKUP_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/imgbackup")
+            runtimeDirectory: environment["IMGBACKUP_RUNTIME_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+                ?? "/run/imgbackup",
+            stateDirectory: environment["IMGBACKUP_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/var/lib/imgbackup"
+        )
     }
 
     // MARK: - runtime: gone at reboot

@@ -30,7 +30,8 @@ struct HangGuard: Sendable {
 
     func run<T: Sendable>(_ body: @escaping @Sendable () async throws(ImgBackupError) -> T) async -> Outcome<T> {
         let watchdog = HangWatchdog(
-            device: "/dev/mapper/\(target.mappingName)", stall: Deadlines(target).stall, probes: probes, outputSeen: heartbeat,
+            device: "/dev/mapper/\(target.mappingName)", stall: Deadlines(target).stall, probes: probes,
+            outputSeen: heartbeat,
             step: step)
         let work = Task { () async throws -> T in try await body() }
         // Not a task group: a group would wait for a step stuck on the dead
@@ -60,7 +61,9 @@ struct HangGuard: Sendable {
             Task {
                 let result = await work.result
                 dog.cancel()
-                first.resume(returning: .finished(result.mapError { ImgBackupError.wrapping($0, .copyFailed, failedTo: "run the copy step") }))
+                first.resume(
+                    returning: .finished(
+                        result.mapError { ImgBackupError.wrapping($0, .copyFailed, failedTo: "run the copy step") }))
             }
         }
     }
@@ -84,6 +87,7 @@ struct HangGuard: Sendable {
             if finished.isSet { return }
             try? await Task.sleep(for: .milliseconds(200))
         }
-        environment.logger.error("the step did not stop within \(Deadlines(target).teardownStep.secondsText): tearing down around it")
+        environment.logger.error(
+            "the step did not stop within \(Deadlines(target).teardownStep.secondsText): tearing down around it")
     }
 }

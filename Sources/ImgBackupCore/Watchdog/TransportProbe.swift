@@ -61,7 +61,8 @@ struct TransportProbe: TransportProbing, Equatable {
                 switch kind {
                 case .sshfs: return (try? LocalFiles.capacity(mount)) != nil
                 case .nbd:
-                    return ExtendedAttribute.value(of: "\(mount)/\(BridgedImage.fileName)", name: BridgedImage.pingAttribute) != nil
+                    return ExtendedAttribute.value(
+                        of: "\(mount)/\(BridgedImage.fileName)", name: BridgedImage.pingAttribute) != nil
                 }
             }
         } catch {

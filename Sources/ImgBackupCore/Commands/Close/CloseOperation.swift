@@ -36,13 +36,15 @@ public struct CloseOperation: Sendable {
         let users = ProcessTable.processes(using: target.mountPoint)
         guard !users.isEmpty else { return }
         environment.logger.notice(
-            "stopping what the interrupted \(record.operation) (pid \(record.pid)) left using \(target.mountPoint): pid \(users.map(String.init).joined(separator: ", "))")
+            "stopping what the interrupted \(record.operation) (pid \(record.pid)) left using \(target.mountPoint): pid \(users.map(String.init).joined(separator: ", "))"
+        )
         let deadlines = Deadlines(target)
         let left = await ProcessTable.stopAll(
             using: target.mountPoint, grace: deadlines.orphanGrace, deadline: deadlines.orphanStop)
         if !left.isEmpty {
             environment.logger.notice(
-                "pid \(left.map(String.init).joined(separator: ", ")) still use\(left.count == 1 ? "s" : "") \(target.mountPoint) after \(deadlines.orphanStop.secondsText) (stuck on the remote?)")
+                "pid \(left.map(String.init).joined(separator: ", ")) still use\(left.count == 1 ? "s" : "") \(target.mountPoint) after \(deadlines.orphanStop.secondsText) (stuck on the remote?)"
+            )
         }
     }
 
@@ -62,7 +64,8 @@ public struct CloseOperation: Sendable {
             do {
                 return .success(try await close.tearDown())
             } catch {
-                return .failure(ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(close.target.name)'"))
+                return .failure(
+                    ImgBackupError.wrapping(error, .invalidState, failedTo: "close target '\(close.target.name)'"))
             }
         }
     }
@@ -102,12 +105,14 @@ public struct CloseOperation: Sendable {
         if let lost, !force && !imageWritesFailed {
             throw ImgBackupError(
                 .system, "closed target '\(target.name)', but not everything written to it reached the remote: \(lost)",
-                hint: "if the remote is full, free space there; the next open replays the filesystem's journal and checks it; the last writes may be lost")
+                hint:
+                    "if the remote is full, free space there; the next open replays the filesystem's journal and checks it; the last writes may be lost"
+            )
         }
         return record == nil ? .wasNotOpen : .closed(layers: layers.count)
     }
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

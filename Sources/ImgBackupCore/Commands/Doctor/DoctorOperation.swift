@@ -100,7 +100,10 @@ public struct DoctorOperation {
             findings += programs(for: target)
             if case .command(let argv) = target.key {
                 // It may wait for a person (a pinentry): its program's presence is checked above.
-                findings.append(.ok(target.name, "the key comes from key_command \(argv.joined(separator: " ")) (not run by doctor)"))
+                findings.append(
+                    .ok(
+                        target.name, "the key comes from key_command \(argv.joined(separator: " ")) (not run by doctor)"
+                    ))
             } else if let problem = await keyCheck(target) {
                 findings.append(.fail(target.name, problem.code, problem.message, fix: problem.hint))
             } else {
@@ -128,7 +131,9 @@ public struct DoctorOperation {
             findings.append(.ok(scope, "running as root"))
         } else {
             findings.append(
-                .fail(scope, .system, "not running as root: mounting, loop devices and device-mapper need it", fix: "run imgbackup as root (sudo)"))
+                .fail(
+                    scope, .system, "not running as root: mounting, loop devices and device-mapper need it",
+                    fix: "run imgbackup as root (sudo)"))
         }
         let devices = system.fileText("/proc/devices") ?? ""
         let hasDeviceMapper = devices.contains(" device-mapper\n") ? true : await system.moduleAvailable("dm_mod")
@@ -136,13 +141,18 @@ public struct DoctorOperation {
             findings.append(.ok(scope, "device-mapper"))
         } else {
             findings.append(
-                .fail(scope, .system, "the kernel has no device-mapper", fix: "a kernel with CONFIG_BLK_DEV_DM (modprobe dm_mod)"))
+                .fail(
+                    scope, .system, "the kernel has no device-mapper",
+                    fix: "a kernel with CONFIG_BLK_DEV_DM (modprobe dm_mod)"))
         }
         let hasDMCrypt = system.fileExists("/sys/module/dm_crypt") ? true : await system.moduleAvailable("dm_crypt")
         if hasDMCrypt {
             findings.append(.ok(scope, "dm-crypt"))
         } else {
-            findings.append(.fail(scope, .system, "the kernel has no dm-crypt", fix: "a kernel with CONFIG_DM_CRYPT (modprobe dm_crypt)"))
+            findings.append(
+                .fail(
+                    scope, .system, "the kernel has no dm-crypt",
+                    fix: "a kernel with CONFIG_DM_CRYPT (modprobe dm_crypt)"))
         }
         let hasLoop = system.fileExists("/dev/loop-control") ? true : await system.moduleAvailable("loop")
         if hasLoop {
@@ -170,7 +180,8 @@ public struct DoctorOperation {
             if !allowsOther {
                 findings.append(
                     .fail(
-                        scope, .system, "/etc/fuse.conf lacks user_allow_other, which sshfs's allow_root needs without root",
+                        scope, .system,
+                        "/etc/fuse.conf lacks user_allow_other, which sshfs's allow_root needs without root",
                         fix: "echo user_allow_other >> /etc/fuse.conf"))
             }
         }
@@ -180,7 +191,8 @@ public struct DoctorOperation {
             } else {
                 findings.append(
                     .fail(
-                        scope, .system, "sshfs has no contain_symlinks option: a symlink the backup host plants could lead to this machine's files",
+                        scope, .system,
+                        "sshfs has no contain_symlinks option: a symlink the backup host plants could lead to this machine's files",
                         fix: "upgrade sshfs (Debian 12: 3.7.3-1.2~deb12u1 or later)"))
             }
         }
@@ -239,18 +251,21 @@ public struct DoctorOperation {
             return [
                 .fail(
                     target.name, .remote, "cannot reach \(place) over SFTP: \(why)",
-                    fix: "check remote, port, identity_file and ssh_options; try: ssh -p \(target.port) \(target.remote.sshDestination)"),
+                    fix:
+                        "check remote, port, identity_file and ssh_options; try: ssh -p \(target.port) \(target.remote.sshDestination)"
+                )
             ]
         case .noDirectory(let why):
             return [
                 .fail(
                     target.name, .remote, "the remote directory \(target.remote.directory) is not there: \(why)",
-                    fix: "create it on the backup host, owned by the backup user (docs/remote-setup.md)"),
+                    fix: "create it on the backup host, owned by the backup user (docs/remote-setup.md)")
             ]
         case .reachable(let available, let imageBytes):
             var findings: [DoctorFinding] = [.ok(target.name, "\(place) reachable over SFTP")]
             if imageBytes == nil {
-                findings.append(.warn(target.name, "there is no image \(target.image) yet", fix: "imgbackup init \(target.name)"))
+                findings.append(
+                    .warn(target.name, "there is no image \(target.image) yet", fix: "imgbackup init \(target.name)"))
             }
             guard let available else {
                 findings.append(.ok(target.name, "the remote does not report its free space"))
@@ -259,7 +274,9 @@ public struct DoctorOperation {
             let free = "\(ByteSize.format(available)) free"
             if available < RemoteFreeSpace.nearlyFull {
                 findings.append(
-                    .fail(target.name, .remote, "the remote filesystem is full (\(free))", fix: "free space on the backup host"))
+                    .fail(
+                        target.name, .remote, "the remote filesystem is full (\(free))",
+                        fix: "free space on the backup host"))
             } else if let size = (imageBytes ?? target.size?.bytes), available < size {
                 // SFTP cannot tell how much of a sparse image is allocated: it may grow to its full size.
                 findings.append(
@@ -284,7 +301,8 @@ extension DoctorOperation {
             switch target.nbd {
             case .uri(let uri)?: fix = "check that an NBD server answers at \(uri) and exports the image"
             default:
-                fix = "check [target.\(target.name).nbd] command: it must run on the backup host and serve \(target.image) (try it over ssh -p \(target.port) \(target.remote.sshDestination))"
+                fix =
+                    "check [target.\(target.name).nbd] command: it must run on the backup host and serve \(target.image) (try it over ssh -p \(target.port) \(target.remote.sshDestination))"
             }
             return [.fail(target.name, .remote, "cannot connect to the NBD export: \(why)", fix: fix)]
         case .connected(let size, let canTrim):
@@ -313,7 +331,8 @@ extension DoctorOperation {
             let what = layers.isEmpty ? "a state record with nothing up" : layers.joined(separator: ", ")
             return [
                 .warn(
-                    target.name, "left up\(by.map { " by \($0), which is no longer running" } ?? " without a state record"): \(what)",
+                    target.name,
+                    "left up\(by.map { " by \($0), which is no longer running" } ?? " without a state record"): \(what)",
                     fix: "imgbackup close \(target.name)")
             ]
         }
@@ -337,7 +356,9 @@ extension DoctorOperation {
                 findings.append(
                     .fail(
                         target.name, .remote, "cannot reach \(place) over SFTP: \(why)",
-                        fix: "check the ssh:// source, source_identity_file and source_ssh_options; try: ssh -p \(host.port) \(host.location.sshDestination)"))
+                        fix:
+                            "check the ssh:// source, source_identity_file and source_ssh_options; try: ssh -p \(host.port) \(host.location.sshDestination)"
+                    ))
             case .reachable(let missing):
                 findings.append(.ok(target.name, "\(place) reachable over SFTP"))
                 for path in missing {
@@ -353,5 +374,5 @@ extension DoctorOperation {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

@@ -37,19 +37,25 @@ public struct SystemInspector: SystemInspecting {
     }
 
     public func moduleAvailable(_ module: String) async -> Bool {
-        guard let result = try? await runner.run(Command("modprobe", ["--dry-run", "--quiet", module], timeout: .seconds(10)))
+        guard
+            let result = try? await runner.run(
+                Command("modprobe", ["--dry-run", "--quiet", module], timeout: .seconds(10)))
         else { return false }
         return result.succeeded
     }
 
     public func helpText(of program: String) async -> String? {
-        guard let result = try? await runner.run(Command(program, ["--help"], timeout: .seconds(10))) else { return nil }
+        guard let result = try? await runner.run(Command(program, ["--help"], timeout: .seconds(10))) else {
+            return nil
+        }
         return result.standardOutput + result.standardError
     }
 
     /// One sftp session, as the target's key: cd to the directory, df, ls the image.
     public func lookAtRemote(_ target: Target) async -> RemoteLook {
-        let batch = ["cd \(Self.sftpQuoted(target.remote.directory))", "df .", "-ls -ln \(Self.sftpQuoted(target.image))"]
+        let batch = [
+            "cd \(Self.sftpQuoted(target.remote.directory))", "df .", "-ls -ln \(Self.sftpQuoted(target.image))",
+        ]
         switch await sftp(
             batch, destination: target.remote.sshDestination, port: target.port,
             options: SSHClientOptions.options(for: target, keepalive: false))
@@ -65,7 +71,8 @@ public struct SystemInspector: SystemInspecting {
         let batch = ["pwd"] + paths.map { "-ls -ln \(Self.sftpQuoted($0))" }
         switch await sftp(
             batch, destination: host.location.sshDestination, port: host.port,
-            options: SSHClientOptions.options(identityFile: copy.sourceIdentityFile, sshOptions: copy.sourceSSHOptions, keepalive: false))
+            options: SSHClientOptions.options(
+                identityFile: copy.sourceIdentityFile, sshOptions: copy.sourceSSHOptions, keepalive: false))
         {
         case .success(let result): return Self.parseSource(result, paths: paths)
         case .failure(let why): return .unreachable(why.reason)
@@ -75,7 +82,9 @@ public struct SystemInspector: SystemInspecting {
     /// The failure of sftp itself (not of a command in its batch).
     struct SFTPFailure: Error { let reason: String }
 
-    private func sftp(_ batch: [String], destination: String, port: Int, options: [String]) async -> Result<CommandResult, SFTPFailure> {
+    private func sftp(_ batch: [String], destination: String, port: Int, options: [String]) async -> Result<
+        CommandResult, SFTPFailure
+    > {
         // The batch on stdin: one line per command, never a `!` shell escape
         // (every line starts with a command of ours; paths are quoted and
         // hold no line break).
@@ -104,8 +113,10 @@ public struct SystemInspector: SystemInspecting {
 
     /// ssh's own last words: sftp's "Connection closed" follows the reason.
     static func sshReason(_ result: CommandResult) -> String {
-        result.standardError.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-            .last { !$0.isEmpty && $0 != "Connection closed" && $0 != "Connection closed." } ?? result.outputTail(lines: 1)
+        result.standardError.split(whereSeparator: \.isNewline).map {
+            $0.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        .last { !$0.isEmpty && $0 != "Connection closed" && $0 != "Connection closed." } ?? result.outputTail(lines: 1)
     }
 
     public func lookAtNBD(_ target: Target) async -> NBDLook { await nbd(target) }
@@ -137,10 +148,11 @@ public struct SystemInspector: SystemInspecting {
     /// new batch line) becomes a space, which matches no real path.
     static func sftpQuoted(_ word: String) -> String {
         let oneLine = word.replacingOccurrences(of: "\n", with: " ").replacingOccurrences(of: "\r", with: " ")
-        return "\"" + oneLine.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        return "\"" + oneLine.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            + "\""
     }
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

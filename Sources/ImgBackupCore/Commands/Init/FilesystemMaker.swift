@@ -49,7 +49,9 @@ struct FilesystemMaker {
         case .finished(.success(let result)) where result.succeeded:
             return
         case .finished(.success(let result)):
-            throw ImgBackupError(.system, "failed to make the \(target.filesystem.rawValue) filesystem on \(device): \(result.failureSummary)")
+            throw ImgBackupError(
+                .system,
+                "failed to make the \(target.filesystem.rawValue) filesystem on \(device): \(result.failureSummary)")
         case .finished(.failure(let error)), .hung(let error, _):
             throw error
         }

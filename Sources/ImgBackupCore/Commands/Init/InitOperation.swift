@@ -24,10 +24,12 @@ public struct InitOperation {
     public init(target: Target, environment: OperationEnvironment, size: ByteSize? = nil) throws(ImgBackupError) {
         guard let size = size ?? target.size else {
             throw ImgBackupError(
-                .usage, "init needs a size for target '\(target.name)'", hint: "set size in the config or pass --size 50G")
+                .usage, "init needs a size for target '\(target.name)'",
+                hint: "set size in the config or pass --size 50G")
         }
         guard size.bytes >= 32 << 20 else {
-            throw ImgBackupError(.usage, "size \(size) is too small: the LUKS2 header alone takes 16 MiB (use at least 32M)")
+            throw ImgBackupError(
+                .usage, "size \(size) is too small: the LUKS2 header alone takes 16 MiB (use at least 32M)")
         }
         self.target = target
         self.environment = environment
@@ -51,7 +53,8 @@ public struct InitOperation {
             do {
                 if try await MountedRemoteFiles.exists(image, deadline: deadline) {
                     throw ImgBackupError(
-                        .refused, "refusing to init target '\(target.name)': \(target.image) already exists in \(target.remote)",
+                        .refused,
+                        "refusing to init target '\(target.name)': \(target.image) already exists in \(target.remote)",
                         hint: "init never overwrites an image; use 'imgbackup open', or choose another image name")
                 }
                 if try await MountedRemoteFiles.exists(partial, deadline: deadline) {
@@ -59,7 +62,8 @@ public struct InitOperation {
                     try await MountedRemoteFiles.remove(partial, deadline: deadline)
                 }
             } catch {
-                throw ImgBackupError.wrapping(error, .remote, failedTo: "check for an existing image in \(target.remote)")
+                throw ImgBackupError.wrapping(
+                    error, .remote, failedTo: "check for an existing image in \(target.remote)")
             }
 
             logger.info("creating a sparse \(size) image")
@@ -78,7 +82,9 @@ public struct InitOperation {
             let uuid: String
             do {
                 let pbkdf = target.pbkdf
-                uuid = try await withAbandonableDeadline(builder.deadlines.luksFormat, operation: "luksFormat \(loopPath)") {
+                uuid = try await withAbandonableDeadline(
+                    builder.deadlines.luksFormat, operation: "luksFormat \(loopPath)"
+                ) {
                     try CryptDevice(devicePath: loopPath).formatLUKS2(key: key, pbkdf: pbkdf)
                 }
             } catch {
@@ -88,12 +94,14 @@ public struct InitOperation {
             let pin = try CheckedHeader.read(device: loopPath, expected: .firstUse).pin
             let crypt = CryptLayer(
                 device: loopPath, name: target.mappingName, key: key, expected: .pinned(pin),
-                detachedHeaderPath: environment.paths.detachedHeader(target.name), allowDiscards: false, deadline: deadline)
+                detachedHeaderPath: environment.paths.detachedHeader(target.name), allowDiscards: false,
+                deadline: deadline)
             try await builder.push(crypt)
             loop.release()
 
             logger.info("making \(target.filesystem.rawValue) on \(crypt.mappedDevice)")
-            let progress = JournalProgress.start("init of '\(target.name)'", device: crypt.mappedDevice, environment: environment)
+            let progress = JournalProgress.start(
+                "init of '\(target.name)'", device: crypt.mappedDevice, environment: environment)
             defer { progress.stop() }
             try await FilesystemMaker(target: target, device: crypt.mappedDevice, environment: environment).run()
 

@@ -59,10 +59,15 @@ public struct KeyOperation {
         }
     }
 
-    private func apply(_ change: Change, key: SecureBytes, device: String, deadline: Duration) async throws(ImgBackupError) -> Report {
-        let (name, expected, pbkdf) = (target.name, LUKSIdentity(paths: environment.paths).expectation(for: target.name), target.pbkdf)
+    private func apply(_ change: Change, key: SecureBytes, device: String, deadline: Duration)
+        async throws(ImgBackupError) -> Report
+    {
+        let (name, expected, pbkdf) = (
+            target.name, LUKSIdentity(paths: environment.paths).expectation(for: target.name), target.pbkdf
+        )
         do {
-            return try await withAbandonableDeadline(deadline, operation: "change the keyslots of \(device)") { () throws -> Report in
+            return try await withAbandonableDeadline(deadline, operation: "change the keyslots of \(device)") {
+                () throws -> Report in
                 // A key added to a header the remote forged would open the forger's volume key.
                 _ = try CheckedHeader.read(device: device, expected: expected)
                 let crypt = try CryptDevice(devicePath: device)
@@ -71,12 +76,15 @@ public struct KeyOperation {
                 do {
                     slot = try crypt.activate(name: nil, key: key)
                 } catch let error as CryptSetupError where error.isWrongKey {
-                    throw ImgBackupError(.badKey, "the key given for '\(name)' does not open any keyslot", hint: "check key_file, key_command, --key-file or --key-fd")
+                    throw ImgBackupError(
+                        .badKey, "the key given for '\(name)' does not open any keyslot",
+                        hint: "check key_file, key_command, --key-file or --key-fd")
                 }
                 switch change {
                 case .add(let newKey):
                     if let existing = try? crypt.activate(name: nil, key: newKey) {
-                        throw ImgBackupError(.refused, "refusing to add the new key to '\(name)': it already opens keyslot \(existing)")
+                        throw ImgBackupError(
+                            .refused, "refusing to add the new key to '\(name)': it already opens keyslot \(existing)")
                     }
                     let added = try crypt.addKeyslot(existingKey: key, newKey: newKey, pbkdf: pbkdf)
                     return Report(slot: added, keysLeft: crypt.activeKeyslots.count)
@@ -84,7 +92,8 @@ public struct KeyOperation {
                     let active = crypt.activeKeyslots
                     guard active.count > 1 else {
                         throw ImgBackupError(
-                            .refused, "refusing to remove the last key of '\(name)': nothing could open the image again",
+                            .refused,
+                            "refusing to remove the last key of '\(name)': nothing could open the image again",
                             hint: "add another key first: imgbackup key add \(name) --new-key-file FILE")
                     }
                     try crypt.destroyKeyslot(slot)

@@ -21,7 +21,8 @@ struct FilesystemCheck {
         guard marker.isSet else { return }
         let since = marker.setBy ?? "unknown"
         environment.logger.notice(
-            "the last session of '\(target.name)' did not end cleanly (\(since)): checking its \(target.filesystem.rawValue) filesystem")
+            "the last session of '\(target.name)' did not end cleanly (\(since)): checking its \(target.filesystem.rawValue) filesystem"
+        )
         let command: Command
         switch target.filesystem {
         case .ext4: command = Command("e2fsck", ["-f", "-p", device], timeout: Self.checkLimit)
@@ -37,15 +38,19 @@ struct FilesystemCheck {
         case (_, .exited(0)):
             environment.logger.notice("\(command.executable): the filesystem of '\(target.name)' is clean")
         case (.ext4, .exited(let status)) where status == 1 || status == 2:
-            environment.logger.notice("e2fsck repaired the filesystem of '\(target.name)': \(result.outputTail(lines: 3))")
+            environment.logger.notice(
+                "e2fsck repaired the filesystem of '\(target.name)': \(result.outputTail(lines: 3))")
         default:
             throw ImgBackupError(
-                .system, "the filesystem of '\(target.name)' has errors the check did not fix: \(result.failureSummary)",
-                hint: "run 'imgbackup open --skip-check \(target.name)', unmount \(target.mountPoint), and check /dev/mapper/\(target.mappingName) by hand")
+                .system,
+                "the filesystem of '\(target.name)' has errors the check did not fix: \(result.failureSummary)",
+                hint:
+                    "run 'imgbackup open --skip-check \(target.name)', unmount \(target.mountPoint), and check /dev/mapper/\(target.mappingName) by hand"
+            )
         }
     }
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

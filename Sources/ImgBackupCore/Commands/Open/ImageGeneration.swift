@@ -30,7 +30,8 @@ struct ImageGeneration {
         let image = Self.parse(imageText)
         if imageText != nil, image == nil, !acceptRollback {
             throw ImgBackupError(
-                .luks, "refusing to use the image of '\(target.name)': its generation marker (\(Self.fileName)) is unreadable",
+                .luks,
+                "refusing to use the image of '\(target.name)': its generation marker (\(Self.fileName)) is unreadable",
                 hint: "the image was damaged or tampered with; check it, and if it is what you expect, "
                     + "open it once with 'imgbackup open \(target.name) --accept-rollback'")
         }
@@ -43,12 +44,14 @@ struct ImageGeneration {
                     + "'imgbackup open \(target.name) --accept-rollback'")
         }
         if let local, acceptRollback, (image ?? 0) < local {
-            logger.notice("accepting generation \(image ?? 0) of '\(target.name)' although this machine last opened \(local)")
+            logger.notice(
+                "accepting generation \(image ?? 0) of '\(target.name)' although this machine last opened \(local)")
         }
         // Saturating: the image's number came out of a filesystem the remote can scramble.
         let next = max(image ?? 0, acceptRollback ? 0 : local ?? 0).addingReportingOverflow(1)
         guard !next.overflow else {
-            throw ImgBackupError(.luks, "refusing to use the image of '\(target.name)': its generation marker is at its maximum")
+            throw ImgBackupError(
+                .luks, "refusing to use the image of '\(target.name)': its generation marker is at its maximum")
         }
         do {
             // On the remote before the local record moves on: a crash in

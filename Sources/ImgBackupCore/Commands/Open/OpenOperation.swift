@@ -43,7 +43,9 @@ public struct OpenOperation {
     /// knows its copy step may still hold the mount). `run` also mounts the
     /// hosts its ssh:// sources are on, read-only, on top: they come down
     /// first, with the same state record and hang handling.
-    func bringUp(key: SecureBytes, operation: StateRecord.Operation = .open, sources copy: Target.Copy? = nil) async throws(ImgBackupError) -> String {
+    func bringUp(key: SecureBytes, operation: StateRecord.Operation = .open, sources copy: Target.Copy? = nil)
+        async throws(ImgBackupError) -> String
+    {
         try await TargetLock.clearLeftovers(target, environment: environment)
         // Before anything touches the remote (the filesystem layer checks again).
         try FilesystemLayer.requireUsableMountPoint(target.mountPoint)
@@ -56,11 +58,13 @@ public struct OpenOperation {
             do {
                 exists = try await MountedRemoteFiles.exists(image, deadline: builder.deadlines.remoteCall)
             } catch {
-                throw ImgBackupError.wrapping(error, .remote, failedTo: "look for the image \(target.image) on \(target.remote)")
+                throw ImgBackupError.wrapping(
+                    error, .remote, failedTo: "look for the image \(target.image) on \(target.remote)")
             }
             guard exists else {
                 throw ImgBackupError(
-                    .remote, "failed to open target '\(target.name)': there is no image \(target.image) in \(target.remote)",
+                    .remote,
+                    "failed to open target '\(target.name)': there is no image \(target.image) in \(target.remote)",
                     hint: "run 'imgbackup init \(target.name)' to create it")
             }
             let loop = LoopLayer(backingFile: image, deadline: builder.deadlines.remoteCall)
@@ -91,9 +95,13 @@ public struct OpenOperation {
             try await ImageGeneration(paths: environment.paths, target: target, logger: environment.logger)
                 .checkAndAdvance(acceptRollback: acceptRollback, deadline: builder.deadlines.remoteCall)
             if expected.pin == nil, let pin = crypt.observedPin {
-                let why = if case .uuidOnly = expected { "recorded before header pins existed" } else { "first open on this machine" }
+                let why =
+                    if case .uuidOnly = expected { "recorded before header pins existed" } else {
+                        "first open on this machine"
+                    }
                 environment.logger.notice(
-                    "recording the LUKS header pin of target '\(target.name)' (UUID \(pin.uuid)): \(why); from now on a changed header is refused")
+                    "recording the LUKS header pin of target '\(target.name)' (UUID \(pin.uuid)): \(why); from now on a changed header is refused"
+                )
                 try identity.record(pin, for: target.name)
             }
             if let copy {
@@ -101,7 +109,8 @@ public struct OpenOperation {
                     environment.logger.info("mounting \(host.location) read-only over sshfs (a source)")
                     try await builder.push(
                         SSHFSLayer(
-                            endpoint: SSHFSEndpoint(source: host, copy: copy), mountPoint: environment.paths.sourceMount(target.name, host),
+                            endpoint: SSHFSEndpoint(source: host, copy: copy),
+                            mountPoint: environment.paths.sourceMount(target.name, host),
                             runner: environment.runner, deadline: builder.deadlines.transportUp))
                 }
             }

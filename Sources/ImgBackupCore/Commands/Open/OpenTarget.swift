@@ -64,10 +64,12 @@ extension OpenOperation {
             if let cause = outcome.failure, cause.code != .interrupted {
                 environment.logger.info("the \(operation) stopped: \(cause.description)")
             }
-            outcome.failure = closeFailure.map { error in
-                ImgBackupError(
-                    error.code, "interrupted by \(StopSignals.name(of: signal)), and \(error.message)", hint: error.hint, cause: error)
-            } ?? .interrupted(by: signal, "the \(operation) of '\(target.name)' stopped and the target was closed")
+            outcome.failure =
+                closeFailure.map { error in
+                    ImgBackupError(
+                        error.code, "interrupted by \(StopSignals.name(of: signal)), and \(error.message)",
+                        hint: error.hint, cause: error)
+                } ?? .interrupted(by: signal, "the \(operation) of '\(target.name)' stopped and the target was closed")
         } else if let closeFailure {
             if outcome.failure != nil {
                 // The first error decides the exit status; the second must not vanish.

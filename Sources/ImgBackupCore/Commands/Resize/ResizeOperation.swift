@@ -99,18 +99,23 @@ public struct ResizeOperation {
         do {
             current = try await MountedRemoteFiles.size(image, deadline: remoteCall)
         } catch {
-            throw ImgBackupError.wrapping(error, .remote, failedTo: "read the size of \(target.image) on \(target.remote)")
+            throw ImgBackupError.wrapping(
+                error, .remote, failedTo: "read the size of \(target.image) on \(target.remote)")
         }
         if size.bytes < current {
             throw ImgBackupError(
                 .refused,
                 "cannot shrink '\(target.name)' from \(ByteSize.format(current)) to \(size): \(target.filesystem == .ext4 ? "ext4 cannot shrink while mounted, and " : "")imgbackup only grows images",
-                hint: "to use less space on the remote, run 'imgbackup trim \(target.name)'; for a smaller image, init a new target and copy the backups over")
+                hint:
+                    "to use less space on the remote, run 'imgbackup trim \(target.name)'; for a smaller image, init a new target and copy the backups over"
+            )
         }
         if size.bytes > current {
             let growth = size.bytes - current
             // The file grows sparse, but the filesystem inside may fill it: the remote must have room.
-            if let available = await RemoteFreeSpace(target: overSSHFS, environment: environment).available(), available < growth {
+            if let available = await RemoteFreeSpace(target: overSSHFS, environment: environment).available(),
+                available < growth
+            {
                 throw ImgBackupError(
                     .remote,
                     "cannot grow '\(target.name)' by \(ByteSize.format(growth)): the remote has \(ByteSize.format(available)) free in \(target.remote)",
@@ -129,23 +134,28 @@ public struct ResizeOperation {
         let (name, expected) = (target.name, LUKSIdentity(paths: environment.paths).expectation(for: target.name))
         let detached = environment.paths.detachedHeader(target.name)
         do {
-            try await withAbandonableDeadline(remoteCall, operation: "grow the loop device and /dev/mapper/\(mapping)") {
+            try await withAbandonableDeadline(remoteCall, operation: "grow the loop device and /dev/mapper/\(mapping)")
+            {
                 let devices = LoopDevice.devices(backingFile: image)
                 for device in devices {
                     try LoopDevice.refreshCapacity(device)
                 }
                 guard let device = devices.first else {
-                    throw ImgBackupError(.invalidState, "no loop device is attached to \(image)", hint: "run 'imgbackup close \(name)', then resize again")
+                    throw ImgBackupError(
+                        .invalidState, "no loop device is attached to \(image)",
+                        hint: "run 'imgbackup close \(name)', then resize again")
                 }
                 let header = try CheckedHeader.read(device: device, expected: expected)
                 try LUKS2Metadata.withDetachedHeader(
-                    from: device, copies: header.copies, areas: header.keyslotAreas, length: header.dataOffset, at: detached
+                    from: device, copies: header.copies, areas: header.keyslotAreas, length: header.dataOffset,
+                    at: detached
                 ) { () throws in
                     try CryptDevice.growActive(name: mapping, key: key, detachedHeader: detached)
                 }
             }
         } catch let error as CryptSetupError where error.isWrongKey {
-            throw ImgBackupError(.badKey, "failed to grow /dev/mapper/\(mapping): the key does not open \(target.image)")
+            throw ImgBackupError(
+                .badKey, "failed to grow /dev/mapper/\(mapping): the key does not open \(target.image)")
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "grow /dev/mapper/\(mapping)")
         }
@@ -159,7 +169,8 @@ public struct ResizeOperation {
         let command =
             switch target.filesystem {
             case .ext4: Command("resize2fs", [device], timeout: Self.filesystemGrowLimit)
-            case .btrfs: Command("btrfs", ["filesystem", "resize", "max", target.mountPoint], timeout: Self.filesystemGrowLimit)
+            case .btrfs:
+                Command("btrfs", ["filesystem", "resize", "max", target.mountPoint], timeout: Self.filesystemGrowLimit)
             }
         let result: CommandResult
         do {
@@ -176,5 +187,5 @@ public struct ResizeOperation {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif

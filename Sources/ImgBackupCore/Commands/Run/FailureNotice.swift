@@ -37,7 +37,8 @@ public struct FailureNotice: Sendable {
             "IMGBACKUP_EXIT_STATUS": String(error.code.exitStatus),
             "IMGBACKUP_ERROR": error.description.escapingControlCharacters,
         ]
-        let command = Command(self.command[0], Array(self.command.dropFirst()), timeout: Self.limit, environment: environment)
+        let command = Command(
+            self.command[0], Array(self.command.dropFirst()), timeout: Self.limit, environment: environment)
         logger.info("notify: \(command.displayText)")
         // Uncancelled: after a stop signal the notice matters most.
         let runner = runner

@@ -17,13 +17,15 @@ public struct RunMetrics: Sendable {
     /// Writes `record`'s metrics in one step (node_exporter never reads half
     /// a file), readable by a node_exporter that does not run as root.
     public func write(_ record: RunRecord, history: RunHistory, image: TargetStatus.Image?) throws(ImgBackupError) {
-        let lastSuccess = record.result == .success ? record.end : history.records(record.target).last { $0.result == .success }?.end
+        let lastSuccess =
+            record.result == .success ? record.end : history.records(record.target).last { $0.result == .success }?.end
         let text = Self.text(record, lastSuccess: lastSuccess, image: image)
         do {
             try LocalFiles.makeDirectories(directory)
             try LocalFiles.writeAtomically(file(record.target), text, mode: 0o644)
         } catch {
-            throw ImgBackupError.wrapping(error, .system, failedTo: "write the metrics of \(record.target) to \(file(record.target))")
+            throw ImgBackupError.wrapping(
+                error, .system, failedTo: "write the metrics of \(record.target) to \(file(record.target))")
         }
     }
 
@@ -38,10 +40,12 @@ public struct RunMetrics: Sendable {
     static func seconds(_ date: Date) -> Int64 { Int64(date.timeIntervalSince1970.rounded(.down)) }
 
     static let metrics: [Metric] = [
-        Metric(name: "imgbackup_last_run_start_timestamp_seconds", help: "When the last run of the target started.") { record, _, _ in
+        Metric(name: "imgbackup_last_run_start_timestamp_seconds", help: "When the last run of the target started.") {
+            record, _, _ in
             seconds(record.start)
         },
-        Metric(name: "imgbackup_last_run_end_timestamp_seconds", help: "When the last run of the target ended.") { record, _, _ in
+        Metric(name: "imgbackup_last_run_end_timestamp_seconds", help: "When the last run of the target ended.") {
+            record, _, _ in
             record.end.map(seconds)
         },
         Metric(name: "imgbackup_last_run_duration_seconds", help: "How long the last run took.") { record, _, _ in
@@ -50,7 +54,9 @@ public struct RunMetrics: Sendable {
         Metric(name: "imgbackup_last_run_success", help: "1 if the last run succeeded, else 0.") { record, _, _ in
             record.result == .success ? 1 : 0
         },
-        Metric(name: "imgbackup_last_run_exit_code", help: "The exit status of the last run (docs/usage.md, exit codes).") { record, _, _ in
+        Metric(
+            name: "imgbackup_last_run_exit_code", help: "The exit status of the last run (docs/usage.md, exit codes)."
+        ) { record, _, _ in
             record.exitCode.map(Int64.init)
         },
         Metric(
@@ -59,13 +65,20 @@ public struct RunMetrics: Sendable {
         ) { _, lastSuccess, _ in
             lastSuccess.map(seconds) ?? 0
         },
-        Metric(name: "imgbackup_last_run_bytes_copied", help: "Bytes the copy tool reported copying in the last run (rsync, borg).") { record, _, _ in
+        Metric(
+            name: "imgbackup_last_run_bytes_copied",
+            help: "Bytes the copy tool reported copying in the last run (rsync, borg)."
+        ) { record, _, _ in
             record.bytesCopied.map { Int64(clamping: $0) }
         },
-        Metric(name: "imgbackup_last_run_bytes_written", help: "Bytes written to the image's dm-crypt device in the last run.") { record, _, _ in
+        Metric(
+            name: "imgbackup_last_run_bytes_written",
+            help: "Bytes written to the image's dm-crypt device in the last run."
+        ) { record, _, _ in
             record.bytesWritten.map { Int64(clamping: $0) }
         },
-        Metric(name: "imgbackup_image_apparent_bytes", help: "The remote image file's apparent size, as last measured.") { _, _, image in
+        Metric(name: "imgbackup_image_apparent_bytes", help: "The remote image file's apparent size, as last measured.")
+        { _, _, image in
             image?.apparentBytes.map { Int64(clamping: $0) }
         },
         Metric(
@@ -83,7 +96,10 @@ public struct RunMetrics: Sendable {
         var lines: [String] = []
         for metric in metrics {
             guard let value = metric.value(record, lastSuccess, image) else { continue }
-            lines += ["# HELP \(metric.name) \(metric.help)", "# TYPE \(metric.name) gauge", "\(metric.name)\(labels) \(value)"]
+            lines += [
+                "# HELP \(metric.name) \(metric.help)", "# TYPE \(metric.name) gauge",
+                "\(metric.name)\(labels) \(value)",
+            ]
         }
         return lines.joined(separator: "\n") + "\n"
     }

@@ -62,7 +62,8 @@ public struct RunOperation: Sendable {
         }
         if let directory = environment.metricsDirectory {
             do {
-                try RunMetrics(directory: directory).write(record, history: history, image: ImageMeasurement(paths: environment.paths).last(target.name))
+                try RunMetrics(directory: directory).write(
+                    record, history: history, image: ImageMeasurement(paths: environment.paths).last(target.name))
             } catch {
                 environment.logger.error("\(error.description)")
             }
@@ -91,7 +92,8 @@ public struct RunOperation: Sendable {
         // during the copy step, so its pages are wiped (SecureBytes) before
         // any copy tool runs.
         let held = try await open.withOpenTarget(
-            operation: .run, sources: copy, key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
+            operation: .run, sources: copy,
+            key: { () async throws(ImgBackupError) in try await environment.key(for: target) }
         ) { session in
             await middle(session, copy: copy)
         }
@@ -103,7 +105,9 @@ public struct RunOperation: Sendable {
             if let cause = outcome.failure, cause.code != .interrupted {
                 environment.logger.info("the run stopped: \(cause.description)")
             }
-            outcome.failure = held.failure ?? .interrupted(by: signal, "the run of '\(target.name)' stopped and the target was closed")
+            outcome.failure =
+                held.failure
+                ?? .interrupted(by: signal, "the run of '\(target.name)' stopped and the target was closed")
         } else if let later = held.failure {
             if outcome.failure != nil {
                 // Keep the first error for the exit status; the second must not vanish.
@@ -135,7 +139,8 @@ public struct RunOperation: Sendable {
         // Opened before the copy writes anything, so every failed write-back of the run is reported.
         let writeOut = WriteOut(mountPoint: mountPoint)
         let context = CopyContext(
-            target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment, heartbeat: heartbeat,
+            target: target, copy: copy, mountPoint: mountPoint, now: now, environment: environment,
+            heartbeat: heartbeat,
             writeOut: writeOut)
         var guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
         guarded.sources = copy.sourceHosts
@@ -149,7 +154,9 @@ public struct RunOperation: Sendable {
             outcome.copy = middle.copy
             outcome.pruned = middle.pruned
         case .finished(.failure(let error)):
-            outcome.failure = writeOut.failed.isSet ? await RemoteFreeSpace(target: target, environment: environment).explain(error) : error
+            outcome.failure =
+                writeOut.failed.isSet
+                ? await RemoteFreeSpace(target: target, environment: environment).explain(error) : error
         case .hung(let error, let probe):
             // A frozen source host leaves the image and its transport whole:
             // its mount was aborted, the rest closes as after any failure.
@@ -160,7 +167,8 @@ public struct RunOperation: Sendable {
         if outcome.hung { session.hung.set() }
         if writeOut.failed.isSet { session.imageWritesFailed.set() }
         // Bytes that reached the image, whatever the tool says.
-        if let before, let after = BlockDeviceStats.read(devicePath: device), after.bytesWritten >= before.bytesWritten {
+        if let before, let after = BlockDeviceStats.read(devicePath: device), after.bytesWritten >= before.bytesWritten
+        {
             outcome.bytesWritten = after.bytesWritten - before.bytesWritten
         }
         if !outcome.hung {
@@ -236,10 +244,14 @@ public struct RunOperation: Sendable {
     /// Hooks run in order as argv (no shell), with IMGBACKUP_TARGET,
     /// IMGBACKUP_MOUNT and, for post-hooks, IMGBACKUP_RESULT. A failing
     /// pre-hook stops the run before the copy; a failing post-hook fails it.
-    private func runHooks(_ hooks: [[String]], kind: String, mountPoint: String, result: RunRecord.Result?) async throws(ImgBackupError) {
+    private func runHooks(_ hooks: [[String]], kind: String, mountPoint: String, result: RunRecord.Result?)
+        async throws(ImgBackupError)
+    {
         var environment = CommandCopy.environment(mount: mountPoint, target: target.name)
         if let result { environment["IMGBACKUP_RESULT"] = result.rawValue }
-        let limit = self.environment.stopSignals.received == nil ? CopyContext.housekeepingLimit : Self.postHookLimitWhenStopping
+        let limit =
+            self.environment.stopSignals.received == nil
+            ? CopyContext.housekeepingLimit : Self.postHookLimitWhenStopping
         for hook in hooks {
             let command = Command(hook[0], Array(hook.dropFirst()), timeout: limit, environment: environment)
             self.environment.logger.info("\(kind): \(command.displayText)")
@@ -250,7 +262,8 @@ public struct RunOperation: Sendable {
                 throw ImgBackupError.wrapping(error, .copyFailed, failedTo: "run the \(kind) \(hook[0])")
             }
             guard outcome.succeeded else {
-                throw ImgBackupError(.copyFailed, "the \(kind) \(command.displayText) failed: \(outcome.failureSummary)")
+                throw ImgBackupError(
+                    .copyFailed, "the \(kind) \(command.displayText) failed: \(outcome.failureSummary)")
             }
         }
     }

@@ -133,9 +133,11 @@ public struct StatusOperation {
         // Without a record (or with one that lost track), the layers this
         // target would have can still be up: say so, close takes them down.
         for layer in target.layersUp(besides: recorded, paths) {
-            layers.append(TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: false, up: true))
+            layers.append(
+                TargetStatus.Layer(layer: layer.layerName, detail: layer.description, recorded: false, up: true))
         }
-        let mounted = MountTable.mount(at: target.mountPoint).map { $0.source.hasPrefix("/dev/") } ?? false
+        let mounted =
+            MountTable.mount(at: target.mountPoint).map { $0.source.hasPrefix("/dev/") } ?? false
             && layers.contains { $0.layer == FilesystemLayer.kind && $0.up == true }
         let anyUp = layers.contains { $0.up == true }
         let history = RunHistory(paths: paths)
@@ -177,12 +179,13 @@ public struct StatusOperation {
     static func usage(_ mountPoint: String) -> TargetStatus.Usage? {
         guard let capacity = try? LocalFiles.capacity(mountPoint) else { return nil }
         return TargetStatus.Usage(
-            sizeBytes: capacity.total, usedBytes: capacity.total - min(capacity.free, capacity.total), availableBytes: capacity.available)
+            sizeBytes: capacity.total, usedBytes: capacity.total - min(capacity.free, capacity.total),
+            availableBytes: capacity.available)
     }
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension TargetStatus {
@@ -197,10 +200,14 @@ extension TargetStatus {
     public func text(now: Date = Date()) -> String {
         var lines = ["\(target): \(headline)"]
         if !layers.isEmpty {
-            lines.append("  layers: " + layers.map { "\($0.layer) \($0.up.map { $0 ? "up" : "DOWN" } ?? "recorded")" }.joined(separator: ", "))
+            lines.append(
+                "  layers: "
+                    + layers.map { "\($0.layer) \($0.up.map { $0 ? "up" : "DOWN" } ?? "recorded")" }.joined(
+                        separator: ", "))
         }
         if let stateRecord, stateRecord.running {
-            lines.append("  busy: '\(stateRecord.operation)' (pid \(stateRecord.pid)) since \(Self.time(stateRecord.startedAt))")
+            lines.append(
+                "  busy: '\(stateRecord.operation)' (pid \(stateRecord.pid)) since \(Self.time(stateRecord.startedAt))")
         } else if let stateRecord, state == .partial {
             lines.append("  left by: '\(stateRecord.operation)' (pid \(stateRecord.pid), no longer running)")
         }
@@ -217,7 +224,10 @@ extension TargetStatus {
             lines.append("  last run: none recorded")
         }
         if lastRun?.result != .success {
-            lines.append("  last success: " + (lastSuccess.map { "\(Self.time($0)) (\(Self.duration(now.timeIntervalSince($0))) ago)" } ?? "never"))
+            lines.append(
+                "  last success: "
+                    + (lastSuccess.map { "\(Self.time($0)) (\(Self.duration(now.timeIntervalSince($0))) ago)" }
+                        ?? "never"))
         }
         if let image {
             let apparent = image.apparentBytes.map(ByteSize.format) ?? "unknown"
@@ -227,7 +237,8 @@ extension TargetStatus {
         }
         if let mountUsage {
             lines.append(
-                "  filesystem: \(ByteSize.format(mountUsage.usedBytes)) used of \(ByteSize.format(mountUsage.sizeBytes)), \(ByteSize.format(mountUsage.availableBytes)) free")
+                "  filesystem: \(ByteSize.format(mountUsage.usedBytes)) used of \(ByteSize.format(mountUsage.sizeBytes)), \(ByteSize.format(mountUsage.availableBytes)) free"
+            )
         }
         return lines.joined(separator: "\n")
     }

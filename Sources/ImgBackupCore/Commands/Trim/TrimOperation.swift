@@ -3,7 +3,7 @@ import ImgBackupOS
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `imgbackup trim`: open over NBD with discards, fstrim, close; report what
@@ -50,7 +50,8 @@ public struct TrimOperation {
         let progress = JournalProgress.start(
             "trim of '\(target.name)'", device: "/dev/mapper/\(target.mappingName)", environment: environment)
         defer { progress.stop() }
-        switch await HangGuard(target: target, environment: environment, step: "the trim").run({ () async throws(ImgBackupError) -> CommandResult in
+        switch await HangGuard(target: target, environment: environment, step: "the trim").run({
+            () async throws(ImgBackupError) -> CommandResult in
             do {
                 return try await runner.run(Command("fstrim", ["-v", mountPoint], timeout: .seconds(24 * 3600)))
             } catch {
@@ -64,7 +65,8 @@ public struct TrimOperation {
             if apparent != nil || after != nil {
                 try? ImageMeasurement(paths: environment.paths).record(
                     target.name,
-                    TargetStatus.Image(apparentBytes: apparent, allocatedBytes: after, source: .trim, measuredAt: Date()))
+                    TargetStatus.Image(
+                        apparentBytes: apparent, allocatedBytes: after, source: .trim, measuredAt: Date()))
             }
             return Report(
                 trimmedBytes: Self.trimmedBytes(fromFstrim: result.standardOutput), allocatedBefore: before,
@@ -88,7 +90,8 @@ public struct TrimOperation {
 
     /// "/mnt/x: 48 MiB (50331648 bytes) trimmed" -> 50331648.
     static func trimmedBytes(fromFstrim output: String) -> UInt64? {
-        guard let open = output.range(of: "("), let close = output.range(of: " bytes)", range: open.upperBound..<output.endIndex)
+        guard let open = output.range(of: "("),
+            let close = output.range(of: " bytes)", range: open.upperBound..<output.endIndex)
         else { return nil }
         return UInt64(output[open.upperBound..<close.lowerBound])
     }
