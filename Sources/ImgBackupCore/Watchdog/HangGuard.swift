@@ -29,10 +29,10 @@ struct HangGuard: Sendable {
     }
 
     func run<T: Sendable>(_ body: @escaping @Sendable () async throws(ImgBackupError) -> T) async -> Outcome<T> {
+        let device = "/dev/mapper/\(target.mappingName)"
         let watchdog = HangWatchdog(
-            device: "/dev/mapper/\(target.mappingName)", stall: Deadlines(target).stall, probes: probes,
-            outputSeen: heartbeat,
-            step: step)
+            bytesWritten: { BlockDeviceStats.read(devicePath: device)?.bytesWritten }, stall: Deadlines(target).stall,
+            probes: probes, outputSeen: heartbeat, step: step)
         let work = Task { () async throws -> T in try await body() }
         // Not a task group: a group would wait for a step stuck on the dead
         // transport before returning. Not structured either, so a stop

@@ -17,24 +17,6 @@ struct HangWatchdog: Sendable {
     /// What is being watched, for the message: "the backup", "the trim".
     var step = "the backup"
 
-    /// Watches the image's dm-crypt device `device`.
-    init(device: String, stall: Duration, probes: [any TransportProbing], outputSeen: OutputHeartbeat, step: String) {
-        self.init(
-            bytesWritten: { BlockDeviceStats.read(devicePath: device)?.bytesWritten }, stall: stall, probes: probes,
-            outputSeen: outputSeen, step: step)
-    }
-
-    init(
-        bytesWritten: @escaping @Sendable () -> UInt64?, stall: Duration, probes: [any TransportProbing],
-        outputSeen: OutputHeartbeat, step: String
-    ) {
-        self.bytesWritten = bytesWritten
-        self.stall = stall
-        self.probes = probes
-        self.outputSeen = outputSeen
-        self.step = step
-    }
-
     var interval: Duration { min(.seconds(5), stall / 4) }
     var probeDeadline: Duration { min(.seconds(10), stall / 2) }
 
