@@ -76,6 +76,17 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The image's transport, if this layer is it: how the image file is
+    /// reached through it (a source host's sshfs mount is no transport).
+    func imageTransport(of target: Target, _ paths: RuntimePaths) -> (transport: Target.Transport, imageFile: String)? {
+        switch self {
+        case .sshfs(_, let mountPoint):
+            SSHFSLayer.imageFile(mountPoint: mountPoint, of: target, paths).map { (.sshfs, $0) }
+        case .nbdBridge(let mountPoint, _): (.nbd, NBDBridgeLayer.imageFile(mountPoint: mountPoint))
+        case .remoteLock, .partialImage, .loop, .crypt, .filesystem: nil
+        }
+    }
+
     /// Takes the layer down from this record alone. Idempotent: a layer that
     /// is already down (or never came up) counts as success.
     func down(force: Bool, in context: TeardownContext) async throws {

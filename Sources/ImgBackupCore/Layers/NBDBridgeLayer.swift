@@ -27,7 +27,7 @@ public struct NBDBridgeLayer: Layer {
     }
 
     public var intent: LayerRecord { .nbdBridge(mountPoint: mountPoint, pid: nil) }
-    public var imagePath: String { "\(mountPoint)/\(BridgedImage.fileName)" }
+    public var imagePath: String { Self.imageFile(mountPoint: mountPoint) }
 
     /// What `flock --nonblock --verbose` prints on the remote when another
     /// session holds the image: an NBD command wrapped in flock is the NBD
@@ -96,6 +96,17 @@ extension NBDBridgeLayer {
 
     static func describe(mountPoint: String, pid: Int32?) -> String {
         "NBD bridge\(pid.map { " (pid \($0))" } ?? "") at \(mountPoint)"
+    }
+
+    static func imageFile(mountPoint: String) -> String { "\(mountPoint)/\(BridgedImage.fileName)" }
+
+    /// The export's allocated bytes on the server, as the bridge reads them
+    /// from block status; nil if the server cannot tell, or does not answer
+    /// within `deadline`.
+    static func allocatedBytes(imageFile: String, deadline: Duration) async -> UInt64? {
+        try? await withAbandonableDeadline(deadline, operation: "measure the remote allocation of \(imageFile)") {
+            ExtendedAttribute.value(of: imageFile, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
+        } ?? nil
     }
 
     static func isUp(mountPoint: String) -> Bool {

@@ -123,6 +123,12 @@ extension SSHFSLayer {
 
     static func describe(source: String, mountPoint: String) -> String { "sshfs mount of \(source) at \(mountPoint)" }
 
+    /// The image file under the target's remote directory, when this mount
+    /// is that directory's (not a source host's).
+    static func imageFile(mountPoint: String, of target: Target, _ paths: RuntimePaths) -> String? {
+        mountPoint == paths.remoteMount(target.name) ? "\(mountPoint)/\(target.image)" : nil
+    }
+
     static func isUp(mountPoint: String) -> Bool {
         MountTable.mount(at: mountPoint)?.filesystemType.hasPrefix("fuse") ?? false
     }

@@ -12,7 +12,7 @@ extension Target {
             .sshfs(source: self.remote.sshfsSource, mountPoint: remote),
             .nbdBridge(mountPoint: bridge, pid: nil),
             .loop(backingFile: "\(remote)/\(image)", device: nil),
-            .loop(backingFile: "\(bridge)/\(BridgedImage.fileName)", device: nil),
+            .loop(backingFile: NBDBridgeLayer.imageFile(mountPoint: bridge), device: nil),
             .crypt(name: mappingName),
             .filesystem(device: "/dev/mapper/\(mappingName)", mountPoint: mountPoint),
         ]

@@ -20,22 +20,12 @@ public struct ImageMeasurement: Sendable {
     ) async
         -> TargetStatus.Image?
     {
-        let remoteMount = paths.remoteMount(target.name)
         for layer in layers {
-            let file: String
-            switch layer {
-            case .nbdBridge(let mountPoint, _): file = "\(mountPoint)/\(BridgedImage.fileName)"
-            case .sshfs(_, remoteMount): file = "\(remoteMount)/\(target.image)"
-            default: continue
-            }
-            guard layer.isUp == true else { continue }
+            guard let (transport, file) = layer.imageTransport(of: target, paths), layer.isUp == true else { continue }
             let apparent = try? await MountedRemoteFiles.size(file, deadline: remoteLookDeadline)
             var allocated: UInt64?
-            if case .nbdBridge = layer {
-                allocated =
-                    try? await withAbandonableDeadline(remoteLookDeadline, operation: "measure \(file)") {
-                        ExtendedAttribute.value(of: file, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
-                    } ?? nil
+            if transport == .nbd {
+                allocated = await NBDBridgeLayer.allocatedBytes(imageFile: file, deadline: remoteLookDeadline)
             }
             if apparent != nil || allocated != nil {
                 return TargetStatus.Image(

@@ -161,12 +161,7 @@ public struct StatusOperation {
     }
 
     private func openTransport(_ record: StateRecord?) -> String? {
-        guard let layers = record?.layers else { return nil }
-        if layers.contains(where: { if case .nbdBridge = $0 { true } else { false } }) { return "nbd" }
-        // Not a source host's mount: the image's.
-        let remote = environment.paths.remoteMount(target.name)
-        if layers.contains(where: { if case .sshfs(_, remote) = $0 { true } else { false } }) { return "sshfs" }
-        return nil
+        record?.layers.lazy.compactMap { $0.imageTransport(of: target, environment.paths)?.transport.rawValue }.first
     }
 
     /// The image's sizes: live through the open transport, else what the

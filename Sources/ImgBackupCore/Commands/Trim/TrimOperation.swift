@@ -44,7 +44,7 @@ public struct TrimOperation {
     /// freezes meanwhile is a hang like any other (exit 3, torn down with force).
     private func trim(_ session: OpenSession) async throws(ImgBackupError) -> Report {
         let mountPoint = session.mountPoint
-        let image = "\(environment.paths.nbdMount(target.name))/\(BridgedImage.fileName)"
+        let image = NBDBridgeLayer.imageFile(mountPoint: environment.paths.nbdMount(target.name))
         let before = await allocated(image)
         let runner = environment.runner
         let progress = JournalProgress.start(
@@ -83,9 +83,7 @@ public struct TrimOperation {
 
     /// The remote's allocated bytes, from the bridge (nil if the server cannot tell).
     private func allocated(_ image: String) async -> UInt64? {
-        try? await withAbandonableDeadline(Deadlines(target).remoteCall, operation: "measure the remote allocation") {
-            ExtendedAttribute.value(of: image, name: BridgedImage.allocatedAttribute).flatMap { UInt64($0) }
-        }
+        await NBDBridgeLayer.allocatedBytes(imageFile: image, deadline: Deadlines(target).remoteCall)
     }
 
     /// "/mnt/x: 48 MiB (50331648 bytes) trimmed" -> 50331648.
