@@ -28,7 +28,7 @@ let package = Package(
         ),
         // The git commit the binary is built from, for --version.
         .plugin(name: "BuildInfo", capability: .buildTool()),
-        // Targets, config, the layer stack, state records, the operations.
+        // Config, the layers and their stack, per-target state, the watchdog, the commands.
         .target(
             name: "ImgBackupCore",
             dependencies: [
