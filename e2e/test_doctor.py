@@ -30,7 +30,28 @@ def test_a_ready_target_passes_every_check(host):
     assert any(line.startswith(f"ok    {name}: root@127.0.0.1:") and line.endswith("reachable over SFTP") for line in lines)
     assert any(line.startswith(f"ok    {name}: ") and line.endswith("free on the remote") for line in lines), lines
     assert not any(line.startswith("FAIL") for line in lines)
-    assert_nothing_left(host, name)
+    assert f"ok    {name}: nothing of this target is up on this machine" in lines
+    # Opened by hand: fine, but runs refuse it until it is closed.
+    mount_point = f"{host.work}/mnt/{name}"
+    host.ok("open", name)
+    status, lines = doctor(host, name)
+    assert status == 0, lines
+    assert (f"WARN  {name}: open at {mount_point} (imgbackup open): runs refuse it (exit 4) until it is closed"
+            f" -> imgbackup close {name} when done") in lines
+    # The state record lost: doctor finds what is up from the one list of a target's layers.
+    os.unlink(host.state_record(name))
+    status, lines = doctor(host, name)
+    left = [line for line in lines if line.startswith(f"WARN  {name}: left up without a state record: ")]
+    assert status == 0 and len(left) == 1, lines
+    for layer in [f"sshfs mount of root@127.0.0.1:", f"loop device", f"dm-crypt mapping /dev/mapper/imgbackup-{name}",
+                  f"filesystem mount at {mount_point}"]:
+        assert layer in left[0], left[0]
+    assert left[0].endswith(f" -> imgbackup close {name}")
+    host.ok("close", name)
+    # Without a record close cannot know the lock's token; this machine's
+    # next open knows the lock as its own and replaces it.
+    assert_nothing_left(host, name, stale_lock=True)
+    os.remove(host.image(name) + ".lock")
     host.discard(name)
 
 

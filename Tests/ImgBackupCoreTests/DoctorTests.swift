@@ -104,6 +104,11 @@ import Testing
                 "WARN  offsite: left up by 'open' (pid 4242), which is no longer running: dm-crypt mapping /dev/mapper/imgbackup-offsite -> imgbackup close offsite"
             ))
         #expect(DoctorOperation.exitStatus(findings) == 0)
+        system.layers = .openByHand(mountPoint: "/mnt/offsite")
+        #expect(
+            await Self.findings(system, try Self.target()).map(\.description).contains(
+                "WARN  offsite: open at /mnt/offsite (imgbackup open): runs refuse it (exit 4) until it is closed -> imgbackup close offsite when done"
+            ))
         system.layers = .inUse(operation: "run", pid: 7)
         #expect(
             await Self.findings(system, try Self.target()).map(\.description).contains(

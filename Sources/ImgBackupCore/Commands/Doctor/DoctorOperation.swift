@@ -58,6 +58,8 @@ public enum LayersLook: Sendable, Equatable {
     case nothingUp
     /// A command that still runs has the target open.
     case inUse(operation: String, pid: Int32)
+    /// A person's `open` left it open, as it should: its filesystem is mounted.
+    case openByHand(mountPoint: String)
     /// Layers up (or a state record) that no running command owns: `by`
     /// names the dead command when its record is there.
     case leftUp(by: String?, layers: [String])
@@ -327,6 +329,12 @@ extension DoctorOperation {
             return [.ok(target.name, "nothing of this target is up on this machine")]
         case .inUse(let operation, let pid):
             return [.ok(target.name, "open: '\(operation)' (pid \(pid)) has it up")]
+        case .openByHand(let mountPoint):
+            return [
+                .warn(
+                    target.name, "open at \(mountPoint) (imgbackup open): runs refuse it (exit 4) until it is closed",
+                    fix: "imgbackup close \(target.name) when done")
+            ]
         case .leftUp(let by, let layers):
             let what = layers.isEmpty ? "a state record with nothing up" : layers.joined(separator: ", ")
             return [

@@ -23,6 +23,11 @@ public struct SystemInspector: SystemInspecting {
             return .inUse(operation: record.operation.name, pid: record.pid)
         }
         let recorded = record?.layers ?? []
+        if record?.operation == .open,
+            recorded.contains(where: { $0.layerName == FilesystemLayer.kind && $0.isUp == true })
+        {
+            return .openByHand(mountPoint: target.mountPoint)
+        }
         let up = recorded.filter { $0.isUp != false } + target.layersUp(besides: recorded, paths)
         guard record != nil || !up.isEmpty else { return .nothingUp }
         return .leftUp(by: record.map { "'\($0.operation)' (pid \($0.pid))" }, layers: up.map(\.description))
