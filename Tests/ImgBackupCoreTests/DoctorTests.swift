@@ -109,6 +109,12 @@ import Testing
             await Self.findings(system, try Self.target()).map(\.description).contains(
                 "WARN  offsite: open at /mnt/offsite (imgbackup open): runs refuse it (exit 4) until it is closed -> imgbackup close offsite when done"
             ))
+        // A record open would refuse to read: doctor fails as open would (exit 8).
+        system.layers = .unreadableRecord(
+            message: "failed to read state record /run/x", hint: "check")
+        let unreadable = await Self.findings(system, try Self.target())
+        #expect(unreadable.map(\.description).contains("FAIL  offsite: failed to read state record /run/x -> check"))
+        #expect(DoctorOperation.exitStatus(unreadable) == 8)
         system.layers = .inUse(operation: "run", pid: 7)
         #expect(
             await Self.findings(system, try Self.target()).map(\.description).contains(

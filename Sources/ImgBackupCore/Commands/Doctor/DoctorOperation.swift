@@ -58,6 +58,9 @@ public enum LayersLook: Sendable, Equatable {
     case nothingUp
     /// A command that still runs has the target open.
     case inUse(operation: String, pid: Int32)
+    /// The state record is there but cannot be read: every command on the
+    /// target refuses until a person looks (exit 8).
+    case unreadableRecord(message: String, hint: String?)
     /// A person's `open` left it open, as it should: its filesystem is mounted.
     case openByHand(mountPoint: String)
     /// Layers up (or a state record) that no running command owns: `by`
@@ -329,6 +332,8 @@ extension DoctorOperation {
             return [.ok(target.name, "nothing of this target is up on this machine")]
         case .inUse(let operation, let pid):
             return [.ok(target.name, "open: '\(operation)' (pid \(pid)) has it up")]
+        case .unreadableRecord(let message, let hint):
+            return [.fail(target.name, .invalidState, message, fix: hint)]
         case .openByHand(let mountPoint):
             return [
                 .warn(

@@ -18,7 +18,12 @@ public struct SystemInspector: SystemInspecting {
     }
 
     public func lookAtLayers(_ target: Target) -> LayersLook {
-        let record = try? StateStore(paths: paths).load(target: target.name)
+        let record: StateRecord?
+        do {
+            record = try StateStore(paths: paths).load(target: target.name)
+        } catch {
+            return .unreadableRecord(message: error.message, hint: error.hint)
+        }
         if let record, ProcessTable.isAlive(record.pid) {
             return .inUse(operation: record.operation.name, pid: record.pid)
         }
