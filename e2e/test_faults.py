@@ -419,14 +419,26 @@ def test_a_remote_filling_up_under_a_hand_opened_session_is_reported_by_close(ho
 
 
 def test_sftp_server_frozen_during_init_exits_3_and_the_next_init_works(host):
-    """init writes every block group through the transport while mkfs runs:
-    the SFTP server freezing then is a hang like in a run."""
+    """mkfs writes through the transport: the SFTP server freezing then is a
+    hang like in a run. mkfs writes only a few MiB (lazy init), too quickly
+    to catch by polling for it, so the freeze comes at init's line saying
+    that mkfs starts: everything after that line is the filesystem step."""
     name = host.add_target("initfrozen", size="512M", tables={"timeouts": {"stall": f"{STALL}s", "teardown": "10s"}})
-    init = start(host, "init", name)
-    wait_for_process("mkfs.ext4", init)
+    init = subprocess.Popen([BIN, "--config", host.config, "init", "-v", name], env=host.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The SFTP server is looked up while LUKS2 is formatted (its sshfs is
+    # mounted by then), so the freeze itself is one kill(2) away.
+    sftp_servers = None
+    for line in init.stderr:
+        if line.startswith("imgbackup: formatting LUKS2 on "):
+            sftp_servers = processes_named("sftp-server")
+        if line.startswith("imgbackup: making ext4 on "):
+            break
+    else:
+        raise AssertionError(f"init never said it makes the filesystem (exit {init.wait()})")
     freeze_expecting_hang(init, "sftp-server frozen during init",
                           "imgbackup: error: making the filesystem hung: sshfs to 127.0.0.1 did not answer",
-                          name="sftp-server")
+                          pids=sftp_servers)
     assert_nothing_left(host, name, stale_lock=True)
     assert processes_named("sshfs") == [] and processes_named("mkfs.ext4") == []
     assert not os.path.exists(host.image(name)), "a half-made image got the real name"

@@ -69,4 +69,8 @@ struct RecordingTeardown: LayerTeardown {
             "down \(record.layerName) \(record.place)\(force ? " (forced)" : "")\(Task.isCancelled ? " (cancelled)" : "")"
         )
     }
+
+    func cutOff(_ records: [LayerRecord]) async {
+        log.add("cut off \(records.map(\.place).joined(separator: ", "))")
+    }
 }

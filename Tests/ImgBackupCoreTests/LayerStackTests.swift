@@ -1,3 +1,4 @@
+import ImgBackupOS
 import Logging
 import Synchronization
 import Testing
@@ -34,12 +35,23 @@ struct FakeLayer: Layer {
 
 struct FakeTeardown: LayerTeardown {
     let failing: Set<String>
+    /// Layers whose unforced `down` runs out of its deadline, as on a frozen remote.
+    var stuck: Set<String> = []
     let log: EventLog
 
     func down(_ record: LayerRecord, force: Bool) async throws {
         guard case .crypt(let name) = record else { return }
-        log.add("down \(name)")
+        log.add("down \(name)\(force ? " (forced)" : "")")
         if failing.contains(name) { throw TestFailure(description: "\(name) is busy") }
+        if stuck.contains(name) && !force {
+            throw ImgBackupError.wrapping(
+                DeadlineExceeded(operation: "deactivate \(name)", deadline: .seconds(10)), .system,
+                failedTo: "close \(name)")
+        }
+    }
+
+    func cutOff(_ records: [LayerRecord]) async {
+        log.add("cut off \(records.map(\.place).joined(separator: ", "))")
     }
 }
 
@@ -54,11 +66,12 @@ final class MemoryJournal: StateJournal {
 @Suite struct LayerStackTests {
     let names = ["sshfs", "loop", "crypt", "mount"]
 
-    func makeStack(failingDown: Set<String> = []) -> (LayerStack, EventLog, MemoryJournal) {
+    func makeStack(failingDown: Set<String> = [], stuck: Set<String> = []) -> (LayerStack, EventLog, MemoryJournal) {
         let log = EventLog()
         let journal = MemoryJournal()
         let stack = LayerStack(
-            journal: journal, teardown: FakeTeardown(failing: failingDown, log: log), logger: Logger(label: "test"))
+            journal: journal, teardown: FakeTeardown(failing: failingDown, stuck: stuck, log: log),
+            logger: Logger(label: "test"))
         return (stack, log, journal)
     }
 
@@ -112,6 +125,26 @@ final class MemoryJournal: StateJournal {
         #expect(report.firstFailure?.error.message.contains("crypt is busy") == true)
         #expect(report.remaining == [.crypt(name: "loop"), .crypt(name: "crypt")])
         #expect(journal.latest == [.crypt(name: "loop"), .crypt(name: "crypt")])
+    }
+
+    /// A step that runs out of its deadline means the remote stopped
+    /// answering: the transports (everything still on the stack, the stuck
+    /// layer included) are cut off, the stuck layer is taken down again
+    /// forced, and so is every layer after it; the report says so.
+    @Test func aStuckStepCutsTheTransportOffAndForcesTheRest() async throws {
+        let (stack, log, journal) = makeStack(stuck: ["crypt"])
+        for name in names {
+            try await stack.push(FakeLayer(name: name, failsUp: false, log: log, journal: journal))
+        }
+        let report = await stack.unwind()
+        #expect(
+            log.all.filter { !$0.hasPrefix("up") } == [
+                "down mount", "down crypt", "cut off sshfs, loop, crypt", "down crypt (forced)", "down loop (forced)",
+                "down sshfs (forced)",
+            ])
+        #expect(report.succeeded)
+        #expect(report.stuck?.operation == "deactivate crypt")
+        #expect(journal.isCleared)
     }
 
     @Test func partialUnwindKeepsTheLowerLayers() async throws {

@@ -75,9 +75,13 @@ public struct FilesystemLayer: Layer {
     /// open's check replays them (the unmount after such a failure shuts the
     /// filesystem down first: `down` below). btrfs turns read-only on a
     /// failed write by itself, and its old tree stays whole.
+    ///
+    /// `noinit_itable`: init leaves ext4's inode tables unwritten, and the
+    /// kernel would otherwise zero them in the background after every mount
+    /// (gigabytes over the network for a large image: `FilesystemMaker`).
     static func mountOptions(_ filesystem: Target.Filesystem) -> String {
         switch filesystem {
-        case .ext4: "errors=remount-ro,data_err=abort"
+        case .ext4: "errors=remount-ro,data_err=abort,noinit_itable"
         case .btrfs: ""
         }
     }
@@ -99,7 +103,7 @@ extension FilesystemLayer {
             entry.source == device
                 || BlockDeviceStats.kernelName(of: entry.source) == BlockDeviceStats.kernelName(of: device)
         else { return }
-        if entry.filesystemType == "ext4" { await keepJournalIfWritesFailed(mountPoint, in: context) }
+        if entry.filesystemType == "ext4" { try await keepJournalIfWritesFailed(mountPoint, force: force, in: context) }
         do {
             try await unmountRetryingWhileNobodyUsesIt(mountPoint, deadline: context.stepDeadline)
         } catch let error as SystemCallError where error.errno == EBUSY {
@@ -137,15 +141,21 @@ extension FilesystemLayer {
     /// A filesystem whose writes did not all reach the remote (a full
     /// remote, a hang) is shut down before it is unmounted: see
     /// `Mounts.shutDownKeepingJournal`. The sync asks whether everything
-    /// written reached the remote; one that only runs out of time is left
-    /// to the unmount, as before.
-    private static func keepJournalIfWritesFailed(_ mountPoint: String, in context: TeardownContext) async {
+    /// written reached the remote. Close has written the image out under
+    /// the hang watchdog by now, so a sync that runs out of time here means
+    /// the remote stopped answering since: the stack then cuts it off and
+    /// comes back forced (the stuck sync would hold the mount busy anyway).
+    private static func keepJournalIfWritesFailed(
+        _ mountPoint: String, force: Bool, in context: TeardownContext
+    ) async throws {
         var failure = context.imageWritesFailed ? "writes to the image failed earlier" : nil
         if failure == nil {
             do {
                 try await Mounts.sync(mountPoint, deadline: context.stepDeadline)
             } catch let error as SystemCallError {
                 failure = "the last write-out failed (\(error))"
+            } catch let stuck as DeadlineExceeded where !force {
+                throw stuck
             } catch {}
         }
         guard let failure else { return }

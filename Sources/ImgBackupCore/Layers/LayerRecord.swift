@@ -60,6 +60,14 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The FUSE mount this layer is (a transport that can be aborted), if it is one.
+    var fuseMountPoint: String? {
+        switch self {
+        case .sshfs(_, let mountPoint), .nbdBridge(let mountPoint, _): mountPoint
+        case .remoteLock, .partialImage, .loop, .crypt, .filesystem: nil
+        }
+    }
+
     func isSameLayer(as other: LayerRecord) -> Bool { layerName == other.layerName && place == other.place }
 
     /// Whether the layer is up, checked now without touching the remote

@@ -13,4 +13,10 @@ public protocol Layer: Sendable {
 /// already down (or never came up) counts as success.
 public protocol LayerTeardown: Sendable {
     func down(_ record: LayerRecord, force: Bool) async throws
+    /// A step did not finish within its deadline: the remote under `records`
+    /// stopped answering. Cut their transports off (abort the FUSE
+    /// connections), so whatever waits on them fails instead of waiting
+    /// forever: a thread stuck in the kernel on a frozen remote would keep
+    /// the process from ever exiting.
+    func cutOff(_ records: [LayerRecord]) async
 }

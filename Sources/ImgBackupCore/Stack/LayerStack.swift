@@ -13,6 +13,10 @@ public struct TeardownFailure: Sendable {
 public struct UnwindReport: Sendable {
     public var failures: [TeardownFailure] = []
     public var remaining: [LayerRecord] = []
+    /// The step that did not finish in time, when one did not: the
+    /// transports were then cut off and the rest of the unwind was forced.
+    /// The layers may all be down, but writes may not have reached the remote.
+    public var stuck: DeadlineExceeded?
     public var succeeded: Bool { failures.isEmpty }
     public var firstFailure: TeardownFailure? { failures.first }
 }
@@ -60,17 +64,26 @@ public actor LayerStack {
     private func unwindNow(keeping remaining: Int, force: Bool) async -> UnwindReport {
         var report = UnwindReport()
         var kept: [LayerRecord] = []
+        var force = force
         while records.count > remaining {
             let record = records.removeLast()
-            do {
-                logger.debug("down: \(record)")
-                try await teardown.down(record, force: force)
-            } catch {
-                logger.debug("down failed: \(record): \(error)")
+            var failure = await takeDown(record, force: force)
+            if let error = failure, !force, let stuck = Self.stuckStep(error) {
+                // A remote that stopped answering never will: cut it off, so
+                // what blocks on it fails now, and force the rest.
+                logger.notice(
+                    "\(stuck): the remote stopped answering; cutting off its transport and forcing the rest of the teardown"
+                )
+                report.stuck = stuck
+                await teardown.cutOff(records + [record])
+                force = true
+                failure = await takeDown(record, force: true)
+            }
+            if let failure {
                 report.failures.append(
                     TeardownFailure(
                         layer: record,
-                        error: .wrapping(error, .invalidState, failedTo: "take down the \(record)")))
+                        error: .wrapping(failure, .invalidState, failedTo: "take down the \(record)")))
                 kept.insert(record, at: 0)
             }
             // What is still (or may still be) up, after each step: `status`
@@ -87,6 +100,25 @@ public actor LayerStack {
                 TeardownFailure(layer: nil, error: .wrapping(error, .system, failedTo: "update the state record")))
         }
         return report
+    }
+
+    /// Takes one layer down; the error when it did not come down.
+    private func takeDown(_ record: LayerRecord, force: Bool) async -> (any Error)? {
+        do {
+            logger.debug("down: \(record)\(force ? " (forced)" : "")")
+            try await teardown.down(record, force: force)
+            return nil
+        } catch {
+            logger.debug("down failed: \(record): \(error)")
+            return error
+        }
+    }
+
+    /// The deadline a step ran out of, however deep in the error it is.
+    static func stuckStep(_ error: any Error) -> DeadlineExceeded? {
+        if let exceeded = error as? DeadlineExceeded { return exceeded }
+        if let wrapped = error as? ImgBackupError, let cause = wrapped.cause { return stuckStep(cause) }
+        return nil
     }
 
     public var depth: Int { records.count }

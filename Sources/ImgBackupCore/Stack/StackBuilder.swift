@@ -111,5 +111,11 @@ struct StackBuilder {
     func unwind(keeping remaining: Int = 0, force: Bool = false) async throws(ImgBackupError) {
         let report = await stack.unwind(keeping: remaining, force: force)
         if let failure = report.firstFailure { throw failure.error }
+        if let stuck = report.stuck {
+            throw ImgBackupError(
+                .hung,
+                "taking target '\(target.name)' down hung: \(stuck), so its transport was cut off",
+                hint: "check the remote (\(target.remote.host)); earlier backups are untouched")
+        }
     }
 }

@@ -16,6 +16,17 @@ public struct SystemTeardown: LayerTeardown {
     public func down(_ record: LayerRecord, force: Bool) async throws {
         try await record.down(force: force, in: context)
     }
+
+    public func cutOff(_ records: [LayerRecord]) async {
+        for mountPoint in records.compactMap(\.fuseMountPoint) where MountTable.isMountPoint(mountPoint) {
+            context.logger.notice("aborting the FUSE connection of \(mountPoint)")
+            do {
+                try FUSEConnection.abort(mountPoint: mountPoint)
+            } catch {
+                context.logger.error("could not abort the FUSE connection of \(mountPoint): \(error)")
+            }
+        }
+    }
 }
 
 /// What every layer's `down` shares: the command runner, the step deadline

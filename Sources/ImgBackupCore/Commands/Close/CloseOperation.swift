@@ -70,11 +70,37 @@ public struct CloseOperation: Sendable {
         }
     }
 
+    /// Writes what is still in the page cache out to the remote before the
+    /// stack goes down: after a person's session that can be gigabytes,
+    /// hours over a slow link. Guarded as a run's copy is: it may take as
+    /// long as bytes move or the remote answers; a remote that stops
+    /// answering is a hang (its transport is cut off then), returned.
+    private func writeOutGuarded(_ record: StateRecord?) async -> ImgBackupError? {
+        let mountPoint = target.mountPoint
+        guard !force, !imageWritesFailed,
+            record?.layers.contains(where: { $0.layerName == FilesystemLayer.kind }) == true,
+            FilesystemLayer.isUp(mountPoint: mountPoint)
+        else { return nil }
+        let outcome = await HangGuard(target: target, environment: environment, step: "writing the image out").run {
+            () async throws(ImgBackupError) in
+            do {
+                try await Mounts.sync(mountPoint, deadline: WriteOut.limit)
+            } catch {
+                throw ImgBackupError.wrapping(error, .system, failedTo: "write the image out")
+            }
+        }
+        guard case .hung(let error, _) = outcome else { return nil }
+        return error
+    }
+
     /// The stack going down, for a caller that holds the target lock (`run`).
     func tearDown() async throws(ImgBackupError) -> Outcome {
         let store = environment.stateStore
         let record = try store.load(target: target.name)
         if let record { await stopOrphanedCopyStep(record) }
+        // A failed write-out is the filesystem layer's to find and report.
+        let hang = await writeOutGuarded(record)
+        let force = self.force || hang != nil
         let layers = record?.layers ?? target.possibleLayers(environment.paths)
         let context = TeardownContext(
             runner: environment.runner, stepDeadline: Deadlines(target).teardownStep, logger: environment.logger,
@@ -97,8 +123,15 @@ public struct CloseOperation: Sendable {
         // the next open checks it.
         // Closing what was not open says nothing about the filesystem.
         let lost = context.lostWrites.reason
-        if !force && !imageWritesFailed && lost == nil && record != nil {
+        if !force && !imageWritesFailed && lost == nil && report.stuck == nil && record != nil {
             DirtyMarker(paths: environment.paths, target: target.name).clear()
+        }
+        if let hang { throw hang }
+        if let stuck = report.stuck {
+            throw ImgBackupError(
+                .hung,
+                "closed target '\(target.name)', but its remote stopped answering: \(stuck), so its transport was cut off and the last writes may not have reached it",
+                hint: "check the remote; the next open replays the filesystem's journal and checks it")
         }
         // Whoever wrote into a hand-opened image learns here that it did not
         // all land; a run and a forced close already report their failure.
