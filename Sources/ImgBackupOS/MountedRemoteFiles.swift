@@ -14,6 +14,17 @@ public enum MountedRemoteFiles {
         }
     }
 
+    /// Whether the server behind the FUSE mount at `directory` answers a
+    /// lookup of a name never asked for before (a random one: no cache in
+    /// the kernel or in sshfs can hold the answer). "No such file" is an
+    /// answer; any other error is not. Blocks while the server does not
+    /// answer: the caller's deadline abandons it.
+    public static func answersLookup(in directory: String) -> Bool {
+        let name = ".imgbackup-probe-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        var info = stat()
+        return lstat("\(directory)/\(name)", &info) == 0 || errno == ENOENT
+    }
+
     /// Creates `path` (never an existing file) as a sparse file of `size` bytes.
     public static func createSparse(_ path: String, size: UInt64, deadline: Duration) async throws {
         try await withAbandonableDeadline(deadline, operation: "create \(path)") {

@@ -246,7 +246,9 @@ import Testing
             executable: "/usr/bin/sftp", termination: .exited(0),
             standardOutput: """
                 sftp> cd "/srv/laptop"
-                sftp> df .
+                sftp> pwd
+                Remote working directory: /srv/laptop
+                sftp> -df .
                         Size         Used        Avail       (root)    %Capacity
                     20466256     14246736      5154560      6219520          69%
                 sftp> -ls -ln "laptop.img"
@@ -260,10 +262,26 @@ import Testing
         let noImage = CommandResult(
             executable: "/usr/bin/sftp", termination: .exited(0),
             standardOutput:
-                "sftp> df .\n        Size         Used        Avail       (root)    %Capacity\n 100 50 40 50 50%\n",
+                "Remote working directory: /srv/laptop\nsftp> -df .\n        Size         Used        Avail       (root)    %Capacity\n 100 50 40 50 50%\n",
             standardError: "Can't ls: \"/srv/laptop/laptop.img\" not found\n")
         #expect(
             SystemInspector.parse(noImage, image: "laptop.img") == .reachable(available: 40 * 1024, imageBytes: nil))
+
+        // An SFTP-only host without the statvfs extension (or refusing it):
+        // reachable, free space unknown.
+        let noStatvfs = CommandResult(
+            executable: "/usr/bin/sftp", termination: .exited(0),
+            standardOutput: """
+                sftp> cd "/srv/laptop"
+                sftp> pwd
+                Remote working directory: /srv/laptop
+                sftp> -df .
+                sftp> -ls -ln "laptop.img"
+                -rw-------    ? 1000     1000     2147483648 Nov 22 22:00 laptop.img
+
+                """, standardError: "Server does not support the statvfs@openssh.com extension\n")
+        #expect(
+            SystemInspector.parse(noStatvfs, image: "laptop.img") == .reachable(available: nil, imageBytes: 2 << 30))
 
         let noDirectory = CommandResult(
             executable: "/usr/bin/sftp", termination: .exited(1), standardOutput: "sftp> cd \"/srv/nope\"\n",

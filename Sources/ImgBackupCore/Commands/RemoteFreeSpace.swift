@@ -1,8 +1,9 @@
 import ImgBackupOS
 
 /// The free space of the remote filesystem under the image, where the
-/// transport can tell: SFTP statvfs through the sshfs mount. (An NBD export
-/// is a fixed-size device; its server's disk is out of sight.)
+/// transport can tell: SFTP statvfs through the sshfs mount, where the
+/// server has it. (An NBD export is a fixed-size device; its server's disk
+/// is out of sight.)
 struct RemoteFreeSpace: Sendable {
     let target: Target
     let environment: OperationEnvironment
@@ -19,7 +20,7 @@ struct RemoteFreeSpace: Sendable {
         guard target.transport == .sshfs else { return nil }
         let mount = environment.paths.remoteMount(target.name)
         return try? await withAbandonableDeadline(Self.answerDeadline, operation: "measure the remote's free space") {
-            (try? LocalFiles.capacity(mount))?.available
+            SSHFSLayer.remoteCapacity(mountPoint: mount)?.available
         } ?? nil
     }
 

@@ -133,6 +133,18 @@ extension SSHFSLayer {
         MountTable.mount(at: mountPoint)?.filesystemType.hasPrefix("fuse") ?? false
     }
 
+    /// What sshfs says of a server without the `statvfs@openssh.com`
+    /// extension: 1000 GiB, all of it free, made up on this machine.
+    static let madeUpCapacity: UInt64 = 1000 << 30
+
+    /// The remote filesystem's size and free space, as the SFTP server
+    /// reports them; nil when it cannot (no statvfs extension, or refused).
+    static func remoteCapacity(mountPoint: String) -> (total: UInt64, free: UInt64, available: UInt64)? {
+        guard let capacity = try? LocalFiles.capacity(mountPoint) else { return nil }
+        let madeUp = [capacity.total, capacity.free, capacity.available].allSatisfy { $0 == madeUpCapacity }
+        return madeUp ? nil : capacity
+    }
+
     static func down(mountPoint: String, force: Bool, in context: TeardownContext) async throws {
         defer {
             // The mount point and the per-target runtime directory it lives in.

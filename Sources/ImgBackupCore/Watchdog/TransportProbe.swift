@@ -20,10 +20,13 @@ extension TransportProbing {
 }
 
 /// Asks a transport a question only the remote can answer, with a short
-/// deadline of its own: statvfs on an sshfs mount (SFTP statvfs, never
-/// cached), or a one-sector read through the NBD bridge (getxattr
-/// `user.imgbackup.ping`). A keepalive is no such question: sshd answers
-/// those while a frozen sftp-server answers nothing.
+/// deadline of its own: on an sshfs mount, the attributes of a name that
+/// was never asked about (an SFTP LSTAT every server has; nothing caches
+/// the answer to a name nobody asked for before); through the NBD bridge, a
+/// one-sector read (getxattr `user.imgbackup.ping`). A keepalive is no such
+/// question: sshd answers those while a frozen sftp-server answers nothing.
+/// Nor is statfs: without the `statvfs@openssh.com` extension (SFTP-only
+/// hosts that lack it) sshfs answers it itself, with made-up numbers.
 struct TransportProbe: TransportProbing, Equatable {
     enum Kind: Sendable, Equatable { case sshfs, nbd }
     let kind: Kind
@@ -59,7 +62,7 @@ struct TransportProbe: TransportProbing, Equatable {
         do {
             return try await withAbandonableDeadline(deadline, operation: "probe \(layerName)") {
                 switch kind {
-                case .sshfs: return (try? LocalFiles.capacity(mount)) != nil
+                case .sshfs: return MountedRemoteFiles.answersLookup(in: mount)
                 case .nbd:
                     return ExtendedAttribute.value(
                         of: "\(mount)/\(BridgedImage.fileName)", name: BridgedImage.pingAttribute) != nil

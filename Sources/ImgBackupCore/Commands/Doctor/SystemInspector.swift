@@ -61,10 +61,14 @@ public struct SystemInspector: SystemInspecting {
         return result.standardOutput + result.standardError
     }
 
-    /// One sftp session, as the target's key: cd to the directory, df, ls the image.
+    /// One sftp session, as the target's key: cd to the directory (the batch
+    /// ends there if it fails), pwd (so getting this far shows), df (not
+    /// every SFTP server has it: a failing df does not end the batch), ls
+    /// the image.
     public func lookAtRemote(_ target: Target) async -> RemoteLook {
         let batch = [
-            "cd \(Self.sftpQuoted(target.remote.directory))", "df .", "-ls -ln \(Self.sftpQuoted(target.image))",
+            "cd \(Self.sftpQuoted(target.remote.directory))", "pwd", "-df .",
+            "-ls -ln \(Self.sftpQuoted(target.image))",
         ]
         switch await sftp(
             batch, destination: target.remote.sshDestination, port: target.port,
@@ -133,7 +137,7 @@ public struct SystemInspector: SystemInspecting {
 
     static func parse(_ result: CommandResult, image: String) -> RemoteLook {
         let lines = result.standardOutput.split(separator: "\n").map(String.init)
-        guard let header = lines.firstIndex(where: { $0.contains("Avail") && $0.contains("Size") }) else {
+        guard lines.contains(where: { $0.hasPrefix("Remote working directory: ") }) else {
             let why = sshReason(result)
             // sftp exits 1 when a batch command failed (the cd), 255 when ssh did.
             if result.termination != .exited(1) {
@@ -141,10 +145,13 @@ public struct SystemInspector: SystemInspecting {
             }
             return .noDirectory(why)
         }
-        // "Size Used Avail (root) %Capacity" in KiB (OpenSSH's sftp df).
-        let numbers = lines.dropFirst(header + 1).first?.split(separator: " ").compactMap { UInt64($0) } ?? []
-        // The server's number: saturate rather than trap.
-        let available = numbers.count >= 3 ? saturatingProduct(numbers[2], 1024) : nil
+        // "Size Used Avail (root) %Capacity" in KiB (OpenSSH's sftp df);
+        // absent when the server has no statvfs extension or refused it.
+        let available = lines.firstIndex(where: { $0.contains("Avail") && $0.contains("Size") }).flatMap { header in
+            let numbers = lines.dropFirst(header + 1).first?.split(separator: " ").compactMap { UInt64($0) } ?? []
+            // The server's number: saturate rather than trap.
+            return numbers.count >= 3 ? saturatingProduct(numbers[2], 1024) : nil
+        }
         // "-rw------- 1 0 0 100663296 Nov 22 22:00 image.img": the fifth field is the size.
         let imageBytes = lines.first { $0.hasSuffix(" \(image)") && !$0.hasPrefix("sftp>") }.flatMap { line in
             let fields = line.split(separator: " ")
