@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit lint e2e test demo install completions man clean format bench
+.PHONY: all deps build unit lint e2e test demo install completions man clean format bench bench-links
 
 all: build
 
@@ -80,3 +80,9 @@ bench:
 	$(SWIFT) build -c release
 	scripts/bench-nbd.sh
 	e2e/in-real-kernel.sh scripts/bench-run.sh
+
+# Backups over a slow, distant link (netem in the VM): imgbackup against the
+# recipe, borg, restic and plain rsync. Needs restic (apt-get install restic).
+bench-links:
+	$(SWIFT) build -c release
+	e2e/in-real-kernel.sh scripts/bench-links.sh

@@ -301,6 +301,7 @@ SHARD_SECONDS = {
     "test_nbd.py": 350, "test_pull.py": 350, "test_unattended.py": 300, "test_keys.py": 250,
     "test_resize.py": 250, "test_authorized_keys.py": 220, "test_restore.py": 200, "test_bad_input.py": 150,
     "test_status.py": 120, "test_doctor.py": 90, "test_lock.py": 90, "test_metrics.py": 60,
+    "test_big_image.py": 170, "test_sftp_only.py": 150, "test_wire.py": 70,
 }
 SHARD_DEFAULT_SECONDS = 180
 

@@ -9,6 +9,16 @@
 #include <linux/loop.h>
 #include <linux/dm-ioctl.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <linux/inet_diag.h>
+#include <linux/rtnetlink.h>
+#include <stddef.h>
 #include <sys/prctl.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -132,4 +142,80 @@ int imgb_catch_stop_signals(void) {
         if (sigaction(signals[i], &action, NULL) != 0) return -errno;
     }
     return ends[0];
+}
+
+int imgb_borrow_fd(int pid, int target_fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) return -errno;
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+    int saved = errno;
+    close(pidfd);
+    return fd < 0 ? -saved : fd;
+}
+
+int imgb_tcp_traffic(int fd, uint64_t *sent, uint64_t *received) {
+    struct tcp_info info;
+    memset(&info, 0, sizeof info);
+    socklen_t length = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) < 0) return -errno;
+    /* An older kernel fills less: both counters must be in what it gave. */
+    if (length < offsetof(struct tcp_info, tcpi_bytes_sent) + sizeof info.tcpi_bytes_sent) return -EOPNOTSUPP;
+    *sent = info.tcpi_bytes_sent;
+    *received = info.tcpi_bytes_received;
+    return 0;
+}
+
+int imgb_set_max_pacing_rate(int fd, uint64_t bytes_per_second) {
+    return setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &bytes_per_second, sizeof bytes_per_second) < 0 ? -errno : 0;
+}
+
+int64_t imgb_unix_peer(uint32_t inode) {
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) return -errno;
+    struct {
+        struct nlmsghdr header;
+        struct unix_diag_req request;
+    } message;
+    memset(&message, 0, sizeof message);
+    message.header.nlmsg_len = sizeof message;
+    message.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    message.header.nlmsg_flags = NLM_F_REQUEST;
+    message.request.sdiag_family = AF_UNIX;
+    message.request.udiag_states = -1;
+    message.request.udiag_ino = inode;
+    message.request.udiag_show = UDIAG_SHOW_PEER;
+    message.request.udiag_cookie[0] = INET_DIAG_NOCOOKIE;
+    message.request.udiag_cookie[1] = INET_DIAG_NOCOOKIE;
+    if (send(fd, &message, sizeof message, 0) < 0) {
+        int saved = errno;
+        close(fd);
+        return -saved;
+    }
+    union {
+        char bytes[4096];
+        struct nlmsghdr align;
+    } reply;
+    ssize_t length = recv(fd, reply.bytes, sizeof reply.bytes, 0);
+    int saved = errno;
+    close(fd);
+    if (length < 0) return -saved;
+    for (struct nlmsghdr *header = &reply.align; NLMSG_OK(header, (size_t)length);
+         header = NLMSG_NEXT(header, length)) {
+        if (header->nlmsg_type == NLMSG_ERROR) {
+            struct nlmsgerr *error = NLMSG_DATA(header);
+            return error->error < 0 ? error->error : -ENOENT;
+        }
+        if (header->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+        struct unix_diag_msg *diag = NLMSG_DATA(header);
+        size_t left = header->nlmsg_len - NLMSG_LENGTH(sizeof *diag);
+        for (struct rtattr *attribute = (struct rtattr *)(diag + 1); RTA_OK(attribute, left);
+             attribute = RTA_NEXT(attribute, left)) {
+            if (attribute->rta_type == UNIX_DIAG_PEER && RTA_PAYLOAD(attribute) >= sizeof(uint32_t)) {
+                uint32_t peer;
+                memcpy(&peer, RTA_DATA(attribute), sizeof peer);
+                return peer;
+            }
+        }
+    }
+    return -ENOENT;
 }

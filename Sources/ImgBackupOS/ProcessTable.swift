@@ -23,6 +23,42 @@ public enum ProcessTable {
         }
     }
 
+    /// PIDs of the processes whose argv contains `argument` (a mount point
+    /// in sshfs's or the NBD bridge's command line), whatever their name.
+    public static func processes(withArgument argument: String) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry), pid != getpid(),
+                let data = KernelFile.data("/proc/\(entry)/cmdline"), !data.isEmpty
+            else { return nil }
+            return data.split(separator: 0).dropFirst().contains { String(decoding: $0, as: UTF8.self) == argument }
+                ? pid : nil
+        }
+    }
+
+    /// The children of `parents`, their children, and so on (from each
+    /// process's parent in /proc/PID/stat).
+    public static func descendants(of parents: [pid_t]) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        var parentOf: [pid_t: pid_t] = [:]
+        for entry in entries {
+            guard let pid = pid_t(entry), let stat = KernelFile.text("/proc/\(entry)/stat"),
+                let end = stat.lastIndex(of: ")")
+            else { continue }
+            // "PID (comm) STATE PPID ...": comm may hold spaces and parentheses.
+            let fields = stat[stat.index(after: end)...].split(separator: " ")
+            if fields.count > 1, let parent = pid_t(fields[1]) { parentOf[pid] = parent }
+        }
+        var found: [pid_t] = []
+        var frontier = Set(parents)
+        while !frontier.isEmpty {
+            let next = parentOf.filter { frontier.contains($0.value) }.map(\.key)
+            found += next
+            frontier = Set(next)
+        }
+        return found
+    }
+
     /// PIDs with their working directory, root, or an open file under `path`
     /// (what `fuser -m` finds). Reads /proc links only: never touches the
     /// filesystem at `path`, so it works when that filesystem hangs.

@@ -83,6 +83,15 @@ let firstFullExample = """
         #expect(try config.target(named: "cred").key == .unset)
     }
 
+    @Test func aBandwidthLimitIsBytesASecond() throws {
+        let config = try ConfigLoader.parse(
+            "[target.capped]\nremote = \"h:/c\"\nkey_file = \"/k\"\nbandwidth_limit = \"2M\"\n", path: "c.toml")
+        #expect(try config.target(named: "capped").bandwidthLimit?.bytes == 2 << 20)
+        #expect(
+            try ConfigLoader.parse("[target.free]\nremote = \"h:/f\"\n", path: "c.toml").target(named: "free")
+                .bandwidthLimit == nil)
+    }
+
     @Test func targetsKeepFileOrder() throws {
         let config = try ConfigLoader.parse(
             """
@@ -109,6 +118,8 @@ let firstFullExample = """
         ("ssh_options = [1]", "c.toml:4: target.t.ssh_options: expected an array of strings, found a TOML int"),
         ("image = \"../x.img\"", "c.toml:4: target.t.image: '../x.img' must be a plain file name"),
         ("size = \"1M\"", "c.toml:4: target.t.size: 1 MiB is too small"),
+        ("bandwidth_limit = \"fast\"", "c.toml:4: target.t.bandwidth_limit: 'fast' is not a size"),
+        ("bandwidth_limit = \"1K\"", "c.toml:4: target.t.bandwidth_limit: 1 KiB a second is too little"),
         ("key_command = [\"pass\"]", "c.toml:4: target.t.key_command: give key_file or key_command, not both"),
         ("transport = \"nbd\"", "c.toml:4: target.t.transport: is nbd but there is no [target.t.nbd] table"),
     ])

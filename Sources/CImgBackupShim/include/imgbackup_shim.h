@@ -75,4 +75,26 @@ int imgb_dm_remove(const char *name);
 /// pipe's read end (non-blocking, close-on-exec) or -errno.
 int imgb_catch_stop_signals(void);
 
+/// Duplicates descriptor `target_fd` of process `pid` into this one
+/// (pidfd_getfd, Linux 5.6: ptrace access to `pid`, which root has). The
+/// copy is close-on-exec and shares the open file: a socket option set on
+/// it is set on the other process's socket. Returns the fd or -errno.
+int imgb_borrow_fd(int pid, int target_fd);
+
+/// What the TCP socket `fd` has carried: payload bytes sent (retransmissions
+/// included: what went on the wire) and received. 0, or -errno (-ENOTSOCK,
+/// -EOPNOTSUPP for a socket that is not TCP).
+int imgb_tcp_traffic(int fd, uint64_t *sent, uint64_t *received);
+
+/// SO_MAX_PACING_RATE on socket `fd`: at most `bytes_per_second` are sent
+/// through it (TCP paces itself, without the fq qdisc, since Linux 4.13).
+/// Returns 0 or -errno.
+int imgb_set_max_pacing_rate(int fd, uint64_t bytes_per_second);
+
+/// The inode of the socket at the other end of the unix socket `inode`
+/// (sock_diag, UDIAG_SHOW_PEER): how sshfs's ssh is found, which sshfs
+/// started before it daemonized (so it is not sshfs's child). Returns the
+/// peer's inode, or -errno (-ENOENT: no such socket, or no peer).
+int64_t imgb_unix_peer(uint32_t inode);
+
 #endif

@@ -129,6 +129,12 @@ public enum ConfigLoader {
         if let size = target.size, size.bytes < 32 << 20 {
             throw table.error("size", "\(size) is too small: the LUKS2 header alone takes 16 MiB (use at least 32M)")
         }
+        target.bandwidthLimit = try table.size("bandwidth_limit")
+        if let limit = target.bandwidthLimit, limit.bytes < 8 << 10 {
+            throw table.error(
+                "bandwidth_limit",
+                "\(limit) a second is too little for ssh to keep a connection alive (use at least 8K)")
+        }
         target.filesystem = try table.choice("filesystem", Target.Filesystem.self) ?? .ext4
         target.transport = try table.choice("transport", Target.Transport.self) ?? .sshfs
 

@@ -89,6 +89,9 @@ public struct Target: Sendable, Equatable {
     public var sshOptions: [String] = []
     public var image: String
     public var size: ByteSize?
+    /// At most this many bytes a second leave on each of the target's
+    /// connections (`bandwidth_limit`); nil: as fast as the link goes.
+    public var bandwidthLimit: ByteSize?
     public var filesystem: Filesystem = .ext4
     public var transport: Transport = .sshfs
     public var key: KeySource

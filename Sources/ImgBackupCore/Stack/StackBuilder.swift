@@ -69,8 +69,15 @@ struct StackBuilder {
         }
     }
 
-    /// The transport of `target.transport`; returns the image's local path.
+    /// The transport of `target.transport`, its connections capped at the
+    /// target's `bandwidth_limit`; returns the image's local path.
     func pushTransport(requireTrim: Bool = false, breakLock: Bool = false) async throws(ImgBackupError) -> String {
+        let image = try await pushTransportUncapped(requireTrim: requireTrim, breakLock: breakLock)
+        if target.bandwidthLimit != nil { WireTraffic(target: target, paths: environment.paths).sample() }
+        return image
+    }
+
+    private func pushTransportUncapped(requireTrim: Bool, breakLock: Bool) async throws(ImgBackupError) -> String {
         switch target.transport {
         case .sshfs:
             return try await pushRemote(breakLock: breakLock)

@@ -34,6 +34,10 @@ public struct RunRecord: Codable, Sendable, Equatable {
     public var bytesWritten: UInt64?
     /// Bytes the copy tool reported copying, where it does (rsync, borg).
     public var bytesCopied: UInt64?
+    /// Bytes the target's own connections sent and received (TCP payload:
+    /// ssh's encrypted stream, retransmissions included), open to write-out.
+    public var wireBytesSent: UInt64?
+    public var wireBytesReceived: UInt64?
     public var method: String?
     /// The backup point the run made: snapshots/NAME, borg::NAME.
     public var point: String?

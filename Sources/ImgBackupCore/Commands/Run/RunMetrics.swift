@@ -77,6 +77,18 @@ public struct RunMetrics: Sendable {
         ) { record, _, _ in
             record.bytesWritten.map { Int64(clamping: $0) }
         },
+        Metric(
+            name: "imgbackup_last_run_wire_bytes_sent",
+            help: "Bytes the target's own connections sent on the wire in the last run (ssh's stream, over TCP)."
+        ) { record, _, _ in
+            record.wireBytesSent.map { Int64(clamping: $0) }
+        },
+        Metric(
+            name: "imgbackup_last_run_wire_bytes_received",
+            help: "Bytes the target's own connections received on the wire in the last run."
+        ) { record, _, _ in
+            record.wireBytesReceived.map { Int64(clamping: $0) }
+        },
         Metric(name: "imgbackup_image_apparent_bytes", help: "The remote image file's apparent size, as last measured.")
         { _, _, image in
             image?.apparentBytes.map { Int64(clamping: $0) }

@@ -46,6 +46,8 @@ public struct RunOperation: Sendable {
             record.incremental = outcome.copy.incremental
             record.pruned = outcome.pruned
             record.bytesWritten = outcome.bytesWritten
+            record.wireBytesSent = outcome.wire?.sent
+            record.wireBytesReceived = outcome.wire?.received
             failure = outcome.failure
         } catch {
             failure = error
@@ -78,6 +80,7 @@ public struct RunOperation: Sendable {
         var copy = CopyOutcome()
         var pruned: [String]?
         var bytesWritten: UInt64?
+        var wire: TCPConnections.Traffic?
         var failure: ImgBackupError?
         /// The image's transport stopped answering.
         var hung = false
@@ -144,6 +147,8 @@ public struct RunOperation: Sendable {
             writeOut: writeOut)
         var guarded = HangGuard(target: target, environment: environment, heartbeat: heartbeat)
         guarded.sources = copy.sourceHosts
+        let wire = WireTraffic(target: target, paths: environment.paths, sources: copy.sourceHosts)
+        let sampling = wire.sampling()
 
         let progress = JournalProgress.start(
             "run of '\(target.name)'", device: device, heartbeat: heartbeat, environment: environment)
@@ -164,6 +169,11 @@ public struct RunOperation: Sendable {
             outcome.failure = error
         }
         progress.stop()
+        sampling.cancel()
+        await sampling.value
+        // After the write-out: what the run moved, short of the teardown's last words.
+        wire.sample()
+        outcome.wire = wire.total
         if outcome.hung { session.hung.set() }
         if writeOut.failed.isSet { session.imageWritesFailed.set() }
         // Bytes that reached the image, whatever the tool says.

@@ -211,6 +211,9 @@ extension TargetStatus {
             var words = ["\(lastRun.result?.rawValue ?? "running") at \(Self.time(lastRun.start))"]
             if let duration = lastRun.duration { words.append("in \(Self.duration(duration))") }
             if let written = lastRun.bytesWritten { words.append("\(ByteSize.format(written)) written") }
+            if let sent = lastRun.wireBytesSent, let received = lastRun.wireBytesReceived {
+                words.append("\(ByteSize.format(sent)) sent and \(ByteSize.format(received)) received on the wire")
+            }
             if let point = lastRun.point { words.append("point \(point)") }
             if let exitCode = lastRun.exitCode, exitCode != 0 { words.append("exit \(exitCode)") }
             lines.append("  last run: " + words.joined(separator: ", "))
