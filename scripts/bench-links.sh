@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Backups over a slow, distant link: the same source and the same change set
+# through `imgbackup run` (sshfs and NBD), the shell recipe it replaces,
+# borg over ssh, restic over sftp, and plain rsync over ssh (unencrypted: the
+# ceiling). The link is netem on loopback, inside the VM:
+#
+#   e2e/in-real-kernel.sh scripts/bench-links.sh [PROFILE...]
+#
+# PROFILE is RTT:RATE (default "20ms:16mbit 100ms:100mbit"). For each: a
+# first run of every tool over the link, then the change set (40 files
+# edited, 2 MiB added, 10 removed), then an incremental run of every tool.
+# Reported: wall time, and bytes on the wire (the loopback interface's
+# transmitted bytes: both directions, headers included), plus what imgbackup
+# itself counted on its connections. Needs restic (apt-get install restic).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${IMGBACKUP_BIN:-$root/.build/release/imgbackup}
+[ -x "$bin" ] || bin=$root/.build/debug/imgbackup
+profiles=("$@")
+[ ${#profiles[@]} -gt 0 ] || profiles=(20ms:16mbit 100ms:100mbit)
+command -v restic >/dev/null || { echo "bench-links: restic is not installed (apt-get install restic)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/imgbackup-bench-links.XXXXXX)
+config=$work/imgbackup.toml
+export IMGBACKUP_RUNTIME_DIR=$work/run IMGBACKUP_STATE_DIR=$work/state
+ssh_opts="-p 2222 -i $work/ssh/client_ed25519 -o IdentitiesOnly=yes -o UserKnownHostsFile=$work/ssh/known_hosts -o StrictHostKeyChecking=yes"
+export BORG_BASE_DIR=$work/borg-base BORG_PASSPHRASE=bench BORG_RSH="ssh $ssh_opts"
+export BORG_REMOTE_PATH="env BORG_BASE_DIR=$work/borg-remote-base borg" RESTIC_PASSWORD=bench
+export RESTIC_CACHE_DIR=$work/restic-cache
+
+cleanup() {
+  tc qdisc del dev lo root 2>/dev/null || true
+  mountpoint -q "$work/recipe-mnt" 2>/dev/null && umount "$work/recipe-mnt"
+  [ -e /dev/mapper/bench-recipe ] && cryptsetup close bench-recipe
+  mountpoint -q "$work/recipe-remote" 2>/dev/null && fusermount3 -u "$work/recipe-remote"
+  for target in sshfs nbd; do "$bin" --config "$config" close "$target" >/dev/null 2>&1 || true; done
+  "$root/e2e/backup-host.sh" stop "$work"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$root/e2e/backup-host.sh" start "$work" 2222 >/dev/null
+: > "$config"   # the bench writes its own targets
+storage=$work/storage
+for target in sshfs nbd recipe; do
+  transport=sshfs
+  [ "$target" = nbd ] && transport=nbd
+  cat >> "$config" <<TOML
+[target.$target]
+remote        = "root@127.0.0.1:$storage"
+port          = 2222
+identity_file = "$work/ssh/client_ed25519"
+ssh_options   = ["UserKnownHostsFile=$work/ssh/known_hosts", "StrictHostKeyChecking=yes"]
+image         = "$target.img"
+size          = "256M"
+transport     = "$transport"
+key_file      = "$work/keys/demo.key"
+mount_point   = "$work/mnt/$target"
+[target.$target.luks]
+pbkdf            = "pbkdf2"
+pbkdf_iterations = 1000
+[target.$target.timeouts]
+stall    = "300s"
+teardown = "120s"
+[target.$target.copy]
+method  = "rsync"
+sources = ["$work/src"]
+TOML
+  [ "$transport" = nbd ] && cat >> "$config" <<TOML
+[target.$target.nbd]
+command = ["nbdkit", "--single", "--exit-with-parent", "file", "$storage/$target.img"]
+TOML
+done
+
+# The source: 1,400 small files and 20 larger ones, 27 MiB of random bytes;
+# then the change set applied to a copy.
+mkdir -p "$work/src-first" "$work/recipe-remote" "$work/recipe-mnt" "$storage/plain"
+python3 - "$work/src-first" <<'PY'
+import os, random, sys
+random.seed(20)
+root = sys.argv[1]
+for index in range(1400):
+    directory = os.path.join(root, f"dir{index % 40:02d}")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"small{index:04d}.dat"), "wb") as out:
+        out.write(os.urandom(random.randint(4 << 10, 28 << 10)))
+for index in range(20):
+    with open(os.path.join(root, f"large{index:02d}.bin"), "wb") as out:
+        out.write(os.urandom(256 << 10))
+PY
+cp -a "$work/src-first" "$work/src-second"
+python3 - "$work/src-second" <<'PY'
+import os, sys
+root = sys.argv[1]
+files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names if f.startswith("small"))
+for path in files[:40]:                  # 40 edited: 4 KiB rewritten in place
+    with open(path, "r+b") as out:
+        out.write(os.urandom(4 << 10))
+for path in files[40:50]:                # 10 removed
+    os.remove(path)
+with open(os.path.join(root, "added.bin"), "wb") as out:   # 2 MiB added
+    out.write(os.urandom(2 << 20))
+PY
+
+"$bin" --config "$config" init sshfs >/dev/null
+"$bin" --config "$config" init nbd >/dev/null
+"$bin" --config "$config" init recipe >/dev/null
+borg init -q -e repokey "ssh://root@127.0.0.1:2222$storage/borg"
+restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" init >/dev/null
+
+recipe() {  # snapshot name
+  sshfs -p 2222 -o "IdentityFile=$work/ssh/client_ed25519,UserKnownHostsFile=$work/ssh/known_hosts,StrictHostKeyChecking=yes" \
+    "root@127.0.0.1:$storage" "$work/recipe-remote"
+  cryptsetup open --key-file "$work/keys/demo.key" "$work/recipe-remote/recipe.img" bench-recipe
+  mount /dev/mapper/bench-recipe "$work/recipe-mnt"
+  mkdir -p "$work/recipe-mnt/snapshots"
+  local previous link=()
+  previous=$(ls "$work/recipe-mnt/snapshots" | sort | tail -1)
+  [ -n "$previous" ] && link=(--link-dest="$work/recipe-mnt/snapshots/$previous")
+  rsync -aHAX --numeric-ids --delete --relative "${link[@]}" "$work/src" "$work/recipe-mnt/snapshots/$1/"
+  umount "$work/recipe-mnt"
+  cryptsetup close bench-recipe
+  fusermount3 -u "$work/recipe-remote"
+}
+
+backup() {  # tool, pass (first|second)
+  case "$1" in
+    "run sshfs") "$bin" --config "$config" run sshfs >/dev/null ;;
+    "run NBD") "$bin" --config "$config" run nbd >/dev/null ;;
+    recipe) recipe "$2" ;;
+    borg) borg create -q --compression lz4 "ssh://root@127.0.0.1:2222$storage/borg::$2" "$work/src" ;;
+    restic) restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" \
+      backup "$work/src" >/dev/null ;;
+    rsync) rsync -aH --delete -e "ssh $ssh_opts" "$work/src/" "root@127.0.0.1:$storage/plain/" ;;
+  esac
+}
+
+lo_bytes() { cat /sys/class/net/lo/statistics/tx_bytes; }
+now() { date +%s.%N; }
+wire_of_last_run() {  # target: what imgbackup counted on its own connections
+  tail -n 1 "$IMGBACKUP_STATE_DIR/$1/runs.jsonl" | python3 -c 'import json, sys; r = json.load(sys.stdin); print(r.get("wireBytesSent", 0) + r.get("wireBytesReceived", 0))'
+}
+
+tools=("run sshfs" "run NBD" recipe borg restic rsync)
+echo "# $(date -u +%F) kernel $(uname -r); imgbackup $(basename "$(dirname "$bin")") build"
+echo "# source $(du -sb "$work/src-first" | cut -f1) bytes in $(find "$work/src-first" -type f | wc -l) files; change set: 40 edited (4 KiB each), 2 MiB added, 10 removed"
+for profile in "${profiles[@]}"; do
+  rtt=${profile%%:*} rate=${profile##*:}
+  half=$(( ${rtt%ms} / 2 ))
+  tc qdisc del dev lo root 2>/dev/null || true
+  tc qdisc add dev lo root netem delay "${half}ms" rate "$rate" limit 100000
+  echo
+  echo "## $rtt RTT, $rate"
+  echo
+  echo "| tool | first run | bytes on the wire | incremental run | bytes on the wire | imgbackup counted |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  for tool in "${tools[@]}"; do
+    row="| $tool"
+    counted=""
+    for pass in first second; do
+      rsync -a --delete "$work/src-$pass/" "$work/src/"
+      sync
+      bytes=$(lo_bytes) start=$(now)
+      backup "$tool" "$profile-$pass"
+      seconds=$(awk -v a="$(now)" -v b="$start" 'BEGIN { printf "%.1f", a - b }')
+      moved=$(( $(lo_bytes) - bytes ))
+      row="$row | $seconds s | $(awk -v b="$moved" 'BEGIN { printf "%.1f MiB", b / 1048576 }')"
+      case "$tool" in
+        "run sshfs") counted=$(awk -v b="$(wire_of_last_run sshfs)" 'BEGIN { printf "%.1f MiB", b / 1048576 }') ;;
+        "run NBD") counted=$(awk -v b="$(wire_of_last_run nbd)" 'BEGIN { printf "%.1f MiB", b / 1048576 }') ;;
+      esac
+    done
+    echo "$row | ${counted:--} |"
+  done
+  # The next profile starts from empty backups again.
+  "$bin" --config "$config" open sshfs >/dev/null && rm -rf "$work/mnt/sshfs/snapshots" && "$bin" --config "$config" close sshfs >/dev/null
+  "$bin" --config "$config" open nbd >/dev/null && rm -rf "$work/mnt/nbd/snapshots" && "$bin" --config "$config" close nbd >/dev/null
+  tc qdisc del dev lo root
+  for run in first second; do borg delete -q "ssh://root@127.0.0.1:2222$storage/borg::$profile-$run"; done
+  restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" \
+    forget --keep-last 0 --prune >/dev/null 2>&1 || true
+  rm -rf "$storage/plain" && mkdir -p "$storage/plain"
+  recipe_reset=$(mktemp -d)
+  sshfs -p 2222 -o "IdentityFile=$work/ssh/client_ed25519,UserKnownHostsFile=$work/ssh/known_hosts" "root@127.0.0.1:$storage" "$recipe_reset"
+  cryptsetup open --key-file "$work/keys/demo.key" "$recipe_reset/recipe.img" bench-recipe
+  mount /dev/mapper/bench-recipe "$work/recipe-mnt" && rm -rf "$work/recipe-mnt/snapshots" && umount "$work/recipe-mnt"
+  cryptsetup close bench-recipe && fusermount3 -u "$recipe_reset" && rmdir "$recipe_reset"
+done
