@@ -5,11 +5,12 @@ extension sshfs answers statfs itself, so a probe by statfs would never
 see the freeze."""
 import os
 import subprocess
+import time
 
 import pytest
 
 from conftest import HERE, assert_nothing_left
-from test_faults import STALL, MiB, freeze_mid_copy, write_random_files, assert_earlier_backup_intact
+from test_faults import STALL, freeze_expecting_hang, start_run, write_random_files
 
 SFTP_ONLY_PORT = 2226
 
@@ -79,12 +80,31 @@ def test_doctor_init_and_run_work_on_an_sftp_only_host_without_statvfs(host, sft
 
 
 def test_a_frozen_sftp_only_server_without_statvfs_is_a_hang(host, sftp_only):
-    source = os.path.join(host.work, "src-sftp-only-frozen")
-    write_random_files(source, 2, MiB)
+    """The copy step writes a line and syncs it every second, so few requests
+    are in flight when the SFTP server freezes: sshfs has threads to spare,
+    and a probe by statfs, which sshfs answers itself on this server, would
+    say the remote is fine for ever. The lookup the probe asks now only the
+    frozen server can answer."""
     name = host.add_target("sftponlyfrozen", size="96M", port=SFTP_ONLY_PORT, tables={
-        "copy": {"method": "rsync", "sources": [source]},
+        "copy": {"method": "command", "command": [
+            "sh", "-c", "while :; do date >> {mount}/ticks; sync -f {mount}; sleep 1; done"]},
         "timeouts": {"stall": f"{STALL}s", "teardown": "10s"},
     })
-    stderr, earlier = freeze_mid_copy(host, name, source, "sftp-server")
-    assert "sshfs to 127.0.0.1 did not answer" in stderr
-    assert_earlier_backup_intact(host, name, source, earlier, stale_lock=True)
+    host.clone_image(name)
+    run = start_run(host, name)
+    ticks = os.path.join(host.work, "mnt", name, "ticks")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        if os.path.exists(ticks) and len(open(ticks).read().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the copy step never wrote its ticks")
+    freeze_expecting_hang(run, "sftp-only server frozen",
+                          "imgbackup: error: the backup hung: sshfs to 127.0.0.1 did not answer", name="sftp-server")
+    assert_nothing_left(host, name, stale_lock=True)
+    opened = host.ok("open", name)
+    assert f"the last session of '{name}' did not end cleanly" in opened.stderr
+    host.ok("close", name)
+    assert_nothing_left(host, name)
+    host.discard(name)
