@@ -9,6 +9,15 @@ public struct MountEntry: Sendable, Equatable {
     public let mountPoint: String
     public let filesystemType: String
     public let source: String
+    /// The mount's own options (rw or ro first), and its superblock's: a
+    /// filesystem that stopped itself after an error (ext4's
+    /// errors=remount-ro, btrfs aborting a transaction) shows "ro" in its
+    /// superblock's options under a mount that still says "rw".
+    public var mountOptions: [Substring] = []
+    public var superOptions: [Substring] = []
+
+    /// Mounted read-write, but its filesystem has made itself read-only.
+    public var turnedReadOnly: Bool { mountOptions.first == "rw" && superOptions.first == "ro" }
 }
 
 /// The mount table, read from /proc/self/mountinfo. Reading it never touches
@@ -31,7 +40,9 @@ public enum MountTable {
                 device: String(fields[2]),
                 mountPoint: unescape(fields[4]),
                 filesystemType: String(fields[separator + 1]),
-                source: unescape(fields[separator + 2])
+                source: unescape(fields[separator + 2]),
+                mountOptions: fields[5].split(separator: ","),
+                superOptions: fields.count > separator + 3 ? fields[separator + 3].split(separator: ",") : []
             )
         }
     }

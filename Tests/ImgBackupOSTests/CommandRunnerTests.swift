@@ -189,6 +189,17 @@ import Testing
         #expect(entries[1].source == "u@h:/srv")
     }
 
+    @Test func seesAFilesystemThatMadeItselfReadOnly() {
+        let text = """
+            50 25 254:0 / /mnt/t rw,relatime shared:1 - ext4 /dev/mapper/imgbackup-t ro,relatime,errors=remount-ro
+            51 25 254:1 / /mnt/u rw,relatime shared:2 - ext4 /dev/mapper/imgbackup-u rw,relatime,errors=remount-ro
+            52 25 254:2 / /mnt/v ro,relatime shared:3 - ext4 /dev/mapper/imgbackup-v ro,relatime,noload
+            """
+        let entries = MountTable.parse(text)
+        #expect(entries.map(\.turnedReadOnly) == [true, false, false])
+        #expect(entries[1].superOptions.contains("errors=remount-ro"))
+    }
+
     @Test func findsTheRootMount() {
         #expect(MountTable.isMountPoint("/"))
         #expect(!MountTable.isMountPoint("/definitely/not/a/mount"))

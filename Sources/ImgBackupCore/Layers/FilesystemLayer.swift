@@ -148,7 +148,13 @@ extension FilesystemLayer {
     private static func keepJournalIfWritesFailed(
         _ mountPoint: String, force: Bool, in context: TeardownContext
     ) async throws {
-        var failure = context.imageWritesFailed ? "writes to the image failed earlier" : nil
+        var failure = context.imageWritesFailed ? "writes to the image failed earlier" : context.writeOutFailure
+        // Whoever asked syncfs first heard of a failed write-back (a
+        // person's own `sync -f`): the filesystem having stopped itself
+        // still says so.
+        if failure == nil, MountTable.mount(at: mountPoint)?.turnedReadOnly == true {
+            failure = "the filesystem made itself read-only after an error (the kernel log says which)"
+        }
         if failure == nil {
             do {
                 try await Mounts.sync(mountPoint, deadline: context.stepDeadline)

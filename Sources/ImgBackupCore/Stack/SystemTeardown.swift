@@ -39,15 +39,22 @@ public struct TeardownContext: Sendable {
     /// Writes to the image already failed while it was open (a run's
     /// write-out): its ext4 filesystem is shut down before the unmount.
     public let imageWritesFailed: Bool
+    /// Close's own write-out before the unwind failed, and why: syncfs
+    /// reports an error once, so the filesystem layer cannot ask again.
+    public let writeOutFailure: String?
     /// Why the filesystem was shut down before its unmount, when it was:
     /// writes that did not reach the remote, for `close` to report.
     public let lostWrites = LostWrites()
 
-    public init(runner: any CommandRunning, stepDeadline: Duration, logger: Logger, imageWritesFailed: Bool = false) {
+    public init(
+        runner: any CommandRunning, stepDeadline: Duration, logger: Logger, imageWritesFailed: Bool = false,
+        writeOutFailure: String? = nil
+    ) {
         self.runner = runner
         self.stepDeadline = stepDeadline
         self.logger = logger
         self.imageWritesFailed = imageWritesFailed
+        self.writeOutFailure = writeOutFailure
     }
 
     /// Unmounts the FUSE filesystem at `mountPoint` (sshfs, the NBD bridge)

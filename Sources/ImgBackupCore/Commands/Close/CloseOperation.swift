@@ -1,5 +1,6 @@
 import ImgBackupOS
 import Logging
+import Synchronization
 
 /// `imgbackup close`: unwinds the target's stack in reverse. Works from the
 /// state record alone, so it also finishes the job of a crashed command; with
@@ -70,27 +71,42 @@ public struct CloseOperation: Sendable {
         }
     }
 
+    /// What writing the image out before the unwind found.
+    private enum WriteOutResult {
+        case notNeeded
+        case wroteOut
+        /// syncfs reported a failed write-back: why, as the filesystem
+        /// layer reports it. syncfs tells each error once per superblock
+        /// to a newly opened descriptor: asking again would hear nothing.
+        case failed(String)
+        /// The remote stopped answering; its transport was cut off.
+        case hung(ImgBackupError)
+    }
+
     /// Writes what is still in the page cache out to the remote before the
     /// stack goes down: after a person's session that can be gigabytes,
     /// hours over a slow link. Guarded as a run's copy is: it may take as
     /// long as bytes move or the remote answers; a remote that stops
-    /// answering is a hang (its transport is cut off then), returned.
-    private func writeOutGuarded(_ record: StateRecord?) async -> ImgBackupError? {
+    /// answering is a hang.
+    private func writeOutGuarded(_ record: StateRecord?) async -> WriteOutResult {
         let mountPoint = target.mountPoint
         guard !force, !imageWritesFailed,
             record?.layers.contains(where: { $0.layerName == FilesystemLayer.kind }) == true,
             FilesystemLayer.isUp(mountPoint: mountPoint)
-        else { return nil }
+        else { return .notNeeded }
+        let failure = Mutex<String?>(nil)
         let outcome = await HangGuard(target: target, environment: environment, step: "writing the image out").run {
             () async throws(ImgBackupError) in
             do {
                 try await Mounts.sync(mountPoint, deadline: WriteOut.limit)
+            } catch let error as SystemCallError {
+                failure.withLock { $0 = "the last write-out failed (\(error))" }
             } catch {
                 throw ImgBackupError.wrapping(error, .system, failedTo: "write the image out")
             }
         }
-        guard case .hung(let error, _) = outcome else { return nil }
-        return error
+        if case .hung(let error, _) = outcome { return .hung(error) }
+        return failure.withLock { $0 }.map(WriteOutResult.failed) ?? .wroteOut
     }
 
     /// The stack going down, for a caller that holds the target lock (`run`).
@@ -98,13 +114,21 @@ public struct CloseOperation: Sendable {
         let store = environment.stateStore
         let record = try store.load(target: target.name)
         if let record { await stopOrphanedCopyStep(record) }
-        // A failed write-out is the filesystem layer's to find and report.
-        let hang = await writeOutGuarded(record)
+        // A failed write-out is the filesystem layer's to report: it shuts
+        // the filesystem down before unmounting it.
+        let writeOut = await writeOutGuarded(record)
+        var hang: ImgBackupError? = nil
+        var writeOutFailure: String? = nil
+        switch writeOut {
+        case .hung(let error): hang = error
+        case .failed(let reason): writeOutFailure = reason
+        case .notNeeded, .wroteOut: break
+        }
         let force = self.force || hang != nil
         let layers = record?.layers ?? target.possibleLayers(environment.paths)
         let context = TeardownContext(
             runner: environment.runner, stepDeadline: Deadlines(target).teardownStep, logger: environment.logger,
-            imageWritesFailed: imageWritesFailed)
+            imageWritesFailed: imageWritesFailed, writeOutFailure: writeOutFailure)
         let stack = LayerStack(
             records: layers,
             journal: store.journal(for: target.name, operation: record?.operation ?? .close),
