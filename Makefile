@@ -84,5 +84,6 @@ bench:
 # Backups over a slow, distant link (netem in the VM): imgbackup against the
 # recipe, borg, restic and plain rsync. Needs restic (apt-get install restic).
 bench-links:
+	command -v restic >/dev/null || apt-get install -y restic
 	$(SWIFT) build -c release
 	e2e/in-real-kernel.sh scripts/bench-links.sh

@@ -11,7 +11,12 @@
 # edited, 2 MiB added, 10 removed), then an incremental run of every tool.
 # Reported: wall time, and bytes on the wire (the loopback interface's
 # transmitted bytes: both directions, headers included), plus what imgbackup
-# itself counted on its connections. Needs restic (apt-get install restic).
+# itself counted on its connections. Then the cost of `open` next to one ssh
+# login and reading the header's first MiB over the same link.
+#
+# IMGBACKUP_BIN_BEFORE=PATH adds "run sshfs (before)": another imgbackup
+# binary (an earlier commit) on its own image, for a side-by-side comparison.
+# Needs restic (apt-get install restic; `make bench-links` installs it).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${IMGBACKUP_BIN:-$root/.build/release/imgbackup}
@@ -34,6 +39,7 @@ cleanup() {
   [ -e /dev/mapper/bench-recipe ] && cryptsetup close bench-recipe
   mountpoint -q "$work/recipe-remote" 2>/dev/null && fusermount3 -u "$work/recipe-remote"
   for target in sshfs nbd; do "$bin" --config "$config" close "$target" >/dev/null 2>&1 || true; done
+  [ -n "${before:-}" ] && "$before" --config "$config" close before >/dev/null 2>&1 || true
   "$root/e2e/backup-host.sh" stop "$work"
   rm -rf "$work"
 }
@@ -42,9 +48,14 @@ trap cleanup EXIT
 "$root/e2e/backup-host.sh" start "$work" 2222 >/dev/null
 : > "$config"   # the bench writes its own targets
 storage=$work/storage
-for target in sshfs nbd recipe; do
-  transport=sshfs
+before=${IMGBACKUP_BIN_BEFORE:-}
+targets=(sshfs nbd recipe)
+[ -n "$before" ] && targets+=(before)
+targets+=(capped)
+for target in "${targets[@]}"; do
+  transport=sshfs limit=""
   [ "$target" = nbd ] && transport=nbd
+  [ "$target" = capped ] && limit='bandwidth_limit = "512K"'
   cat >> "$config" <<TOML
 [target.$target]
 remote        = "root@127.0.0.1:$storage"
@@ -56,6 +67,7 @@ size          = "256M"
 transport     = "$transport"
 key_file      = "$work/keys/demo.key"
 mount_point   = "$work/mnt/$target"
+$limit
 [target.$target.luks]
 pbkdf            = "pbkdf2"
 pbkdf_iterations = 1000
@@ -105,6 +117,8 @@ PY
 "$bin" --config "$config" init sshfs >/dev/null
 "$bin" --config "$config" init nbd >/dev/null
 "$bin" --config "$config" init recipe >/dev/null
+"$bin" --config "$config" init capped >/dev/null
+[ -n "$before" ] && "$before" --config "$config" init before >/dev/null
 borg init -q -e repokey "ssh://root@127.0.0.1:2222$storage/borg"
 restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" init >/dev/null
 
@@ -127,6 +141,7 @@ backup() {  # tool, pass (first|second)
   case "$1" in
     "run sshfs") "$bin" --config "$config" run sshfs >/dev/null ;;
     "run NBD") "$bin" --config "$config" run nbd >/dev/null ;;
+    "run sshfs (before)") "$before" --config "$config" run before >/dev/null ;;
     recipe) recipe "$2" ;;
     borg) borg create -q --compression lz4 "ssh://root@127.0.0.1:2222$storage/borg::$2" "$work/src" ;;
     restic) restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" \
@@ -142,6 +157,13 @@ wire_of_last_run() {  # target: what imgbackup counted on its own connections
 }
 
 tools=("run sshfs" "run NBD" recipe borg restic rsync)
+[ -n "$before" ] && tools=("run sshfs" "run sshfs (before)" "run NBD" recipe borg restic rsync)
+seconds_of() {  # command...: wall time, and the loopback bytes it moved
+  local bytes start
+  bytes=$(lo_bytes) start=$(now)
+  "$@" >/dev/null
+  echo "$(awk -v a="$(now)" -v b="$start" 'BEGIN { printf "%.1f s", a - b }'), $(awk -v b="$(( $(lo_bytes) - bytes ))" 'BEGIN { printf "%.2f MiB", b / 1048576 }')"
+}
 echo "# $(date -u +%F) kernel $(uname -r); imgbackup $(basename "$(dirname "$bin")") build"
 echo "# source $(du -sb "$work/src-first" | cut -f1) bytes in $(find "$work/src-first" -type f | wc -l) files; change set: 40 edited (4 KiB each), 2 MiB added, 10 removed"
 for profile in "${profiles[@]}"; do
@@ -172,9 +194,31 @@ for profile in "${profiles[@]}"; do
     done
     echo "$row | ${counted:--} |"
   done
+  echo
+  echo "| step | time, bytes on the wire |"
+  echo "| --- | --- |"
+  echo "| ssh login (\`ssh HOST true\`) | $(seconds_of ssh $ssh_opts root@127.0.0.1 true) |"
+  echo "| ssh login and reading the image's first MiB | $(seconds_of ssh $ssh_opts root@127.0.0.1 "head -c 1048576 $storage/sshfs.img") |"
+  echo "| \`imgbackup open\` (sshfs) | $(seconds_of "$bin" --config "$config" open sshfs) |"
+  echo "| \`imgbackup close\` (sshfs) | $(seconds_of "$bin" --config "$config" close sshfs) |"
+  "$bin" --config "$config" open capped >/dev/null
+  bytes=$(lo_bytes) start=$(now)
+  dd if=/dev/urandom of="$work/mnt/capped/capped.bin" bs=1M count=8 conv=fsync status=none
+  seconds=$(awk -v a="$(now)" -v b="$start" 'BEGIN { printf "%.1f", a - b }')
+  moved=$(( $(lo_bytes) - bytes ))
+  rm "$work/mnt/capped/capped.bin"
+  "$bin" --config "$config" close capped >/dev/null
+  echo "| 8 MiB written (dd conv=fsync) under \`bandwidth_limit = \"512K\"\` | $seconds s, $(awk -v b="$moved" 'BEGIN { printf "%.2f MiB", b / 1048576 }'): $(awk -v b="$moved" -v t="$seconds" 'BEGIN { printf "%.0f KiB/s", b / 1024 / t }') |"
+  if [ -n "$before" ]; then
+    echo "| \`imgbackup open\` (sshfs, before) | $(seconds_of "$before" --config "$config" open before) |"
+    "$before" --config "$config" close before >/dev/null
+  fi
   # The next profile starts from empty backups again.
   "$bin" --config "$config" open sshfs >/dev/null && rm -rf "$work/mnt/sshfs/snapshots" && "$bin" --config "$config" close sshfs >/dev/null
   "$bin" --config "$config" open nbd >/dev/null && rm -rf "$work/mnt/nbd/snapshots" && "$bin" --config "$config" close nbd >/dev/null
+  if [ -n "$before" ]; then
+    "$before" --config "$config" open before >/dev/null && rm -rf "$work/mnt/before/snapshots" && "$before" --config "$config" close before >/dev/null
+  fi
   tc qdisc del dev lo root
   for run in first second; do borg delete -q "ssh://root@127.0.0.1:2222$storage/borg::$profile-$run"; done
   restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" \

@@ -211,7 +211,13 @@ public final class CryptDevice {
     /// Returns the keyslot that opened.
     @discardableResult
     public func activate(name: String?, key: SecureBytes, allowDiscards: Bool = false) throws(CryptSetupError) -> Int {
-        let flags: UInt32 = allowDiscards ? imgb_crypt_activate_allow_discards : 0
+        // Private: udev leaves the mapping alone. Otherwise its blkid probes
+        // the new device with some 60 reads of 4 KiB, each a round trip to
+        // the remote (1.1 MiB and seconds per open over a slow link), while
+        // libcryptsetup waits for udev to finish; and nothing else (LVM,
+        // desktop automounters) should scan a backup image anyway.
+        var flags: UInt32 = name == nil ? 0 : imgb_crypt_activate_private
+        if allowDiscards { flags |= imgb_crypt_activate_allow_discards }
         let status = key.withUnsafeBytes { bytes in
             bytes.withMemoryRebound(to: CChar.self) { chars in
                 crypt_activate_by_passphrase(handle, name, imgb_crypt_any_slot, chars.baseAddress, chars.count, flags)
