@@ -50,6 +50,13 @@ def test_open_write_close_reopen_compares_equal(host, initialized):
         options = open("/proc/self/mounts").read().split(f" {mount_point} ")[1].split()[1].split(",")
         assert "errors=remount-ro" in options and "data_err=abort" in options
         assert imgbackup_mappings() == [f"imgbackup-{initialized}"]
+        # udev leaves the mapping alone: its blkid would read the remote
+        # with one round trip per 4 KiB probe while open waits for it.
+        subprocess.run(["udevadm", "settle", "--timeout=30"], check=True)
+        udev = subprocess.run(["udevadm", "info", "--query=property", f"--name=/dev/mapper/imgbackup-{initialized}"],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+        assert "DM_UDEV_DISABLE_DISK_RULES_FLAG=1" in udev, udev
+        assert not any(line.startswith("ID_FS_") for line in udev), f"udev probed the mapping: {udev}"
         record = json.load(open(host.state_record(initialized)))
         assert [list(layer)[0] for layer in record["layers"]] == ["sshfs", "remoteLock", "loop", "crypt", "filesystem"]
 
