@@ -39,7 +39,7 @@ cleanup() {
   [ -e /dev/mapper/bench-recipe ] && cryptsetup close bench-recipe
   mountpoint -q "$work/recipe-remote" 2>/dev/null && fusermount3 -u "$work/recipe-remote"
   for target in sshfs nbd; do "$bin" --config "$config" close "$target" >/dev/null 2>&1 || true; done
-  [ -n "${before:-}" ] && "$before" --config "$config" close before >/dev/null 2>&1 || true
+  [ -n "${before:-}" ] && "$before" --config "$work/before.toml" close before >/dev/null 2>&1 || true
   "$root/e2e/backup-host.sh" stop "$work"
   rm -rf "$work"
 }
@@ -56,7 +56,9 @@ for target in "${targets[@]}"; do
   transport=sshfs limit=""
   [ "$target" = nbd ] && transport=nbd
   [ "$target" = capped ] && limit='bandwidth_limit = "512K"'
-  cat >> "$config" <<TOML
+  file=$config
+  [ "$target" = before ] && file=$work/before.toml  # an earlier binary may not know every key
+  cat >> "$file" <<TOML
 [target.$target]
 remote        = "root@127.0.0.1:$storage"
 port          = 2222
@@ -78,7 +80,7 @@ teardown = "120s"
 method  = "rsync"
 sources = ["$work/src"]
 TOML
-  [ "$transport" = nbd ] && cat >> "$config" <<TOML
+  [ "$transport" = nbd ] && cat >> "$file" <<TOML
 [target.$target.nbd]
 command = ["nbdkit", "--single", "--exit-with-parent", "file", "$storage/$target.img"]
 TOML
@@ -118,9 +120,14 @@ PY
 "$bin" --config "$config" init nbd >/dev/null
 "$bin" --config "$config" init recipe >/dev/null
 "$bin" --config "$config" init capped >/dev/null
-[ -n "$before" ] && "$before" --config "$config" init before >/dev/null
-borg init -q -e repokey "ssh://root@127.0.0.1:2222$storage/borg"
-restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" init >/dev/null
+[ -n "$before" ] && "$before" --config "$work/before.toml" init before >/dev/null
+# borg and restic start each profile from a new repository (a kept one
+# would deduplicate the next profile's first run against the last one's).
+new_repositories() {
+  rm -rf "$storage/borg" "$storage/restic" "$work/borg-base" "$work/borg-remote-base" "$work/restic-cache"
+  borg init --warning -e repokey "ssh://root@127.0.0.1:2222$storage/borg" >/dev/null 2>&1
+  restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" init >/dev/null
+}
 
 recipe() {  # snapshot name
   sshfs -p 2222 -o "IdentityFile=$work/ssh/client_ed25519,UserKnownHostsFile=$work/ssh/known_hosts,StrictHostKeyChecking=yes" \
@@ -141,9 +148,9 @@ backup() {  # tool, pass (first|second)
   case "$1" in
     "run sshfs") "$bin" --config "$config" run sshfs >/dev/null ;;
     "run NBD") "$bin" --config "$config" run nbd >/dev/null ;;
-    "run sshfs (before)") "$before" --config "$config" run before >/dev/null ;;
+    "run sshfs (before)") "$before" --config "$work/before.toml" run before >/dev/null ;;
     recipe) recipe "$2" ;;
-    borg) borg create -q --compression lz4 "ssh://root@127.0.0.1:2222$storage/borg::$2" "$work/src" ;;
+    borg) borg create --warning --compression lz4 "ssh://root@127.0.0.1:2222$storage/borg::$2" "$work/src" ;;
     restic) restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" \
       backup "$work/src" >/dev/null ;;
     rsync) rsync -aH --delete -e "ssh $ssh_opts" "$work/src/" "root@127.0.0.1:$storage/plain/" ;;
@@ -170,6 +177,7 @@ for profile in "${profiles[@]}"; do
   rtt=${profile%%:*} rate=${profile##*:}
   half=$(( ${rtt%ms} / 2 ))
   tc qdisc del dev lo root 2>/dev/null || true
+  new_repositories
   tc qdisc add dev lo root netem delay "${half}ms" rate "$rate" limit 100000
   echo
   echo "## $rtt RTT, $rate"
@@ -210,19 +218,16 @@ for profile in "${profiles[@]}"; do
   "$bin" --config "$config" close capped >/dev/null
   echo "| 8 MiB written (dd conv=fsync) under \`bandwidth_limit = \"512K\"\` | $seconds s, $(awk -v b="$moved" 'BEGIN { printf "%.2f MiB", b / 1048576 }'): $(awk -v b="$moved" -v t="$seconds" 'BEGIN { printf "%.0f KiB/s", b / 1024 / t }') |"
   if [ -n "$before" ]; then
-    echo "| \`imgbackup open\` (sshfs, before) | $(seconds_of "$before" --config "$config" open before) |"
-    "$before" --config "$config" close before >/dev/null
+    echo "| \`imgbackup open\` (sshfs, before) | $(seconds_of "$before" --config "$work/before.toml" open before) |"
+    "$before" --config "$work/before.toml" close before >/dev/null
   fi
   # The next profile starts from empty backups again.
+  tc qdisc del dev lo root
   "$bin" --config "$config" open sshfs >/dev/null && rm -rf "$work/mnt/sshfs/snapshots" && "$bin" --config "$config" close sshfs >/dev/null
   "$bin" --config "$config" open nbd >/dev/null && rm -rf "$work/mnt/nbd/snapshots" && "$bin" --config "$config" close nbd >/dev/null
   if [ -n "$before" ]; then
-    "$before" --config "$config" open before >/dev/null && rm -rf "$work/mnt/before/snapshots" && "$before" --config "$config" close before >/dev/null
+    "$before" --config "$work/before.toml" open before >/dev/null && rm -rf "$work/mnt/before/snapshots" && "$before" --config "$work/before.toml" close before >/dev/null
   fi
-  tc qdisc del dev lo root
-  for run in first second; do borg delete -q "ssh://root@127.0.0.1:2222$storage/borg::$profile-$run"; done
-  restic -q -r "sftp:root@127.0.0.1:$storage/restic" -o sftp.command="ssh $ssh_opts root@127.0.0.1 -s sftp" \
-    forget --keep-last 0 --prune >/dev/null 2>&1 || true
   rm -rf "$storage/plain" && mkdir -p "$storage/plain"
   recipe_reset=$(mktemp -d)
   sshfs -p 2222 -o "IdentityFile=$work/ssh/client_ed25519,UserKnownHostsFile=$work/ssh/known_hosts" "root@127.0.0.1:$storage" "$recipe_reset"
