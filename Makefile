@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit lint e2e test demo install completions man clean format bench bench-links
+.PHONY: all deps build unit lint e2e test demo install completions man clean format bench bench-links bench-many
 
 all: build
 
@@ -87,3 +87,9 @@ bench-links:
 	command -v restic >/dev/null || apt-get install -y restic
 	$(SWIFT) build -c release
 	e2e/in-real-kernel.sh scripts/bench-links.sh
+
+# Eight targets on one backup host, a user and a key each: one after
+# another, then all at once (docs/benchmarks.md).
+bench-many:
+	$(SWIFT) build -c release
+	e2e/in-real-kernel.sh scripts/bench-many.sh
