@@ -65,7 +65,7 @@ import Testing
         #expect(hang?.probe.layerName == "sshfs to backup-host")
         #expect(hang?.error.code == .hung)
         #expect(hang?.error.message.contains("the backup hung: sshfs to backup-host did not answer for") == true)
-        #expect(probe.questions >= 2, "every round of the stall window asks the remote")
+        #expect(probe.questions >= 2, "a hang takes two unanswered questions in a row")
     }
 
     @Test func aTransportThatAnswersNeverHangsEvenWhenNothingMoves() async {

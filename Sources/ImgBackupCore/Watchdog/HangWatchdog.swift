@@ -6,7 +6,10 @@ import Synchronization
 /// image's; the source hosts' when pulling). Progress is bytes reaching the
 /// image's dm-crypt device or new output from the copy tool; each probe runs
 /// every few seconds while there is none. A transport that saw no progress
-/// and gave no answer for `stall` hangs, reported as that layer.
+/// and gave no answer for `stall`, and left two questions in a row
+/// unanswered, hangs, reported as that layer. (One is not enough: after a
+/// suspend, or a scheduler that overslept the whole window, the first
+/// question comes after the window and finds a link still waking up.)
 struct HangWatchdog: Sendable {
     /// Bytes written to the image so far (its dm-crypt device's counter).
     let bytesWritten: @Sendable () -> UInt64?
@@ -34,6 +37,7 @@ struct HangWatchdog: Sendable {
         var lastOutput = outputSeen.count
         var lastProgress = Array(repeating: clock.now, count: probes.count)
         var lastAnswer = lastProgress
+        var unansweredInARow = Array(repeating: 0, count: probes.count)
         while true {
             do {
                 try await Task.sleep(for: interval)
@@ -51,11 +55,19 @@ struct HangWatchdog: Sendable {
                     // Moving: no hang can be declared this round, so no need
                     // to ask the remote. Every round of a stall window is probed.
                     lastProgress[index] = clock.now
+                    unansweredInARow[index] = 0
                     continue
                 }
-                if await probe.answers(within: probeDeadline) { lastAnswer[index] = clock.now }
+                if await probe.answers(within: probeDeadline) {
+                    lastAnswer[index] = clock.now
+                    unansweredInARow[index] = 0
+                } else {
+                    unansweredInARow[index] += 1
+                }
                 let now = clock.now
-                if now - lastProgress[index] >= stall && now - lastAnswer[index] >= stall {
+                if now - lastProgress[index] >= stall && now - lastAnswer[index] >= stall
+                    && unansweredInARow[index] >= 2
+                {
                     throw Hang(
                         error: ImgBackupError(
                             .hung,
