@@ -15,6 +15,8 @@ packages=(
   python3-pytest
   # test: nbdcopy, the NBD client an attacker with a stolen key would use
   libnbd-bin
+  # test: udevd in the VM, as on a real machine (open's mapping must stay unprobed)
+  udev
 )
 missing=()
 for package in "${packages[@]}"; do
