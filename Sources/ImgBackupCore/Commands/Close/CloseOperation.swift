@@ -81,6 +81,15 @@ public struct CloseOperation: Sendable {
         case failed(String)
         /// The remote stopped answering; its transport was cut off.
         case hung(ImgBackupError)
+
+        var hang: ImgBackupError? {
+            if case .hung(let error) = self { return error }
+            return nil
+        }
+        var failure: String? {
+            if case .failed(let reason) = self { return reason }
+            return nil
+        }
     }
 
     /// Writes what is still in the page cache out to the remote before the
@@ -117,18 +126,12 @@ public struct CloseOperation: Sendable {
         // A failed write-out is the filesystem layer's to report: it shuts
         // the filesystem down before unmounting it.
         let writeOut = await writeOutGuarded(record)
-        var hang: ImgBackupError? = nil
-        var writeOutFailure: String? = nil
-        switch writeOut {
-        case .hung(let error): hang = error
-        case .failed(let reason): writeOutFailure = reason
-        case .notNeeded, .wroteOut: break
-        }
+        let hang = writeOut.hang
         let force = self.force || hang != nil
         let layers = record?.layers ?? target.possibleLayers(environment.paths)
         let context = TeardownContext(
             runner: environment.runner, stepDeadline: Deadlines(target).teardownStep, logger: environment.logger,
-            imageWritesFailed: imageWritesFailed, writeOutFailure: writeOutFailure)
+            imageWritesFailed: imageWritesFailed, writeOutFailure: writeOut.failure)
         let stack = LayerStack(
             records: layers,
             journal: store.journal(for: target.name, operation: record?.operation ?? .close),
