@@ -210,7 +210,9 @@ public final class CryptDevice {
     /// With `name == nil` it only checks the key (needs no device-mapper).
     /// Returns the keyslot that opened.
     @discardableResult
-    public func activate(name: String?, key: SecureBytes, allowDiscards: Bool = false) throws(CryptSetupError) -> Int {
+    public func activate(name: String?, key: SecureBytes, allowDiscards: Bool = false, readOnly: Bool = false)
+        throws(CryptSetupError) -> Int
+    {
         // Private: udev leaves the mapping alone. Otherwise its blkid probes
         // the new device with some 60 reads of 4 KiB, each a round trip to
         // the remote (1.1 MiB and seconds per open over a slow link), while
@@ -218,6 +220,7 @@ public final class CryptDevice {
         // desktop automounters) should scan a backup image anyway.
         var flags: UInt32 = name == nil ? 0 : imgb_crypt_activate_private
         if allowDiscards { flags |= imgb_crypt_activate_allow_discards }
+        if readOnly { flags |= imgb_crypt_activate_readonly }
         let status = key.withUnsafeBytes { bytes in
             bytes.withMemoryRebound(to: CChar.self) { chars in
                 crypt_activate_by_passphrase(handle, name, imgb_crypt_any_slot, chars.baseAddress, chars.count, flags)

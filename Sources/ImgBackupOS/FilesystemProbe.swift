@@ -30,4 +30,20 @@ public enum FilesystemProbe {
             return .none
         }
     }
+
+    /// Whether the filesystem on `device` holds writes only its journal has:
+    /// ext4's needs_recovery feature (incompat 0x4 at byte 1024 + 0x60),
+    /// btrfs's log tree (log_root at 65536 + 0x60, not 0). A read-only
+    /// mount that does not replay them does not show them.
+    public static func journalNeedsReplay(device: String, found: Found, deadline: Duration) async throws -> Bool {
+        guard found != .none else { return false }
+        return try await withAbandonableDeadline(deadline, operation: "read the superblock of \(device)") {
+            let fd = try checked("open", device) { open(device, O_RDONLY | O_CLOEXEC) }
+            defer { close(fd) }
+            var field = [UInt8](repeating: 0, count: 8)
+            let offset: off_t = found == .ext4 ? 1024 + 0x60 : 65536 + 0x60
+            guard field.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, 8, offset) }) == 8 else { return false }
+            return found == .ext4 ? field[0] & 0x4 != 0 : field.contains { $0 != 0 }
+        }
+    }
 }

@@ -30,8 +30,12 @@ public final class LoopDevice: Sendable {
     /// Direct I/O is asked for: a buffered loop device on a FUSE file is up to
     /// 14x slower (measured; docs/benchmarks.md). The kernel silently falls
     /// back to buffered I/O where the file cannot do direct I/O; see ``directIO``.
-    public static func attach(backingFile: String, directIO: Bool = true) throws(SystemCallError) -> LoopDevice {
-        let backing = try MountedRemoteFiles.openRegularFile(backingFile, flags: O_RDWR)
+    /// `readOnly`: the file is opened read-only and the device refuses
+    /// every write, whoever asks (the kernel included).
+    public static func attach(backingFile: String, directIO: Bool = true, readOnly: Bool = false)
+        throws(SystemCallError) -> LoopDevice
+    {
+        let backing = try MountedRemoteFiles.openRegularFile(backingFile, flags: readOnly ? O_RDONLY : O_RDWR)
         defer { close(backing) }
         let control = try checked("open", "/dev/loop-control") { open("/dev/loop-control", O_RDWR | O_CLOEXEC) }
         defer { close(control) }
@@ -45,7 +49,7 @@ public final class LoopDevice: Sendable {
             }
             let path = "/dev/loop\(number)"
             let device = try openWaitingForNode(path)
-            let status = imgb_loop_configure(device, backing, 0, directIO ? 1 : 0, 1, backingFile)
+            let status = imgb_loop_configure(device, backing, readOnly ? 1 : 0, directIO ? 1 : 0, 1, backingFile)
             if status == 0 {
                 return LoopDevice(path: path, number: Int(number), descriptor: device)
             }

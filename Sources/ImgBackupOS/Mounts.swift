@@ -12,11 +12,13 @@ public enum Mounts {
     /// takes effect here. On storage that stopped answering the syscall can
     /// block in the kernel forever: the deadline abandons it.
     public static func mount(
-        device: String, at mountPoint: String, type: String, options: String = "", deadline: Duration
+        device: String, at mountPoint: String, type: String, options: String = "", readOnly: Bool = false,
+        deadline: Duration
     ) async throws {
+        let flags = UInt(MS_NOSUID | MS_NODEV) | (readOnly ? UInt(MS_RDONLY) : 0)
         try await withAbandonableDeadline(deadline, operation: "mount \(device) on \(mountPoint)") {
             _ = try checked("mount", mountPoint) {
-                Glibc.mount(device, mountPoint, type, UInt(MS_NOSUID | MS_NODEV), options.isEmpty ? nil : options)
+                Glibc.mount(device, mountPoint, type, flags, options.isEmpty ? nil : options)
             }
         }
     }

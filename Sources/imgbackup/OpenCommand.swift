@@ -40,6 +40,14 @@ struct OpenCommand: AsyncParsableCommand {
         ))
     var acceptRollback = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Open without changing one byte of the remote: to browse or restore.",
+            discussion:
+                "Every layer is read-only, no lock is written (one someone else holds is refused), the filesystem's journal is not replayed and no check runs. A scheduled run of the target waits for 'close' (it exits 4)."
+        ))
+    var readOnly = false
+
     func run() async throws {
         let config = try global.load()
         var resolved = try global.target(target, in: config, keys: keys)
@@ -51,7 +59,7 @@ struct OpenCommand: AsyncParsableCommand {
         }
         let mountPoint = try await OpenOperation(
             target: resolved, environment: global.environment(config), allowDiscards: discard, skipCheck: skipCheck,
-            breakLock: breakLock, acceptRollback: acceptRollback
+            breakLock: breakLock, acceptRollback: acceptRollback, readOnly: readOnly
         ).run()
         print(mountPoint)
     }

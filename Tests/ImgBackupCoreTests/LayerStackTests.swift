@@ -111,6 +111,24 @@ final class MemoryJournal: StateJournal {
         #expect(await stack.depth == 0)
     }
 
+    /// A layer that found its place taken made nothing: its intent is
+    /// dropped, so the unwind never takes down the other session's layer.
+    @Test func aLayerThatMadeNothingIsNotTakenDown() async throws {
+        let (stack, log, journal) = makeStack()
+        try await stack.push(FakeLayer(name: "loop", failsUp: false, log: log, journal: journal))
+        struct TakenPlace: Layer {
+            var intent: LayerRecord { .crypt(name: "taken") }
+            func up() async throws -> LayerRecord {
+                throw LayerNotMade(ImgBackupError(.alreadyOpen, "taken exists"))
+            }
+        }
+        let error = await #expect(throws: ImgBackupError.self) { try await stack.push(TakenPlace()) }
+        #expect(error?.code == .alreadyOpen)
+        #expect(journal.latest == [.crypt(name: "loop")])
+        _ = await stack.unwind()
+        #expect(log.all.filter { $0.hasPrefix("down") } == ["down loop"])
+    }
+
     /// A layer that will not come down does not stop the unwinding; the first
     /// error is kept and the failed records stay on the state record.
     @Test func teardownCarriesOnPastFailuresAndKeepsTheFirst() async throws {

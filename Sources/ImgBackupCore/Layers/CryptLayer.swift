@@ -15,12 +15,14 @@ public final class CryptLayer: Layer {
     /// file, removed once the mapping is up).
     public let detachedHeaderPath: String
     public let allowDiscards: Bool
+    /// A read-only mapping (`open --read-only`).
+    public let readOnly: Bool
     public let deadline: Duration
     private let seenPin = Mutex<HeaderPin?>(nil)
 
     public init(
         device: String, name: String, key: SecureBytes, expected: HeaderExpectation, detachedHeaderPath: String,
-        allowDiscards: Bool, deadline: Duration
+        allowDiscards: Bool, readOnly: Bool = false, deadline: Duration
     ) {
         self.device = device
         self.name = name
@@ -28,6 +30,7 @@ public final class CryptLayer: Layer {
         self.expected = expected
         self.detachedHeaderPath = detachedHeaderPath
         self.allowDiscards = allowDiscards
+        self.readOnly = readOnly
         self.deadline = deadline
     }
 
@@ -46,8 +49,20 @@ public final class CryptLayer: Layer {
                 "failed to unlock the image: this kernel has no device-mapper (/dev/mapper/control is missing)",
                 hint: "modprobe dm_crypt, or run on a kernel with dm-crypt")
         }
-        let (device, name, key, expected, allowDiscards, detached) = (
-            device, name, key, expected, allowDiscards, detachedHeaderPath
+        // Another session's mapping (a target of the same name under another
+        // config or state directory): never ours to activate over, nor to
+        // close when this open unwinds.
+        guard access(mappedDevice, F_OK) != 0 else {
+            throw LayerNotMade(
+                ImgBackupError(
+                    .alreadyOpen,
+                    "failed to unlock the image: \(mappedDevice) already exists, and this open did not make it",
+                    hint:
+                        "another session of a target named '\(name.dropFirst(Target.mappingPrefix.count))' has it; 'imgbackup status' or 'dmsetup info \(name)' says which"
+                ))
+        }
+        let (device, name, key, expected, allowDiscards, readOnly, detached) = (
+            device, name, key, expected, allowDiscards, readOnly, detachedHeaderPath
         )
         do {
             let pin = try await withAbandonableDeadline(deadline, operation: "unlock \(device)") {
@@ -63,7 +78,7 @@ public final class CryptLayer: Layer {
                     let crypt = try CryptDevice(devicePath: device, detachedHeader: detached)
                     try crypt.load()
                     do {
-                        try crypt.activate(name: name, key: key, allowDiscards: allowDiscards)
+                        try crypt.activate(name: name, key: key, allowDiscards: allowDiscards, readOnly: readOnly)
                     } catch let error as CryptSetupError where error.isWrongKey {
                         throw ImgBackupError(
                             .badKey, "failed to unlock the image: the key does not open any keyslot",

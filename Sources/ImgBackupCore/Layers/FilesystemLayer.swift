@@ -6,6 +6,8 @@ public struct FilesystemLayer: Layer {
     public let device: String
     public let mountPoint: String
     public let filesystem: Target.Filesystem
+    /// Mounted read-only without replaying the journal (`open --read-only`).
+    public var readOnly = false
     public let deadline: Duration
 
     public var intent: LayerRecord { .filesystem(device: device, mountPoint: mountPoint) }
@@ -46,8 +48,9 @@ public struct FilesystemLayer: Layer {
         try Self.requireUsableMountPoint(mountPoint)
         do {
             try await Mounts.mount(
-                device: device, at: mountPoint, type: filesystem.rawValue, options: Self.mountOptions(filesystem),
-                deadline: deadline)
+                device: device, at: mountPoint, type: filesystem.rawValue,
+                options: readOnly ? Self.readOnlyMountOptions(filesystem) : Self.mountOptions(filesystem),
+                readOnly: readOnly, deadline: deadline)
         } catch let error as SystemCallError where error.errno == EINVAL {
             throw ImgBackupError(
                 .system,
@@ -58,13 +61,31 @@ public struct FilesystemLayer: Layer {
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "mount \(device) at \(mountPoint)")
         }
+        // A read-only mount cannot change its root's mode: every read-write
+        // open has made it 0700 (Mounts.restrictRootToOwner).
+        if !readOnly { try restrictRoot() }
+        return intent
+    }
+
+    private func restrictRoot() throws(ImgBackupError) {
         do {
             try Mounts.restrictRootToOwner(mountPoint)
         } catch {
             // The stack recorded the intent before up(): its unwind unmounts.
             throw ImgBackupError.wrapping(error, .system, failedTo: "make \(mountPoint) root's alone")
         }
-        return intent
+    }
+
+    /// Not a byte written: ext4 without its journal (`noload`: a journal
+    /// that needs a replay is left as it is, and what its last transactions
+    /// held is not seen), btrfs without replaying its log tree. The device
+    /// under it is read-only as well, so the kernel could not write if it
+    /// tried.
+    static func readOnlyMountOptions(_ filesystem: Target.Filesystem) -> String {
+        switch filesystem {
+        case .ext4: "noload"
+        case .btrfs: "rescue=nologreplay"
+        }
     }
 
     /// ext4's default after a write error is to carry on: later commits then

@@ -1,7 +1,8 @@
 import ImgBackupOS
 import Synchronization
 
-/// A loop device on the image file, with direct I/O.
+/// A loop device on the image file, with direct I/O; read-only for
+/// `open --read-only`, so nothing above it can write to the image.
 ///
 /// The device is attached with autoclear: the kernel detaches it once nobody
 /// holds it. This layer holds it (``attachedDevice``) until dm-crypt has
@@ -9,22 +10,24 @@ import Synchronization
 public final class LoopLayer: Layer {
     public let backingFile: String
     public let deadline: Duration
+    public let readOnly: Bool
     private let attached = Mutex<LoopDevice?>(nil)
 
-    public init(backingFile: String, deadline: Duration) {
+    public init(backingFile: String, deadline: Duration, readOnly: Bool = false) {
         self.backingFile = backingFile
         self.deadline = deadline
+        self.readOnly = readOnly
     }
 
     public var intent: LayerRecord { .loop(backingFile: backingFile, device: nil) }
 
     public func up() async throws -> LayerRecord {
-        let backingFile = self.backingFile
+        let (backingFile, readOnly) = (self.backingFile, self.readOnly)
         let device: LoopDevice
         do {
             // Opening the image file is a request to the remote.
             device = try await withAbandonableDeadline(deadline, operation: "attach a loop device to \(backingFile)") {
-                try LoopDevice.attach(backingFile: backingFile, directIO: true)
+                try LoopDevice.attach(backingFile: backingFile, directIO: true, readOnly: readOnly)
             }
         } catch let error as SystemCallError
             where [ELOOP, EXDEV, EINVAL].contains(error.errno) && error.call.hasPrefix("open")

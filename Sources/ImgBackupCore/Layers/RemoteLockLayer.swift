@@ -50,6 +50,45 @@ public struct RemoteLockLayer: Layer {
 
     static func lockPath(imagePath: String) -> String { imagePath + ".lock" }
 
+    /// Before a read-only open, which takes no lock (taking one writes to
+    /// the remote): a lock someone holds means the image may be written
+    /// while it is read, and a filesystem read half-written shows garbage.
+    /// This machine's own stale lock is no one's; `breakLock` reads anyway,
+    /// leaving the lock where it is.
+    static func requireUnheldForReading(
+        path: String, target: Target, paths: RuntimePaths, breakLock: Bool, deadline: Duration, logger: Logger
+    ) async throws(ImgBackupError) {
+        let text: String?
+        do {
+            text = try await MountedRemoteFiles.read(path, deadline: deadline)
+        } catch {
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "read the remote lock \(path)")
+        }
+        guard let text else { return }
+        let holder = RemoteLockHolder.parse(text)
+        let who = holder?.description ?? "an unreadable lock file (\(path))"
+        if let holder, holder.host == ProcessInfo.processInfo.hostName, holder.target == target.name,
+            holder.token == RemoteLockToken(paths: paths, target: target.name).recorded
+        {
+            // Our caller holds the target lock and found no state record:
+            // the session that took this lock is over.
+            logger.notice("\(target.image) still carries this machine's own stale lock (\(who)): reading it anyway")
+            return
+        }
+        if breakLock {
+            logger.notice(
+                "opening \(target.image) read-only although it is locked by \(who) (--break-lock; the lock stays): it may change while it is open"
+            )
+            return
+        }
+        throw ImgBackupError(
+            .locked,
+            "the image \(target.image) is locked by \(who): it may be being written, and a read-only open could see it half-written",
+            hint:
+                "wait for it to close; if that machine is gone for good, run again with --break-lock (a read-only open leaves the lock in place)"
+        )
+    }
+
     var recordedToken: RemoteLockToken { RemoteLockToken(paths: paths, target: target.name) }
 
     public func up() async throws -> LayerRecord {

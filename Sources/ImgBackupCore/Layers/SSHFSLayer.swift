@@ -12,12 +12,13 @@ public struct SSHFSEndpoint: Sendable, Equatable {
     /// The config keys to check when it fails, for the hint.
     let settingsHint: String
 
-    public init(target: Target) {
+    /// The target's remote directory; `readOnly` for `open --read-only`.
+    public init(target: Target, readOnly: Bool = false) {
         location = target.remote
         port = target.port
         identityFile = target.identityFile
         sshOptions = target.sshOptions
-        readOnly = false
+        self.readOnly = readOnly
         settingsHint = "remote, port, identity_file and ssh_options"
     }
 

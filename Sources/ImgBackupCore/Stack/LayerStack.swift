@@ -1,6 +1,14 @@
 import ImgBackupOS
 import Logging
 
+/// Thrown by a layer's `up` that found its place taken (a dm-crypt mapping
+/// of that name exists) and made nothing: the stack forgets its intent, so
+/// no unwind takes down what another session owns.
+public struct LayerNotMade: Error {
+    public let error: ImgBackupError
+    public init(_ error: ImgBackupError) { self.error = error }
+}
+
 /// A layer that did not come down, and why.
 public struct TeardownFailure: Sendable {
     /// Nil when the state record itself could not be written.
@@ -42,12 +50,21 @@ public actor LayerStack {
 
     /// Records `layer`'s intent, brings it up, records the result. When `up`
     /// throws, the intent stays on the stack: the layer may be half up, and
-    /// its (idempotent) `down` will run when the stack unwinds.
+    /// its (idempotent) `down` will run when the stack unwinds. Unless `up`
+    /// says it made nothing because the place is someone else's
+    /// (``LayerNotMade``): its `down` would take down what is not ours.
     public func push(_ layer: any Layer) async throws {
         records.append(layer.intent)
         try journal.save(records)
         logger.debug("up: \(layer.intent)")
-        let upRecord = try await layer.up()
+        let upRecord: LayerRecord
+        do {
+            upRecord = try await layer.up()
+        } catch let notMade as LayerNotMade {
+            records.removeLast()
+            try journal.save(records)
+            throw notMade.error
+        }
         records[records.count - 1] = upRecord
         try journal.save(records)
     }

@@ -33,14 +33,21 @@ struct StackBuilder {
     }
 
     /// sshfs mount of the remote directory, and the lock beside the image;
-    /// returns the image's local path.
-    func pushRemote(breakLock: Bool = false) async throws(ImgBackupError) -> String {
-        environment.logger.info("mounting \(target.remote) over sshfs")
+    /// returns the image's local path. Read-only: the mount is, and no lock
+    /// is taken (that would write); one someone else holds is refused.
+    func pushRemote(breakLock: Bool = false, readOnly: Bool = false) async throws(ImgBackupError) -> String {
+        environment.logger.info("mounting \(target.remote) over sshfs\(readOnly ? ", read-only" : "")")
         try await push(
             SSHFSLayer(
-                endpoint: SSHFSEndpoint(target: target), mountPoint: remoteDirectory, runner: environment.runner,
-                deadline: deadlines.transportUp))
+                endpoint: SSHFSEndpoint(target: target, readOnly: readOnly), mountPoint: remoteDirectory,
+                runner: environment.runner, deadline: deadlines.transportUp))
         let image = "\(remoteDirectory)/\(target.image)"
+        if readOnly {
+            try await RemoteLockLayer.requireUnheldForReading(
+                path: RemoteLockLayer.lockPath(imagePath: image), target: target, paths: environment.paths,
+                breakLock: breakLock, deadline: deadlines.remoteCall, logger: environment.logger)
+            return image
+        }
         try await pushLock(
             RemoteLockLayer(
                 path: RemoteLockLayer.lockPath(imagePath: image), target: target, paths: environment.paths,
@@ -71,16 +78,22 @@ struct StackBuilder {
 
     /// The transport of `target.transport`, its connections capped at the
     /// target's `bandwidth_limit`; returns the image's local path.
-    func pushTransport(requireTrim: Bool = false, breakLock: Bool = false) async throws(ImgBackupError) -> String {
-        let image = try await pushTransportUncapped(requireTrim: requireTrim, breakLock: breakLock)
+    func pushTransport(requireTrim: Bool = false, breakLock: Bool = false, readOnly: Bool = false)
+        async throws(ImgBackupError) -> String
+    {
+        let image = try await pushTransportUncapped(requireTrim: requireTrim, breakLock: breakLock, readOnly: readOnly)
         if target.bandwidthLimit != nil { WireTraffic(target: target, paths: environment.paths).sample() }
         return image
     }
 
-    private func pushTransportUncapped(requireTrim: Bool, breakLock: Bool) async throws(ImgBackupError) -> String {
+    /// Over NBD the remote lock is an flock the session holds, gone with
+    /// it: a read-only session takes it like any other.
+    private func pushTransportUncapped(requireTrim: Bool, breakLock: Bool, readOnly: Bool)
+        async throws(ImgBackupError) -> String
+    {
         switch target.transport {
         case .sshfs:
-            return try await pushRemote(breakLock: breakLock)
+            return try await pushRemote(breakLock: breakLock, readOnly: readOnly)
         case .nbd:
             environment.logger.info("starting the NBD bridge for \(target.remote.host)")
             let bridge = NBDBridgeLayer(

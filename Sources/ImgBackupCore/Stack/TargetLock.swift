@@ -27,13 +27,14 @@ enum TargetLock {
         guard let record = try store.load(target: target.name) else { return }
         let alive = record.pid != getpid() && ProcessTable.isAlive(record.pid)
         let since = record.startedAt.formatted(.iso8601)
-        if record.operation == .open {
+        if record.operation.isByHand {
             let mounted = record.layers.contains { if case .filesystem = $0 { return true } else { return false } }
+            let command = record.operation == .openReadOnly ? "imgbackup open --read-only" : "imgbackup open"
             throw ImgBackupError(
                 .alreadyOpen,
                 mounted
-                    ? "target '\(target.name)' is already open at \(target.mountPoint) (opened by 'imgbackup open', pid \(record.pid), at \(since))"
-                    : "target '\(target.name)' has layers left over from an 'open' (pid \(record.pid)\(alive ? ", still running" : ", no longer running"), at \(since)) that did not finish",
+                    ? "target '\(target.name)' is already open\(record.operation == .openReadOnly ? " read-only" : "") at \(target.mountPoint) (opened by '\(command)', pid \(record.pid), at \(since))"
+                    : "target '\(target.name)' has layers left over from an '\(command)' (pid \(record.pid)\(alive ? ", still running" : ", no longer running"), at \(since)) that did not finish",
                 hint: "run 'imgbackup close \(target.name)' first")
         }
         // The caller holds the target lock, which such a command holds for

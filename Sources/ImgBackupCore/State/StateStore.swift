@@ -11,11 +11,14 @@ public struct StateRecord: Codable, Sendable, Equatable {
     public enum Operation: Codable, Sendable, Hashable, CustomStringConvertible {
         case open, run, trim, resize, key, close
         case initialize
+        /// `open --read-only`.
+        case openReadOnly
         case unknown(String)
 
         public init(name: String) {
             switch name {
             case "open": self = .open
+            case "open-read-only": self = .openReadOnly
             case "run": self = .run
             case "init": self = .initialize
             case "trim": self = .trim
@@ -29,6 +32,7 @@ public struct StateRecord: Codable, Sendable, Equatable {
         public var name: String {
             switch self {
             case .open: "open"
+            case .openReadOnly: "open-read-only"
             case .run: "run"
             case .initialize: "init"
             case .trim: "trim"
@@ -47,9 +51,12 @@ public struct StateRecord: Codable, Sendable, Equatable {
         public var isUnattended: Bool {
             switch self {
             case .run, .initialize, .trim, .resize, .key: true
-            case .open, .close, .unknown: false
+            case .open, .openReadOnly, .close, .unknown: false
             }
         }
+
+        /// A stack a person opened, to work in until they close it.
+        public var isByHand: Bool { self == .open || self == .openReadOnly }
 
         public init(from decoder: any Decoder) throws {
             self.init(name: try decoder.singleValueContainer().decode(String.self))

@@ -148,9 +148,13 @@ public struct CloseOperation: Sendable {
         // A forced close may have cut the filesystem off mid-write, and a
         // failed write-out may have lost writes: leave the dirty marker, and
         // the next open checks it.
-        // Closing what was not open says nothing about the filesystem.
+        // Closing what was not open says nothing about the filesystem, nor
+        // does closing a read-only open (it neither set the marker nor
+        // checked the filesystem the marker asks to be checked).
         let lost = context.lostWrites.reason
-        if !force && !imageWritesFailed && lost == nil && report.stuck == nil && record != nil {
+        if !force && !imageWritesFailed && lost == nil && report.stuck == nil && record != nil
+            && record?.operation != .openReadOnly
+        {
             DirtyMarker(paths: environment.paths, target: target.name).clear()
         }
         if let hang { throw hang }

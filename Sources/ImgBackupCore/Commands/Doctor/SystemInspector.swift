@@ -28,7 +28,7 @@ public struct SystemInspector: SystemInspecting {
             return .inUse(operation: record.operation.name, pid: record.pid)
         }
         let recorded = record?.layers ?? []
-        if record?.operation == .open,
+        if record?.operation.isByHand == true,
             recorded.contains(where: { $0.layerName == FilesystemLayer.kind && $0.isUp == true })
         {
             return .openByHand(mountPoint: target.mountPoint)

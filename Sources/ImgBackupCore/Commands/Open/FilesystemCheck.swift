@@ -14,6 +14,24 @@ struct FilesystemCheck {
 
     var marker: DirtyMarker { DirtyMarker(paths: environment.paths, target: target.name) }
 
+    /// A read-only open checks nothing and replays nothing (both would
+    /// write): says what that leaves out. A read of the superblock that
+    /// fails here fails the mount next, with its own line.
+    func sayWhatReadingSkips(device: String, deadline: Duration) async {
+        let name = target.name
+        if marker.isSet {
+            environment.logger.notice(
+                "the last session of '\(name)' did not end cleanly (\(marker.setBy ?? "unknown")): a read-only open does not check its filesystem; the next read-write open does"
+            )
+        }
+        let found = FilesystemProbe.Found(rawValue: target.filesystem.rawValue) ?? .none
+        if (try? await FilesystemProbe.journalNeedsReplay(device: device, found: found, deadline: deadline)) == true {
+            environment.logger.notice(
+                "the \(target.filesystem.rawValue) journal of '\(name)' holds writes that were never replayed: a read-only open does not show them (the newest files of the last session may be missing); the next read-write open replays them"
+            )
+        }
+    }
+
     /// Checks `device` if the marker says the last session did not end
     /// cleanly. Repairs what preen mode may repair; refuses to mount a
     /// filesystem with errors it could not fix.

@@ -23,8 +23,10 @@ struct ImageGeneration {
 
     /// Checks the mounted image against this machine's record, then moves
     /// both on by one. `acceptRollback` takes an older image as the new
-    /// truth (after restoring an older copy on purpose).
-    func checkAndAdvance(acceptRollback: Bool, deadline: Duration) async throws(ImgBackupError) {
+    /// truth (after restoring an older copy on purpose). `readOnly` checks
+    /// only: a read-only open changes neither.
+    func checkAndAdvance(acceptRollback: Bool, readOnly: Bool = false, deadline: Duration) async throws(ImgBackupError)
+    {
         let local = Self.parse(LocalFiles.contents(localRecord))
         let imageText = LocalFiles.contents(imageRecord)
         let image = Self.parse(imageText)
@@ -47,6 +49,7 @@ struct ImageGeneration {
             logger.notice(
                 "accepting generation \(image ?? 0) of '\(target.name)' although this machine last opened \(local)")
         }
+        if readOnly { return }
         // Saturating: the image's number came out of a filesystem the remote can scramble.
         let next = max(image ?? 0, acceptRollback ? 0 : local ?? 0).addingReportingOverflow(1)
         guard !next.overflow else {

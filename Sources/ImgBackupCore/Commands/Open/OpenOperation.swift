@@ -16,11 +16,15 @@ public struct OpenOperation {
     /// Take an image older than the one this machine last opened (after
     /// restoring an older copy on purpose).
     public var acceptRollback = false
+    /// Not one byte of the remote changes: every layer read-only, no lock
+    /// taken, no journal replayed, no check run, no marker moved.
+    public var readOnly = false
 
     public init(
         target: Target, environment: OperationEnvironment, allowDiscards: Bool = false, requireTrim: Bool = false,
-        skipCheck: Bool = false, breakLock: Bool = false, acceptRollback: Bool = false
+        skipCheck: Bool = false, breakLock: Bool = false, acceptRollback: Bool = false, readOnly: Bool = false
     ) {
+        self.readOnly = readOnly
         self.acceptRollback = acceptRollback
         self.skipCheck = skipCheck
         self.breakLock = breakLock
@@ -35,7 +39,7 @@ public struct OpenOperation {
         let key = try await environment.key(for: target)
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
-        return try await bringUp(key: key)
+        return try await bringUp(key: key, operation: readOnly ? .openReadOnly : .open)
     }
 
     /// The stack going up, for a caller that holds the target lock (`run`,
@@ -53,7 +57,8 @@ public struct OpenOperation {
         let builder = StackBuilder(target: target, environment: environment, operation: operation)
         let identity = LUKSIdentity(paths: environment.paths)
         return try await builder.unwindingOnFailure { () throws(ImgBackupError) -> String in
-            let image = try await builder.pushTransport(requireTrim: requireTrim, breakLock: breakLock)
+            let image = try await builder.pushTransport(
+                requireTrim: requireTrim, breakLock: breakLock, readOnly: readOnly)
             let exists: Bool
             do {
                 exists = try await MountedRemoteFiles.exists(image, deadline: builder.deadlines.remoteCall)
@@ -67,7 +72,7 @@ public struct OpenOperation {
                     "failed to open target '\(target.name)': there is no image \(target.image) in \(target.remote)",
                     hint: "run 'imgbackup init \(target.name)' to create it")
             }
-            let loop = LoopLayer(backingFile: image, deadline: builder.deadlines.remoteCall)
+            let loop = LoopLayer(backingFile: image, deadline: builder.deadlines.remoteCall, readOnly: readOnly)
             try await builder.push(loop)
             defer { loop.release() }
             if let device = loop.attachedDevice, !device.directIO {
@@ -79,21 +84,27 @@ public struct OpenOperation {
             let crypt = CryptLayer(
                 device: loop.attachedDevice?.path ?? image, name: target.mappingName, key: key,
                 expected: expected, detachedHeaderPath: environment.paths.detachedHeader(target.name),
-                allowDiscards: allowDiscards, deadline: builder.deadlines.remoteCall)
+                allowDiscards: allowDiscards && !readOnly, readOnly: readOnly, deadline: builder.deadlines.remoteCall)
             try await builder.push(crypt)
             loop.release()
 
             let check = FilesystemCheck(target: target, environment: environment)
-            if !skipCheck { try await check.checkIfMarked(device: crypt.mappedDevice) }
-            try check.marker.set(by: operation)
-            environment.logger.info("mounting \(target.filesystem.rawValue) at \(target.mountPoint)")
+            if readOnly {
+                await check.sayWhatReadingSkips(device: crypt.mappedDevice, deadline: builder.deadlines.remoteCall)
+            } else {
+                if !skipCheck { try await check.checkIfMarked(device: crypt.mappedDevice) }
+                try check.marker.set(by: operation)
+            }
+            environment.logger.info(
+                "mounting \(target.filesystem.rawValue) at \(target.mountPoint)\(readOnly ? ", read-only" : "")")
             try await builder.push(
                 FilesystemLayer(
                     device: crypt.mappedDevice, mountPoint: target.mountPoint, filesystem: target.filesystem,
-                    deadline: builder.deadlines.remoteCall))
+                    readOnly: readOnly, deadline: builder.deadlines.remoteCall))
             // Only once it opened: a failed open says one thing, its error.
             try await ImageGeneration(paths: environment.paths, target: target, logger: environment.logger)
-                .checkAndAdvance(acceptRollback: acceptRollback, deadline: builder.deadlines.remoteCall)
+                .checkAndAdvance(
+                    acceptRollback: acceptRollback, readOnly: readOnly, deadline: builder.deadlines.remoteCall)
             if expected.pin == nil, let pin = crypt.observedPin {
                 let why =
                     if case .uuidOnly = expected { "recorded before header pins existed" } else {

@@ -243,7 +243,9 @@ extension TargetStatus {
 
     private var headline: String {
         switch state {
-        case .open: return "open at \(mountPoint) over \(transport)"
+        case .open:
+            let readOnly = stateRecord?.operation == .openReadOnly ? " read-only" : ""
+            return "open\(readOnly) at \(mountPoint) over \(transport)"
         case .closed: return "closed (\(transport), \(remote))"
         case .partial: return "partly up: run 'imgbackup close \(target)'"
         }
