@@ -341,9 +341,10 @@ def tree_digest(root):
 SHARD_SECONDS = {
     "test_faults.py": 700, "test_hostile_host.py": 500, "test_core_path.py": 400, "test_run.py": 400,
     "test_nbd.py": 350, "test_pull.py": 350, "test_unattended.py": 300, "test_keys.py": 250,
-    "test_resize.py": 250, "test_authorized_keys.py": 220, "test_restore.py": 200, "test_bad_input.py": 150,
+    "test_resize.py": 250, "test_authorized_keys.py": 220, "test_restore.py": 300, "test_bad_input.py": 150,
     "test_status.py": 120, "test_doctor.py": 90, "test_lock.py": 90, "test_metrics.py": 60,
-    "test_big_image.py": 170, "test_sftp_only.py": 150, "test_wire.py": 70,
+    "test_big_image.py": 170, "test_sftp_only.py": 150, "test_wire.py": 70, "test_check.py": 170,
+    "test_read_only.py": 100, "test_setup.py": 60,
 }
 SHARD_DEFAULT_SECONDS = 180
 

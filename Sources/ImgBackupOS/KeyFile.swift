@@ -1,3 +1,5 @@
+import CImgBackupShim
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -36,6 +38,37 @@ public enum KeyFileProblem: Error, Sendable, Equatable {
 public enum KeyFile {
     /// cryptsetup's default key file size limit.
     public static let sizeLimit = 8 * 1024 * 1024
+
+    /// Makes a new key file of `bytes` random bytes (from /dev/urandom),
+    /// mode 0600, never over an existing one: returns false when `path`
+    /// exists. The bytes pass through one buffer, wiped before returning.
+    public static func createRandom(path: String, bytes: Int) throws(SystemCallError) -> Bool {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0 && errno == EEXIST { return false }
+        guard fd >= 0 else { throw SystemCallError(call: "open", object: path, errno: errno) }
+        var key = [UInt8](repeating: 0, count: bytes)
+        defer {
+            key.withUnsafeMutableBytes { if let base = $0.baseAddress { imgb_wipe(base, $0.count) } }
+            close(fd)
+        }
+        let random = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+        let filled = random < 0 ? -1 : key.withUnsafeMutableBytes { Glibc.read(random, $0.baseAddress, $0.count) }
+        let readErrno = errno
+        if random >= 0 { close(random) }
+        let failure: SystemCallError? =
+            if filled != bytes {
+                SystemCallError(call: "read", object: "/dev/urandom", errno: filled < 0 ? readErrno : EIO)
+            } else if key.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) != bytes {
+                SystemCallError(call: "write", object: path, errno: errno)
+            } else if fsync(fd) != 0 {
+                SystemCallError(call: "fsync", object: path, errno: errno)
+            } else { nil }
+        if let failure {
+            unlink(path)
+            throw failure
+        }
+        return true
+    }
 
     public static func read(path: String) throws(KeyFileProblem) -> SecureBytes {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK)

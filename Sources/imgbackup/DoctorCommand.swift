@@ -33,8 +33,16 @@ struct DoctorCommand: AsyncParsableCommand {
         for name in names {
             targets.append(try global.target(name, in: config, keys: noOverride))
         }
+        let findings = await Self.findings(targets, environment: environment)
+        for finding in findings { print("\(finding)".escapingControlCharacters) }
+        let status = DoctorOperation.exitStatus(findings)
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    /// What doctor finds for `targets` (also `setup`'s last step).
+    static func findings(_ targets: [Target], environment: OperationEnvironment) async -> [DoctorFinding] {
         let runner = environment.runner
-        let findings = await DoctorOperation(
+        return await DoctorOperation(
             targets: targets,
             system: SystemInspector(
                 runner: runner, paths: environment.paths,
@@ -49,8 +57,5 @@ struct DoctorCommand: AsyncParsableCommand {
                 return ImgBackupError.wrapping(error, .badKey, failedTo: "load the key of '\(target.name)'")
             }
         }
-        for finding in findings { print("\(finding)".escapingControlCharacters) }
-        let status = DoctorOperation.exitStatus(findings)
-        if status != 0 { throw ExitCode(status) }
     }
 }

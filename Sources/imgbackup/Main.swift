@@ -84,7 +84,9 @@ struct ImgBackup: AsyncParsableCommand {
             """,
         version: "imgbackup \(release) (commit \(BuildInfo.commit))",
         subcommands: [
-            InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, TrimCommand.self, KeyCommand.self,
+            SetupCommand.self, InitCommand.self, OpenCommand.self, CloseCommand.self, RunCommand.self, ListCommand.self,
+            RestoreCommand.self, CheckCommand.self,
+            TrimCommand.self, KeyCommand.self,
             ResizeCommand.self, StatusCommand.self, DoctorCommand.self, AuthorizedKeysCommand.self,
             NBDBridgeCommand.self,
         ]

@@ -34,7 +34,7 @@ import Testing
     @Test func everyErrorCodeExitsWithAStatusOfTheTable() {
         let codes: [ImgBackupError.Code] = [
             .usage, .config, .refused, .copyFailed, .hung, .locked, .alreadyOpen, .badKey, .luks, .remote, .system,
-            .timeout, .invalidState, .interrupted,
+            .timeout, .invalidState, .interrupted, .damaged,
         ]
         #expect(Set(codes.map(\.exitStatus)) == Set(ExitStatus.all.dropFirst().map(\.value)))
         #expect(ExitStatus.helpText.hasPrefix("Exit status: 0 success; 1 usage or config error; 2 copy step failed;"))

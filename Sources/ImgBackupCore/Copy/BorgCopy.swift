@@ -86,6 +86,123 @@ struct BorgCopy: CopyMethod {
         return names
     }
 
+    /// Reading (list, restore, check) bypasses borg's lock: the image is
+    /// mounted read-only, where taking it would fail, and imgbackup's
+    /// target lock already keeps every other imgbackup command out.
+    func points(_ context: CopyContext) async throws(ImgBackupError) -> [BackupPoint] {
+        let repository = "\(context.mountPoint)/\(Self.repositoryDirectory)"
+        guard FileManager.default.fileExists(atPath: "\(repository)/config") else { return [] }
+        let passphrase = try loadPassphrase(context)
+        let listing = try await context.runChecked(
+            borg(["--bypass-lock", "list", "--json", repository], context, passphrase: passphrase),
+            "list the borg archives")
+        guard let archives = Self.archives(listing.standardOutput) else {
+            throw ImgBackupError(.copyFailed, "failed to list the borg archives: borg list --json printed no archives")
+        }
+        let points = archives.map { archive in
+            BackupPoint(
+                name: archive.name, location: "\(Self.repositoryDirectory)::\(archive.name)",
+                time: BackupPointName.parse(archive.name) ?? archive.start,
+                // What a killed borg create left: borg names it NAME.checkpoint(.N).
+                complete: !archive.name.contains(".checkpoint"))
+        }
+        return context.withRunHistory(points.sorted { ($0.time ?? .distantPast) < ($1.time ?? .distantPast) })
+    }
+
+    /// borg extract, run in `directory`: borg keeps paths without their
+    /// leading `/` and puts each back under its own path there.
+    func restore(_ context: CopyContext, point: BackupPoint, paths: [String], into directory: String)
+        async throws(ImgBackupError)
+    {
+        let repository = "\(context.mountPoint)/\(Self.repositoryDirectory)"
+        let passphrase = try loadPassphrase(context)
+        let patterns = paths.filter { $0 != "/" }.map { String($0.dropFirst()) }
+        var extract = borg(
+            ["--bypass-lock", "extract", "--numeric-ids", "--progress", "\(repository)::\(point.name)"]
+                + (paths.contains("/") ? [] : patterns),
+            context, passphrase: passphrase, step: true)
+        extract.workingDirectory = directory
+        do {
+            try LocalFiles.makeDirectories(directory)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "create \(directory)")
+        }
+        let result = try await context.run(extract, progress: Self.extractProgressLine)
+        // borg says a path it did not find only as a warning (status 1).
+        if let missing = Self.unmatched(result.standardError) {
+            throw ImgBackupError(
+                .usage, "restore: /\(missing) is not in \(point.location)",
+                hint: "'imgbackup open --read-only \(context.target.name)' and 'borg list' show what the archive holds")
+        }
+        guard result.succeeded || result.termination == .exited(1) else {
+            throw ImgBackupError(.copyFailed, "failed to restore from \(point.location): \(result.failureSummary)")
+        }
+        if !result.succeeded { context.logger.notice("borg extract finished with warnings: \(result.outputTail())") }
+    }
+
+    /// Every chunk every archive refers to, read and checked against its
+    /// ID hash and MAC. `--archives-only`: borg's repository check saves
+    /// the repository's config, a write the read-only mount refuses; the
+    /// segment entries' checksums are checked as each chunk is read.
+    func verify(_ context: CopyContext) async throws(ImgBackupError) -> Verdict? {
+        let repository = "\(context.mountPoint)/\(Self.repositoryDirectory)"
+        guard FileManager.default.fileExists(atPath: "\(repository)/config") else { return nil }
+        let passphrase = try loadPassphrase(context)
+        let result = try await context.run(
+            borg(
+                ["--bypass-lock", "check", "--archives-only", "--verify-data", repository], context,
+                passphrase: passphrase, step: true))
+        if result.succeeded {
+            return Verdict(clean: true, summary: "borg check --verify-data: every archive and chunk is intact")
+        }
+        return Verdict(
+            clean: false,
+            summary:
+                "borg check --verify-data found damage (\(Self.integrityFinding(result) ?? result.outputTail(lines: 2)))"
+        )
+    }
+
+    /// "Finished cryptographic data integrity verification, verified 4 chunks with 1 integrity errors."
+    static func integrityFinding(_ result: CommandResult) -> String? {
+        let lines = (result.standardError + "\n" + result.standardOutput).split(whereSeparator: \.isNewline)
+        return lines.last { $0.contains("integrity errors") || $0.hasPrefix("Data integrity error") }
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+
+    /// "Include pattern 'etc/nope' never matched." -> "etc/nope"
+    static func unmatched(_ standardError: String) -> String? {
+        for line in standardError.split(whereSeparator: \.isNewline) where line.hasSuffix("never matched.") {
+            guard let open = line.firstIndex(of: "'"), let close = line.lastIndex(of: "'"), open < close else {
+                continue
+            }
+            return String(line[line.index(after: open)..<close])
+        }
+        return nil
+    }
+
+    /// borg extract --progress: " 45.3% Extracting: etc/hosts"
+    @Sendable static func extractProgressLine(_ line: String) -> String? {
+        let trimmed = line.trimmingCharacters(in: .whitespaces)
+        guard let percent = trimmed.split(separator: " ").first, percent.hasSuffix("%") else { return nil }
+        return "borg: \(percent) extracted"
+    }
+
+    /// The archives of `borg list --json`: name and start time.
+    static func archives(_ json: String) -> [(name: String, start: Date?)]? {
+        guard let data = json.data(using: .utf8),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let archives = object["archives"] as? [[String: Any]]
+        else { return nil }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"
+        return archives.compactMap { archive in
+            guard let name = archive["name"] as? String else { return nil }
+            return (name, (archive["start"] as? String).flatMap { formatter.date(from: $0) })
+        }
+    }
+
     private func loadPassphrase(_ context: CopyContext) throws(ImgBackupError) -> SecureBytes? {
         guard let path = context.copy.borgPassphraseFile else { return nil }
         do {

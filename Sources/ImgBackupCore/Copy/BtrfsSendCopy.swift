@@ -65,6 +65,61 @@ struct BtrfsSendCopy: CopyMethod {
         return CopyOutcome(point: "\(Self.snapshotsDirectory)/\(name)", incremental: parent != nil)
     }
 
+    /// A received snapshot is complete once `btrfs receive` made it
+    /// read-only with its received UUID; a receive killed midway leaves a
+    /// writable subvolume without one.
+    func points(_ context: CopyContext) async throws(ImgBackupError) -> [BackupPoint] {
+        let listing = try await context.runChecked(
+            Command(
+                "btrfs", ["subvolume", "list", "-r", "-R", context.mountPoint], timeout: CopyContext.housekeepingLimit),
+            "list the received snapshots")
+        let received = Self.receivedPaths(listing.standardOutput)
+        return context.directoryPoints(
+            "\(context.mountPoint)/\(Self.snapshotsDirectory)", prefix: Self.snapshotsDirectory
+        ) { name in received.contains("\(Self.snapshotsDirectory)/\(name)") }
+    }
+
+    /// "ID 258 gen 8 top level 5 received_uuid 4550a99b-... path snapshots/NAME": the
+    /// paths of read-only subvolumes with a received UUID.
+    static func receivedPaths(_ listing: String) -> Set<String> {
+        var paths = Set<String>()
+        for line in listing.split(whereSeparator: \.isNewline) {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard let uuid = fields.firstIndex(of: "received_uuid"), uuid + 1 < fields.count, fields[uuid + 1] != "-",
+                let path = line.range(of: " path ")
+            else { continue }
+            paths.insert(String(line[path.upperBound...]))
+        }
+        return paths
+    }
+
+    /// A received snapshot holds the source subvolume's tree: a path as it
+    /// was on the source (`/srv/data/x`, under `source_subvolume`
+    /// /srv/data) is `x` in it, and comes back as DIRECTORY/srv/data/x.
+    func restore(_ context: CopyContext, point: BackupPoint, paths: [String], into directory: String)
+        async throws(ImgBackupError)
+    {
+        let subvolume = (context.copy.sourceSubvolume ?? "/").split(separator: "/").joined(separator: "/")
+        let prefix = subvolume.isEmpty ? "" : "/" + subvolume
+        let inside = try paths.map { (path: String) throws(ImgBackupError) -> String in
+            if prefix.isEmpty || path == prefix { return "/" }
+            guard path.hasPrefix(prefix + "/") else {
+                throw ImgBackupError(
+                    .usage, "restore: \(path) is not under the subvolume this target backs up (\(prefix))",
+                    hint: "name paths under \(prefix), or \(prefix) for all of it")
+            }
+            return String(path.dropFirst(prefix.count))
+        }
+        let destination = directory + prefix
+        do {
+            try LocalFiles.makeDirectories(destination)
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "create \(destination)")
+        }
+        try await context.rsyncOut(
+            from: "\(context.mountPoint)/\(point.location)", paths: inside, into: destination, what: point.location)
+    }
+
     func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String] {
         try await context.prune(
             in: "\(context.mountPoint)/\(Self.snapshotsDirectory)", policy: policy, what: "received snapshot"

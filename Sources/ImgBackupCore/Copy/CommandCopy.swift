@@ -25,6 +25,22 @@ struct CommandCopy: CopyMethod {
         return []
     }
 
+    func points(_ context: CopyContext) async throws(ImgBackupError) -> [BackupPoint] {
+        throw Self.unknownPoints(context.target.name)
+    }
+
+    func restore(_ context: CopyContext, point: BackupPoint, paths: [String], into directory: String)
+        async throws(ImgBackupError)
+    {
+        throw Self.unknownPoints(context.target.name)
+    }
+
+    static func unknownPoints(_ target: String) -> ImgBackupError {
+        ImgBackupError(
+            .usage, "target '\(target)' copies with its own command: imgbackup does not know its backup points",
+            hint: "'imgbackup open --read-only \(target)' mounts the image without changing it; look there")
+    }
+
     static func substitute(_ argv: [String], mount: String, target: String) -> [String] {
         argv.map {
             $0.replacingOccurrences(of: "{mount}", with: mount).replacingOccurrences(of: "{target}", with: target)

@@ -11,6 +11,27 @@ public protocol CopyMethod: Sendable {
     func copy(_ context: CopyContext) async throws(ImgBackupError) -> CopyOutcome
     /// Deletes the backup points `policy` does not keep; returns their names.
     func prune(_ context: CopyContext, policy: RetentionPolicy) async throws(ImgBackupError) -> [String]
+    /// The backup points in the mounted image, oldest first. Reads only.
+    func points(_ context: CopyContext) async throws(ImgBackupError) -> [BackupPoint]
+    /// Copies `paths` (absolute, as they were on the source; `/` for
+    /// everything) of `point` into `directory`, each under its own path
+    /// there, as the method kept them: owners, modes, links, ACLs, xattrs.
+    func restore(_ context: CopyContext, point: BackupPoint, paths: [String], into directory: String)
+        async throws(ImgBackupError)
+    /// The method's own check of what it keeps, reading only; nil where it
+    /// has none beyond reading the files back (`check` does that).
+    func verify(_ context: CopyContext) async throws(ImgBackupError) -> Verdict?
+}
+
+/// What a copy method's own check found.
+public struct Verdict: Sendable, Equatable {
+    public var clean: Bool
+    /// One line: what was checked and what was found.
+    public var summary: String
+}
+
+extension CopyMethod {
+    public func verify(_ context: CopyContext) async throws(ImgBackupError) -> Verdict? { nil }
 }
 
 /// What a copy step made.

@@ -80,6 +80,27 @@ struct RsyncCopy: CopyMethod {
         }
     }
 
+    func points(_ context: CopyContext) async throws(ImgBackupError) -> [BackupPoint] {
+        let snapshots = "\(context.mountPoint)/\(Self.snapshotsDirectory)"
+        var points = context.directoryPoints(snapshots, prefix: Self.snapshotsDirectory) { _ in true }
+        // A failed run's snapshot, which the next run continues.
+        var info = stat()
+        if lstat("\(snapshots)/\(Self.incompleteName)", &info) == 0, info.st_mode & S_IFMT == S_IFDIR {
+            points.append(
+                BackupPoint(
+                    name: Self.incompleteName, location: "\(Self.snapshotsDirectory)/\(Self.incompleteName)",
+                    time: Date(timeIntervalSince1970: TimeInterval(info.st_mtim.tv_sec)), complete: false))
+        }
+        return context.withRunHistory(points)
+    }
+
+    func restore(_ context: CopyContext, point: BackupPoint, paths: [String], into directory: String)
+        async throws(ImgBackupError)
+    {
+        try await context.rsyncOut(
+            from: "\(context.mountPoint)/\(point.location)", paths: paths, into: directory, what: point.location)
+    }
+
     /// "  1,234,567  45%   12.34MB/s    0:00:10 (xfr#3, ir-chk=1000/2000)"
     ///  -> "rsync: 1.2 MiB copied, 12.34MB/s, 45% of what it has seen so far, ETA 0:00:10"
     @Sendable static func progressLine(_ line: String) -> String? {

@@ -42,10 +42,15 @@ public struct ExitStatus: Sendable, Equatable {
     public static let interrupted = ExitStatus(
         value: 9, summary: "interrupted by a stop signal (what was open was closed)",
         meaning: "interrupted by a stop signal (SIGTERM, SIGINT, SIGHUP); what was open was closed", retryLater: true)
+    public static let damaged = ExitStatus(
+        value: 10, summary: "check found damage",
+        meaning:
+            "`check` found damage: the filesystem check, a file that cannot be read back, or the copy method's own check",
+        retryLater: false)
 
     public static let all: [ExitStatus] = [
         .success, .usageOrConfig, .copyStep, .hang, .lockedOrOpen, .keyOrLUKS, .remote, .localSystem, .leftUp,
-        .interrupted,
+        .interrupted, .damaged,
     ]
 
     /// "Exit status: 0 success; 1 usage or config error; ...", for `--help`.

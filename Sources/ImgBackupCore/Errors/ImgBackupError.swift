@@ -34,6 +34,8 @@ public struct ImgBackupError: Error, Sendable, CustomStringConvertible {
         /// A stop signal (SIGTERM, SIGINT, SIGHUP) ended the command; what
         /// it had open was closed.
         public static let interrupted = Code(name: "interrupted", exit: .interrupted)
+        /// `check` found damage in the image.
+        public static let damaged = Code(name: "damaged", exit: .damaged)
 
         public var description: String { name }
     }
