@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 make --no-print-directory completions man >/dev/null
-commands="init open close run trim resize status doctor key authorized-keys"
+commands="setup init open close run list restore check trim resize status doctor key authorized-keys"
 fail() { echo "cli-artifacts: $*" >&2; exit 1; }
 for script in .build/completions/imgbackup.bash .build/completions/_imgbackup .build/completions/imgbackup.fish; do
   [ -s "$script" ] || fail "$script is empty"
