@@ -2,7 +2,8 @@
 # The restore day: how long until the first file is back, for a small image
 # with one backup point and a large image with many. Both targets get the
 # same source (FILES small files); the large one is a 1 TiB sparse image
-# with POINTS rsync snapshots of it. Measured, each three times, alternating:
+# with POINTS rsync snapshots of it. Measured, each five times, alternating
+# (the median, then every value):
 # `imgbackup list`, and `imgbackup restore` of one file from the oldest point
 # (a read-only open, one rsync, the close: the first file is back when the
 # command returns). Needs a kernel with dm-crypt:
@@ -81,7 +82,7 @@ echo
 echo "| target | image | backup points | \`list\` | \`restore\` of one file from the oldest point |"
 echo "| --- | --- | --- | --- | --- |"
 declare -A list restore
-for round in 1 2 3; do
+for round in 1 2 3 4 5; do
   for target in small large; do
     list[$target]+="$(seconds "$bin" --config "$config" list "$target") "
     rm -rf "$work/restored"
@@ -89,8 +90,9 @@ for round in 1 2 3; do
     [ -f "$work/restored$wanted" ] || { echo "bench-restore: $target: the file did not come back" >&2; exit 1; }
   done
 done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for target in small large; do
   size=64M count=1
   [ "$target" = large ] && size=1T count=$points
-  echo "| $target | $size | $count | ${list[$target]% } s | ${restore[$target]% } s |"
+  echo "| $target | $size | $count | $(echo "${list[$target]}" | median) s (${list[$target]% }) | $(echo "${restore[$target]}" | median) s (${restore[$target]% }) |"
 done
