@@ -51,6 +51,27 @@ extension CopyMethodTests {
         #expect(error?.message == "restore: \(source)/data/nope is not in \(latest.location)")
     }
 
+    @Test func aPathThroughASymlinkInTheBackupIsRefusedNotFollowedOut() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try FileManager.default.createSymbolicLink(atPath: source + "/data/elsewhere", withDestinationPath: "/etc")
+        var copy = Target.Copy(method: .rsync)
+        copy.sources = [source + "/data"]
+        let reading = context(copy, at: "2026-03-01T03:00:00Z")
+        _ = try await RsyncCopy().copy(reading)
+        let point = try BackupPoint.pick(nil, from: try await RsyncCopy().points(reading), target: "t")
+        let restored = root + "/restored"
+        let error = await #expect(throws: ImgBackupError.self) {
+            try await RsyncCopy().restore(
+                reading, point: point, paths: [source + "/data/elsewhere/hostname"], into: restored)
+        }
+        #expect(error?.message.contains("goes through \(source)/data/elsewhere, a symbolic link") == true)
+        #expect(!FileManager.default.fileExists(atPath: restored + source + "/data/elsewhere/hostname"))
+        // The link itself comes back as a link.
+        try await RsyncCopy().restore(reading, point: point, paths: [source + "/data/elsewhere"], into: restored)
+        #expect(
+            try FileManager.default.destinationOfSymbolicLink(atPath: restored + source + "/data/elsewhere") == "/etc")
+    }
+
     @Test func aFailedRsyncRunsSnapshotIsListedIncompleteAndNotPickedAsLatest() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         var copy = Target.Copy(method: .rsync)

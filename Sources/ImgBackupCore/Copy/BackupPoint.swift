@@ -112,6 +112,20 @@ extension CopyContext {
         var sources: [String] = []
         for path in paths {
             let inside = "\(root)\(path == "/" ? "" : path)"
+            // A directory on the way that is a symlink in the backup
+            // (/var/run -> /run) would be followed out of the snapshot,
+            // into this machine's own files: refused, not restored wrongly.
+            var prefix = root
+            for part in path.split(separator: "/").dropLast() {
+                prefix += "/\(part)"
+                var info = stat()
+                if lstat(prefix, &info) == 0, info.st_mode & S_IFMT == S_IFLNK {
+                    let through = String(prefix.dropFirst(root.count))
+                    throw ImgBackupError(
+                        .usage, "restore: \(path) goes through \(through), a symbolic link in \(what)",
+                        hint: "restore \(through) itself (the link), or the path it points to by its own name")
+                }
+            }
             var info = stat()
             guard lstat(inside, &info) == 0 else {
                 throw ImgBackupError(
