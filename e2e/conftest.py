@@ -48,6 +48,11 @@ class BackupHost:
             "key_file": f"{self.work}/keys/demo.key",
             "mount_point": f"{self.work}/mnt/{name}",
         }
+        # Every test file appends to one config: a name used twice would make
+        # it invalid TOML, and every later test would fail with it.
+        if os.path.exists(self.config):
+            with open(self.config) as config:
+                assert f"[target.{name}]\n" not in config.read(), f"target '{name}' is already in {self.config}: pick another name"
         if "key_command" in overrides and "key_file" not in overrides:
             del values["key_file"]
         values.update(overrides)

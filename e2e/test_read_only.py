@@ -71,14 +71,14 @@ def test_a_read_only_open_shows_a_live_copy_without_replaying_its_journal(host):
         out.write(os.urandom(256 << 10))
         out.flush()
         os.fsync(out.fileno())
-    frozen = host.add_target("frozen")
+    frozen = host.add_target("livecopy_taken")
     subprocess.run(["cp", "--sparse=always", host.image(name), host.image(frozen)], check=True)
     host.ok("close", name)
     other = host.new_machine("readonly-machine")  # a restore from another machine
     before = remote_state(other, host.image(frozen))
 
     opened = other.ok("open", "--read-only", frozen)
-    assert "journal of 'frozen' holds writes that were never replayed" in opened.stderr
+    assert f"journal of '{frozen}' holds writes that were never replayed" in opened.stderr
     assert os.listdir(opened.stdout.strip()) is not None
     other.ok("close", frozen)
     assert_nothing_left(other, frozen)
