@@ -72,6 +72,22 @@ extension CopyMethodTests {
             try FileManager.default.destinationOfSymbolicLink(atPath: restored + source + "/data/elsewhere") == "/etc")
     }
 
+    @Test func restoreNeverWritesIntoAnImageOrTheRuntimeDirectory() throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let target = Target(
+            name: "t", remote: RemoteLocation(user: nil, host: "h", directory: "/r"), image: "t.img", key: .file("/k"),
+            mountPoint: mount)
+        func directory(_ path: String) throws -> String {
+            try RestoreOperation(target: target, environment: environment, point: nil, paths: ["/"], directory: path)
+                .usableDirectory()
+        }
+        for inside in [mount, mount + "/snapshots", root + "/run/t", root + "/restore/../mount/x"] {
+            #expect(throws: ImgBackupError.self) { try directory(inside) }
+        }
+        #expect(try directory(root + "/./restore/") == root + "/restore")
+        #expect(FileManager.default.fileExists(atPath: root + "/restore"))
+    }
+
     @Test func aFailedRsyncRunsSnapshotIsListedIncompleteAndNotPickedAsLatest() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         var copy = Target.Copy(method: .rsync)

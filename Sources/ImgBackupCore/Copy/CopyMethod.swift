@@ -136,12 +136,16 @@ public struct CopyContext: Sendable {
     /// source hosts, NBD bridges), this target's mount point and every
     /// other imgbackup image mounted now. A backup must never contain a
     /// backup, or recurse into the image it is writing.
-    var ownMounts: [String] {
+    var ownMounts: [String] { Self.imgbackupMounts(paths: environment.paths, mountPoint: mountPoint) }
+
+    /// The runtime directory, `mountPoint` and every imgbackup image mounted
+    /// now (also where `restore` refuses to write).
+    static func imgbackupMounts(paths: RuntimePaths, mountPoint: String) -> [String] {
         let mapped = MountTable.entries()
             .filter { $0.source.hasPrefix("/dev/mapper/\(Target.mappingPrefix)") }
             .map(\.mountPoint)
         var seen = Set<String>()
-        return ([environment.paths.runtimeDirectory, mountPoint] + mapped).filter { seen.insert($0).inserted }
+        return ([paths.runtimeDirectory, mountPoint] + mapped).filter { seen.insert($0).inserted }
     }
 
     /// Runs a tool, showing its progress lines (as `parse` reads them) on the

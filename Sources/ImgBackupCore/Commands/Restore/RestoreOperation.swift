@@ -49,10 +49,7 @@ public struct RestoreOperation {
             directory.hasPrefix("/")
             ? directory : FileManager.default.currentDirectoryPath + "/" + directory
         let normalized = "/" + absolute.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
-        let forbidden =
-            [target.mountPoint, environment.paths.runtimeDirectory]
-            + MountTable.entries().filter { $0.source.hasPrefix("/dev/mapper/\(Target.mappingPrefix)") }.map(
-                \.mountPoint)
+        let forbidden = CopyContext.imgbackupMounts(paths: environment.paths, mountPoint: target.mountPoint)
         if normalized.split(separator: "/").contains("..")
             || forbidden.contains(where: { normalized == $0 || normalized.hasPrefix($0 + "/") })
         {
