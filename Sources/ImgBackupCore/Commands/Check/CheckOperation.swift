@@ -26,8 +26,6 @@ public struct CheckOperation: Sendable {
         public var unreadable: [String] = []
         /// The steps that found damage.
         public var damage: [String] = []
-        public var filesRead = 0
-        public var bytesRead: UInt64 = 0
 
         /// What `check` exits with when anything is damaged (10).
         public func damageError(target: String) -> ImgBackupError? {
@@ -89,17 +87,15 @@ public struct CheckOperation: Sendable {
         reader.shouldStop = { Task.isCancelled }
         let read = reader.readAll(under: context.mountPoint)
         display?.finish()
-        report.filesRead = read.files
-        report.bytesRead = read.bytes
         report.unreadable = read.unreadable.map { "\($0.path) (\($0.error.reason))" }
         let summary = "read \(read.files) files, \(ByteSize.format(read.bytes))"
-        if read.unreadable.isEmpty {
+        let count = report.unreadable.count
+        if count == 0 {
             report.steps.append("\(summary): every one read back")
         } else {
-            let names = read.unreadable.prefix(20).map { "\($0.path) (\($0.error.reason))" }.joined(separator: ", ")
-            let more = read.unreadable.count > 20 ? " and \(read.unreadable.count - 20) more" : ""
-            let finding =
-                "\(read.unreadable.count) file\(read.unreadable.count == 1 ? "" : "s") could not be read back: \(names)\(more)"
+            let names = report.unreadable.prefix(20).joined(separator: ", ")
+            let more = count > 20 ? " and \(count - 20) more" : ""
+            let finding = "\(count) file\(count == 1 ? "" : "s") could not be read back: \(names)\(more)"
             report.steps.append("\(summary); \(finding)")
             report.damage.append(finding)
         }
