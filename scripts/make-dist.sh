@@ -31,10 +31,13 @@ arch=$(dpkg --print-architecture)
 needed=$(objdump -p "$built" | awk '/NEEDED/ { print $2 }')
 packages=()
 for library in $needed; do
-  path=$(ldconfig -p | awk -v lib="$library" '$1 == lib && /x86-64|x32|64/ { print $NF; exit }')
+  # awk reads to the end: leaving early would kill ldconfig with SIGPIPE,
+  # which pipefail turns into this script's failure once the cache outgrows
+  # the pipe's buffer.
+  path=$(ldconfig -p | awk -v lib="$library" '$1 == lib && /x86-64|x32|64/ && !found { print $NF; found = 1 }')
   [ -n "$path" ] || { echo "make-dist: $library is not a system library (ldconfig does not know it)" >&2; exit 1; }
-  package=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -n 1 | cut -d: -f1) || true
-  [ -n "$package" ] || package=$(dpkg -S "$path" 2>/dev/null | head -n 1 | cut -d: -f1) || true
+  package=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | awk -F: 'NR == 1 { print $1 }') || true
+  [ -n "$package" ] || package=$(dpkg -S "$path" 2>/dev/null | awk -F: 'NR == 1 { print $1 }') || true
   [ -n "$package" ] || { echo "make-dist: $library ($path) belongs to no Debian package" >&2; exit 1; }
   packages+=("$package")
 done
