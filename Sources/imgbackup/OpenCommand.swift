@@ -52,8 +52,12 @@ struct OpenCommand: AsyncParsableCommand {
         let config = try global.load()
         var resolved = try global.target(target, in: config, keys: keys)
         if let transport {
-            guard let parsed = Target.Transport(rawValue: transport) else {
+            guard let parsed = Target.Transport(rawValue: transport), parsed != .s3 else {
                 throw ImgBackupError(.usage, "--transport '\(transport)' is not one of sshfs, nbd")
+            }
+            guard resolved.transport != .s3 else {
+                throw ImgBackupError(
+                    .usage, "--transport \(transport) does not apply to '\(resolved.name)': its image is in S3")
             }
             resolved.transport = parsed
         }

@@ -90,16 +90,33 @@ public enum ConfigLoader {
     }
 
     private static func readTarget(name: String, _ table: TableReader) throws(ImgBackupError) -> Target {
-        let remoteText = try table.require("remote", table.string)
+        let transport = try table.choice("transport", Target.Transport.self) ?? .sshfs
+        let s3 = try readS3(table, name: name, transport: transport)
         let remote: RemoteLocation
-        switch RemoteLocation.parse(remoteText) {
-        case .success(let location): remote = location
-        case .failure(let failure):
-            throw table.error("remote", "'\(remoteText)' is not [user@]host:/directory: \(failure.reason)")
-        }
-        let image = try table.string("image") ?? "\(name).img"
-        if image.isEmpty || image.contains("/") || image == "." || image == ".." || image.hasPrefix("-") {
-            throw table.error("image", "'\(image)' must be a plain file name inside the remote directory")
+        let image: String
+        if let s3 {
+            // The bucket is the image's place: `remote` would only mislead.
+            if try table.string("remote") != nil {
+                throw table.error(
+                    "remote", "is for sshfs and nbd; an s3 target's place is its [target.\(name).s3] table")
+            }
+            if try table.string("image") != nil {
+                throw table.error("image", "is for sshfs and nbd; an s3 target's objects are named by its s3 prefix")
+            }
+            let host = S3Location.parseEndpoint(s3.endpoint)?.host ?? s3.endpoint
+            remote = RemoteLocation(user: nil, host: host, directory: "/\(s3.bucket)")
+            image = s3.prefix
+        } else {
+            let remoteText = try table.require("remote", table.string)
+            switch RemoteLocation.parse(remoteText) {
+            case .success(let location): remote = location
+            case .failure(let failure):
+                throw table.error("remote", "'\(remoteText)' is not [user@]host:/directory: \(failure.reason)")
+            }
+            image = try table.string("image") ?? "\(name).img"
+            if image.isEmpty || image.contains("/") || image == "." || image == ".." || image.hasPrefix("-") {
+                throw table.error("image", "'\(image)' must be a plain file name inside the remote directory")
+            }
         }
 
         let keyFile = try table.absolutePath("key_file")
@@ -136,7 +153,8 @@ public enum ConfigLoader {
                 "\(limit) a second is too little for ssh to keep a connection alive (use at least 8K)")
         }
         target.filesystem = try table.choice("filesystem", Target.Filesystem.self) ?? .ext4
-        target.transport = try table.choice("transport", Target.Transport.self) ?? .sshfs
+        target.transport = transport
+        target.s3 = s3
 
         if let nbd = try table.table("nbd") {
             let command = try nbd.stringArray("command")
@@ -200,6 +218,69 @@ public enum ConfigLoader {
         }
         try table.rejectUnknownKeys()
         return target
+    }
+
+    /// `[target.NAME.s3]`, required with `transport = "s3"` and refused without it.
+    private static func readS3(_ table: TableReader, name: String, transport: Target.Transport)
+        throws(ImgBackupError) -> S3Location?
+    {
+        guard let s3 = try table.table("s3") else {
+            if transport == .s3 { throw table.error("transport", "is s3 but there is no [target.\(name).s3] table") }
+            return nil
+        }
+        guard transport == .s3 else {
+            throw s3.error(nil, "is only for transport = \"s3\" (this target's transport is \(transport.rawValue))")
+        }
+        let endpoint = try s3.require("endpoint", s3.string)
+        guard S3Location.parseEndpoint(endpoint) != nil else {
+            throw s3.error(
+                "endpoint", "'\(endpoint)' is not an http:// or https:// URL of a host (and port), with no path")
+        }
+        let bucket = try s3.require("bucket", s3.string)
+        guard S3Location.isValidBucket(bucket) else {
+            throw s3.error("bucket", "'\(bucket)' is not a bucket name (3-63 of a-z, 0-9, '.', '-')")
+        }
+        let prefix = try s3.string("prefix") ?? name
+        guard S3Location.isValidPrefix(prefix) else {
+            throw s3.error(
+                "prefix", "'\(prefix)' must be segments of letters, digits, '.', '_' and '-' separated by single '/'")
+        }
+        let file = try s3.absolutePath("credentials_file")
+        let command = try s3.stringArray("credentials_command")
+        let credentials: S3Location.Credentials
+        switch (file, command) {
+        case (let file?, nil): credentials = .file(file)
+        case (nil, let command?):
+            guard let first = command.first, first.hasPrefix("/") || !first.contains("/") else {
+                throw s3.error(
+                    "credentials_command",
+                    "must be a non-empty argv whose first element is a program name or absolute path")
+            }
+            credentials = .command(command)
+        case (nil, nil): throw s3.error(nil, "needs credentials_file or credentials_command")
+        case (_?, _?): throw s3.error("credentials_command", "give credentials_file or credentials_command, not both")
+        }
+        var location = S3Location(endpoint: endpoint, bucket: bucket, prefix: prefix, credentials: credentials)
+        if let size = try s3.size("object_size") {
+            guard S3Location.isValidObjectSize(size) else {
+                throw s3.error("object_size", "\(size) must be a power of two from 64K to 64M")
+            }
+            location.objectSize = size
+        }
+        if let region = try s3.string("region") {
+            guard !region.isEmpty, region.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") })
+            else { throw s3.error("region", "'\(region)' is not a region name (e.g. \"eu-central-1\")") }
+            location.region = region
+        }
+        location.addressing = try s3.choice("addressing", S3Location.Addressing.self) ?? .path
+        if let profile = try s3.string("profile") {
+            guard !profile.isEmpty, !profile.contains(where: { $0 == "]" || $0.isNewline }) else {
+                throw s3.error("profile", "'\(profile)' is not a credentials section name")
+            }
+            location.profile = profile
+        }
+        try s3.rejectUnknownKeys()
+        return location
     }
 
     private static func sshOptions(_ table: TableReader, _ key: String) throws(ImgBackupError) -> [String] {

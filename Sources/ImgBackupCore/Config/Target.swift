@@ -4,7 +4,7 @@ import ImgBackupOS
 /// reach, unlock, mount and fill it.
 public struct Target: Sendable, Equatable {
     public enum Filesystem: String, Sendable, CaseIterable { case ext4, btrfs }
-    public enum Transport: String, Sendable, CaseIterable { case sshfs, nbd }
+    public enum Transport: String, Sendable, CaseIterable { case sshfs, nbd, s3 }
 
     /// Where the key comes from. The bytes themselves are read only when needed.
     public enum KeySource: Sendable, Equatable {
@@ -97,6 +97,9 @@ public struct Target: Sendable, Equatable {
     public var key: KeySource
     public var mountPoint: String
     public var nbd: NBDExport?
+    /// The bucket of an `s3` target (its `remote` then names the endpoint's
+    /// host and the bucket, for messages, and `image` is the key prefix).
+    public var s3: S3Location?
     public var copy: Copy?
     public var retention: Retention?
     public var hooks = Hooks()

@@ -90,7 +90,8 @@ public enum LayerRecord: Codable, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .sshfs(_, let mountPoint):
             SSHFSLayer.imageFile(mountPoint: mountPoint, of: target, paths).map { (.sshfs, $0) }
-        case .nbdBridge(let mountPoint, _): (.nbd, NBDBridgeLayer.imageFile(mountPoint: mountPoint))
+        case .nbdBridge(let mountPoint, _):
+            (target.transport == .s3 ? .s3 : .nbd, NBDBridgeLayer.imageFile(mountPoint: mountPoint))
         case .remoteLock, .partialImage, .loop, .crypt, .filesystem: nil
         }
     }

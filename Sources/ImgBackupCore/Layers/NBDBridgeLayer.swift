@@ -14,6 +14,13 @@ public struct NBDBridgeLayer: Layer {
     public let logFile: String
     public let requireTrim: Bool
     public let deadline: Duration
+    /// Where the bridge keeps the S3 lock's token (this process's paths).
+    public var paths = RuntimePaths()
+    /// S3 only (NBD exports carry their lock in their command): serve
+    /// read-only, break a held lock, or serve a new image of this size.
+    public var readOnly = false
+    public var breakLock = false
+    public var createSize: UInt64?
 
     public init(
         target: Target, mountPoint: String, configPath: String, logFile: String, requireTrim: Bool, deadline: Duration
@@ -36,7 +43,7 @@ public struct NBDBridgeLayer: Layer {
     static let remoteLockRefusal = "flock: failed to get lock"
 
     public func up() async throws -> LayerRecord {
-        guard target.nbd != nil else {
+        guard target.nbd != nil || target.transport == .s3 else {
             throw ImgBackupError(
                 .config, "target '\(target.name)' has no [target.\(target.name).nbd] table",
                 hint: "add command = [\"nbdkit\", ...] or uri = \"nbd://...\" to use the nbd transport")
@@ -49,11 +56,17 @@ public struct NBDBridgeLayer: Layer {
         }
         var arguments = ["--config", configPath, Self.subcommand, target.name, "--mount", mountPoint]
         if requireTrim { arguments.append("--require-trim") }
+        if readOnly { arguments.append("--read-only") }
+        if breakLock { arguments.append("--break-lock") }
+        if let createSize { arguments += ["--create-size", String(createSize)] }
+        let environment = SubprocessCommandRunner.minimalEnvironment.merging(
+            ["IMGBACKUP_RUNTIME_DIR": paths.runtimeDirectory, "IMGBACKUP_STATE_DIR": paths.stateDirectory]
+        ) { $1 }
         let process: DetachedProcess
         do {
             process = try DetachedProcess.spawn(
-                executable: DetachedProcess.currentExecutable, arguments: arguments,
-                environment: SubprocessCommandRunner.minimalEnvironment, logFile: logFile)
+                executable: DetachedProcess.currentExecutable, arguments: arguments, environment: environment,
+                logFile: logFile)
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "start the NBD bridge")
         }
@@ -62,7 +75,14 @@ public struct NBDBridgeLayer: Layer {
         let until = clock.now.advanced(by: deadline)
         while clock.now < until {
             if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(BridgedImage.subtype)" { return record }
-            if process.exitStatusIfEnded() != nil {
+            if let status = process.exitStatusIfEnded() {
+                if status == ExitStatus.lockedOrOpen.value {
+                    // The S3 lock object is someone else's: the bridge said whose.
+                    throw ImgBackupError(.locked, lastLine(of: logFile))
+                }
+                if status == ExitStatus.usageOrConfig.value {
+                    throw ImgBackupError(.config, lastLine(of: logFile))
+                }
                 if ((try? String(contentsOfFile: logFile, encoding: .utf8)) ?? "").contains(Self.remoteLockRefusal) {
                     throw ImgBackupError(
                         .locked,

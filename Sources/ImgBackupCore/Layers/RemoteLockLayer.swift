@@ -29,46 +29,84 @@ public struct RemoteLockHolder: Sendable, Equatable {
     var description: String { "target '\(target)' on \(host) (pid \(pid)) since \(since)" }
 }
 
-/// A lock file beside the image (`IMAGE.lock`, created with SFTP's exclusive
-/// create) naming the host, pid and time, so two machines, or two targets
-/// pointing at one image, never open it at once. Removed on close.
+/// Where a remote lock lives: a file beside the image (`IMAGE.lock`, over
+/// sshfs), or an object beside the image's objects (`PREFIX.lock`, S3).
+public protocol RemoteLockStore: Sendable {
+    /// The lock's place, for messages.
+    var name: String { get }
+    /// The lock's text; nil when there is none.
+    func read() async throws -> String?
+    /// Creates the lock holding `contents` unless one exists: false then.
+    func createExclusive(_ contents: String) async throws -> Bool
+    func remove() async throws
+}
+
+/// The lock file beside an image reached over sshfs, created with SFTP's
+/// exclusive create.
+struct LockFile: RemoteLockStore {
+    let path: String
+    let deadline: Duration
+
+    var name: String { path }
+    func read() async throws -> String? { try await MountedRemoteFiles.read(path, deadline: deadline) }
+    func createExclusive(_ contents: String) async throws -> Bool {
+        do {
+            try await MountedRemoteFiles.createExclusive(path, contents: contents, deadline: deadline)
+            return true
+        } catch let error as SystemCallError where error.errno == EEXIST {
+            return false
+        }
+    }
+    func remove() async throws { try await MountedRemoteFiles.remove(path, deadline: deadline) }
+}
+
+/// A lock beside the image naming the host, pid and time, so two machines,
+/// or two targets pointing at one image, never open it at once. Removed on
+/// close.
 ///
 /// A lock this machine took and could not remove (the remote hung during
 /// teardown) is recognised by its token, recorded locally, and replaced with
 /// a notice. Any other lock is reported with its holder, and broken only
 /// with `--break-lock`.
-public struct RemoteLockLayer: Layer {
-    public let path: String
+public struct RemoteLock: Sendable {
+    public let store: any RemoteLockStore
     public let target: Target
     public let paths: RuntimePaths
     public let breakLock: Bool
-    public let deadline: Duration
     public let logger: Logger
-    let token = UUID().uuidString
+    public let token: String
 
-    public var intent: LayerRecord { .remoteLock(path: path, token: token) }
+    public init(
+        store: any RemoteLockStore, target: Target, paths: RuntimePaths, breakLock: Bool, logger: Logger,
+        token: String = UUID().uuidString
+    ) {
+        self.store = store
+        self.target = target
+        self.paths = paths
+        self.breakLock = breakLock
+        self.logger = logger
+        self.token = token
+    }
 
-    static func lockPath(imagePath: String) -> String { imagePath + ".lock" }
+    var recordedToken: RemoteLockToken { RemoteLockToken(paths: paths, target: target.name) }
 
     /// Before a read-only open, which takes no lock (taking one writes to
     /// the remote): a lock someone holds means the image may be written
     /// while it is read, and a filesystem read half-written shows garbage.
     /// This machine's own stale lock is no one's; `breakLock` reads anyway,
     /// leaving the lock where it is.
-    static func requireUnheldForReading(
-        path: String, target: Target, paths: RuntimePaths, breakLock: Bool, deadline: Duration, logger: Logger
-    ) async throws(ImgBackupError) {
+    public func requireUnheldForReading() async throws(ImgBackupError) {
         let text: String?
         do {
-            text = try await MountedRemoteFiles.read(path, deadline: deadline)
+            text = try await store.read()
         } catch {
-            throw ImgBackupError.wrapping(error, .remote, failedTo: "read the remote lock \(path)")
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "read the remote lock \(store.name)")
         }
         guard let text else { return }
         let holder = RemoteLockHolder.parse(text)
-        let who = holder?.description ?? "an unreadable lock file (\(path))"
+        let who = holder?.description ?? "an unreadable lock (\(store.name))"
         if let holder, holder.host == ProcessInfo.processInfo.hostName, holder.target == target.name,
-            holder.token == RemoteLockToken(paths: paths, target: target.name).recorded
+            holder.token == recordedToken.recorded
         {
             // Our caller holds the target lock and found no state record:
             // the session that took this lock is over.
@@ -89,32 +127,30 @@ public struct RemoteLockLayer: Layer {
         )
     }
 
-    var recordedToken: RemoteLockToken { RemoteLockToken(paths: paths, target: target.name) }
-
-    public func up() async throws -> LayerRecord {
+    /// Takes the lock, or throws `.locked` naming who has it.
+    public func take() async throws {
         let holder = RemoteLockHolder(
             host: ProcessInfo.processInfo.hostName, pid: getpid(), target: target.name,
             since: ISO8601DateFormatter().string(from: Date()), token: token)
         let previousToken = recordedToken.recorded
+        let created: Bool
         do {
-            try await MountedRemoteFiles.createExclusive(path, contents: holder.text, deadline: deadline)
-        } catch let error as SystemCallError where error.errno == EEXIST {
-            try await replaceIfAllowed(with: holder, previousToken: previousToken)
+            created = try await store.createExclusive(holder.text)
         } catch {
-            throw ImgBackupError.wrapping(error, .remote, failedTo: "lock the image (\(path))")
+            throw ImgBackupError.wrapping(error, .remote, failedTo: "lock the image (\(store.name))")
         }
+        if !created { try await replaceIfAllowed(with: holder, previousToken: previousToken) }
         // Remembered only once the lock is ours: how the next open knows a
         // lock it finds is this machine's own, left by a teardown that could
         // not reach the remote.
         try recordedToken.record(token)
-        return intent
     }
 
     private func replaceIfAllowed(with ours: RemoteLockHolder, previousToken: String?) async throws {
-        let existing = RemoteLockHolder.parse(try await MountedRemoteFiles.read(path, deadline: deadline) ?? "")
+        let existing = RemoteLockHolder.parse(try await store.read() ?? "")
         if breakLock {
             logger.notice(
-                "breaking the lock on \(target.image) held by \(existing?.description ?? "an unreadable lock file") (--break-lock)"
+                "breaking the lock on \(target.image) held by \(existing?.description ?? "an unreadable lock") (--break-lock)"
             )
         } else if let existing {
             let here = existing.host == ours.host
@@ -140,11 +176,67 @@ public struct RemoteLockLayer: Layer {
             }
         } else {
             throw ImgBackupError(
-                .locked, "the image \(target.image) is locked: \(path) exists but does not say by whom",
+                .locked, "the image \(target.image) is locked: \(store.name) exists but does not say by whom",
                 hint: "if nothing uses the image, run again with --break-lock")
         }
-        try await MountedRemoteFiles.remove(path, deadline: deadline)
-        try await MountedRemoteFiles.createExclusive(path, contents: ours.text, deadline: deadline)
+        try await store.remove()
+        guard try await store.createExclusive(ours.text) else {
+            throw ImgBackupError(
+                .locked, "the image \(target.image) was locked by someone else while this machine replaced the lock",
+                hint: "wait for it to close, then run again")
+        }
+    }
+
+    /// Removes the lock if it is still `token`'s. Best effort: after a hang
+    /// the remote cannot be reached, and the lock must not keep the rest of
+    /// the stack up; the next open from this machine knows it as its own.
+    public static func release(_ store: any RemoteLockStore, token: String, logger: Logger) async {
+        do {
+            guard let text = try await store.read() else { return }
+            if text.isEmpty {
+                // Created (O_EXCL) but never written: this session was
+                // stopped between the two, as its record of the lock says.
+                // Left there, it would lock out every later open.
+                logger.notice("removing the empty lock \(store.name), left by an interrupted lock")
+                return try await store.remove()
+            }
+            guard text.contains("token=\(token)") else {
+                // Also the unwind after failing to take a lock someone else holds.
+                logger.info("\(store.name) is not this session's lock: leaving it")
+                return
+            }
+            try await store.remove()
+        } catch {
+            logger.notice(
+                "could not remove the remote lock \(store.name) (\(ImgBackupError.reason(of: error))): the next open from this machine replaces it"
+            )
+        }
+    }
+}
+
+/// The lock file beside an image reached over sshfs, as a layer of the stack.
+public struct RemoteLockLayer: Layer {
+    public let path: String
+    public let target: Target
+    public let paths: RuntimePaths
+    public let breakLock: Bool
+    public let deadline: Duration
+    public let logger: Logger
+    let token = UUID().uuidString
+
+    public var intent: LayerRecord { .remoteLock(path: path, token: token) }
+
+    static func lockPath(imagePath: String) -> String { imagePath + ".lock" }
+
+    var lock: RemoteLock {
+        RemoteLock(
+            store: LockFile(path: path, deadline: deadline), target: target, paths: paths, breakLock: breakLock,
+            logger: logger, token: token)
+    }
+
+    public func up() async throws -> LayerRecord {
+        try await lock.take()
+        return intent
     }
 }
 
@@ -153,31 +245,9 @@ extension RemoteLockLayer {
 
     static func describe(path: String) -> String { "remote lock \(path)" }
 
-    /// Removes the remote lock if it is still ours. Best effort: after a hang
-    /// the remote cannot be reached, and the lock must not keep the rest of
-    /// the stack up; the next open from this machine knows it as its own.
     static func down(path: String, token: String, in context: TeardownContext) async {
-        let (deadline, logger) = (context.stepDeadline, context.logger)
-        do {
-            guard let text = try await MountedRemoteFiles.read(path, deadline: deadline) else { return }
-            if text.isEmpty {
-                // Created (O_EXCL) but never written: this session was
-                // stopped between the two, as its record of the lock says.
-                // Left there, it would lock out every later open.
-                logger.notice("removing the empty lock file \(path), left by an interrupted lock")
-                return try await MountedRemoteFiles.remove(path, deadline: deadline)
-            }
-            guard text.contains("token=\(token)") else {
-                // Also the unwind after failing to take a lock someone else holds.
-                logger.info("\(path) is not this session's lock: leaving it")
-                return
-            }
-            try await MountedRemoteFiles.remove(path, deadline: deadline)
-        } catch {
-            logger.notice(
-                "could not remove the remote lock \(path) (\(ImgBackupError.reason(of: error))): the next open from this machine replaces it"
-            )
-        }
+        await RemoteLock.release(
+            LockFile(path: path, deadline: context.stepDeadline), token: token, logger: context.logger)
     }
 }
 

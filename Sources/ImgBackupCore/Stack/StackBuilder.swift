@@ -43,9 +43,10 @@ struct StackBuilder {
                 runner: environment.runner, deadline: deadlines.transportUp))
         let image = "\(remoteDirectory)/\(target.image)"
         if readOnly {
-            try await RemoteLockLayer.requireUnheldForReading(
-                path: RemoteLockLayer.lockPath(imagePath: image), target: target, paths: environment.paths,
-                breakLock: breakLock, deadline: deadlines.remoteCall, logger: environment.logger)
+            try await RemoteLock(
+                store: LockFile(path: RemoteLockLayer.lockPath(imagePath: image), deadline: deadlines.remoteCall),
+                target: target, paths: environment.paths, breakLock: breakLock, logger: environment.logger
+            ).requireUnheldForReading()
             return image
         }
         try await pushLock(
@@ -96,13 +97,42 @@ struct StackBuilder {
             return try await pushRemote(breakLock: breakLock, readOnly: readOnly)
         case .nbd:
             environment.logger.info("starting the NBD bridge for \(target.remote.host)")
-            let bridge = NBDBridgeLayer(
-                target: target, mountPoint: environment.paths.nbdMount(target.name), configPath: environment.configPath,
-                logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim,
-                deadline: deadlines.transportUp)
+            let bridge = nbdBridge(requireTrim: requireTrim)
             try await push(bridge)
             return bridge.imagePath
+        case .s3:
+            return try await pushS3(breakLock: breakLock, readOnly: readOnly)
         }
+    }
+
+    func nbdBridge(requireTrim: Bool) -> NBDBridgeLayer {
+        var bridge = NBDBridgeLayer(
+            target: target, mountPoint: environment.paths.nbdMount(target.name), configPath: environment.configPath,
+            logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim, deadline: deadlines.transportUp)
+        bridge.paths = environment.paths
+        return bridge
+    }
+
+    /// The bridge over nbdkit's S3 plugin. It holds the lock object itself
+    /// (a read-only one checks it and takes none); `createSize` for `init`.
+    func pushS3(breakLock: Bool = false, readOnly: Bool = false, createSize: UInt64? = nil)
+        async throws(ImgBackupError) -> String
+    {
+        environment.logger.info(
+            "starting the NBD bridge to \(target.s3?.description ?? target.name)\(readOnly ? ", read-only" : "")")
+        var bridge = nbdBridge(requireTrim: false)
+        bridge.readOnly = readOnly
+        bridge.breakLock = breakLock
+        bridge.createSize = createSize
+        try stopIfInterrupted()
+        do {
+            try await stack.push(bridge)
+        } catch let error as ImgBackupError where [.locked, .config].contains(error.code) {
+            throw error
+        } catch {
+            throw ImgBackupError.wrapping(error, .system, failedTo: "bring up the \(bridge.intent)")
+        }
+        return bridge.imagePath
     }
 
     /// Runs `body`; when it throws, unwinds everything and rethrows, noting

@@ -24,6 +24,8 @@ public struct ImageMeasurement: Sendable {
             guard let (transport, file) = layer.imageTransport(of: target, paths), layer.isUp == true else { continue }
             let apparent = try? await MountedRemoteFiles.size(file, deadline: remoteLookDeadline)
             var allocated: UInt64?
+            // nbdkit's S3 plugin reports every block allocated: the bucket's
+            // usage is a listing of its objects, which `trim` measures.
             if transport == .nbd {
                 allocated = await NBDBridgeLayer.allocatedBytes(imageFile: file, deadline: remoteLookDeadline)
             }

@@ -42,9 +42,17 @@ struct TransportProbe: TransportProbing, Equatable {
 
     /// The image's transport.
     init(target: Target, paths: RuntimePaths) {
-        kind = target.transport == .nbd ? .nbd : .sshfs
-        layerName = target.transport == .nbd ? "the NBD export of \(target.name)" : "sshfs to \(target.remote.host)"
-        fuseMount = target.transport == .nbd ? paths.nbdMount(target.name) : paths.remoteMount(target.name)
+        switch target.transport {
+        case .sshfs:
+            (kind, layerName, fuseMount) = (.sshfs, "sshfs to \(target.remote.host)", paths.remoteMount(target.name))
+        case .nbd:
+            (kind, layerName, fuseMount) = (.nbd, "the NBD export of \(target.name)", paths.nbdMount(target.name))
+        case .s3:
+            // The bridge's ping reads one sector: nbdkit asks the store.
+            (kind, layerName, fuseMount) = (
+                .nbd, "the S3 store at \(target.s3?.endpoint ?? target.remote.host)", paths.nbdMount(target.name)
+            )
+        }
         imageWritesAreProgress = true
     }
 

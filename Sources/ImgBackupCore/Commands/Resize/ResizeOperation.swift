@@ -54,6 +54,7 @@ public struct ResizeOperation {
         let lock = try TargetLock.acquire(target, paths: environment.paths)
         defer { withExtendedLifetime(lock) {} }
 
+        if target.transport == .s3 { return try await resizeInS3(key: key) }
         if try await openOverSSHFS() {
             return try await grow(key: key, wasOpen: true)
         }
@@ -92,6 +93,56 @@ public struct ResizeOperation {
         return true
     }
 
+    /// An S3 image's size is its metadata object's: a closed image grows by
+    /// a new size there (objects past the old end do not exist yet, and
+    /// read as zeros), then opens over S3 and grows the layers above. One
+    /// that is open already must close first: the bridge serves a fixed size.
+    private func resizeInS3(key: SecureBytes) async throws(ImgBackupError) -> Report {
+        if let record = try environment.stateStore.load(target: target.name), record.operation == .open {
+            throw ImgBackupError(
+                .refused, "cannot resize '\(target.name)' while it is open: the S3 bridge serves a fixed size",
+                hint: "run 'imgbackup close \(target.name)', then resize")
+        }
+        try await TargetLock.clearLeftovers(target, environment: environment)
+        let client = try await S3Client.forTarget(target, runner: environment.runner)
+        var metadata = try await client.requireMetadata()
+        let previous = metadata.size
+        try refuseShrinking(from: previous)
+        if size.bytes % metadata.objectSize != 0 {
+            throw ImgBackupError(
+                .usage,
+                "cannot resize '\(target.name)' to \(size): an S3 image is a whole number of \(ByteSize(bytes: metadata.objectSize)) objects",
+                hint:
+                    "give a multiple of the object size, e.g. --size \(ByteSize(bytes: (size.bytes / metadata.objectSize + 1) * metadata.objectSize))"
+            )
+        }
+        if size.bytes > previous {
+            metadata.size = size.bytes
+            try await client.writeMetadata(metadata)
+        }
+        let image = NBDBridgeLayer.imageFile(mountPoint: environment.paths.nbdMount(target.name))
+        let held = try await OpenOperation(target: target, environment: environment).withOpenTarget(
+            operation: .resize, takeLock: false, key: { () throws(ImgBackupError) in key }
+        ) { _ throws(ImgBackupError) in
+            try await growLayers(key: key, image: image, previous: previous, wasOpen: false)
+        }
+        guard let grown = held.value, held.failure == nil else {
+            throw held.failure ?? ImgBackupError(.system, "failed to resize '\(target.name)'")
+        }
+        return grown
+    }
+
+    private func refuseShrinking(from current: UInt64) throws(ImgBackupError) {
+        if size.bytes < current {
+            throw ImgBackupError(
+                .refused,
+                "cannot shrink '\(target.name)' from \(ByteSize.format(current)) to \(size): \(target.filesystem == .ext4 ? "ext4 cannot shrink while mounted, and " : "")imgbackup only grows images",
+                hint:
+                    "to use less space on the remote, run 'imgbackup trim \(target.name)'; for a smaller image, init a new target and copy the backups over"
+            )
+        }
+    }
+
     private func grow(key: SecureBytes, wasOpen: Bool) async throws(ImgBackupError) -> Report {
         let image = "\(environment.paths.remoteMount(target.name))/\(target.image)"
         let remoteCall = Deadlines(target).remoteCall
@@ -102,14 +153,7 @@ public struct ResizeOperation {
             throw ImgBackupError.wrapping(
                 error, .remote, failedTo: "read the size of \(target.image) on \(target.remote)")
         }
-        if size.bytes < current {
-            throw ImgBackupError(
-                .refused,
-                "cannot shrink '\(target.name)' from \(ByteSize.format(current)) to \(size): \(target.filesystem == .ext4 ? "ext4 cannot shrink while mounted, and " : "")imgbackup only grows images",
-                hint:
-                    "to use less space on the remote, run 'imgbackup trim \(target.name)'; for a smaller image, init a new target and copy the backups over"
-            )
-        }
+        try refuseShrinking(from: current)
         if size.bytes > current {
             let growth = size.bytes - current
             // The file grows sparse, but the filesystem inside may fill it: the remote must have room.
@@ -127,6 +171,14 @@ public struct ResizeOperation {
                 throw ImgBackupError.wrapping(error, .remote, failedTo: "grow \(target.image) on \(target.remote)")
             }
         }
+        return try await growLayers(key: key, image: image, previous: current, wasOpen: wasOpen)
+    }
+
+    /// The loop device, the mapping and the filesystem, up to the image's size now.
+    private func growLayers(key: SecureBytes, image: String, previous current: UInt64, wasOpen: Bool)
+        async throws(ImgBackupError) -> Report
+    {
+        let remoteCall = Deadlines(target).remoteCall
         let mapping = target.mappingName
         // Growing the mapping unlocks the header again: check it against the
         // pin as open does, and let libcryptsetup read only the checked copy,

@@ -21,7 +21,8 @@ public struct TrimOperation {
 
     public init(target: Target, environment: OperationEnvironment) {
         var nbdTarget = target
-        nbdTarget.transport = .nbd
+        // sshfs cannot trim; an S3 image is already served over NBD.
+        if target.transport == .sshfs { nbdTarget.transport = .nbd }
         self.target = nbdTarget
         self.environment = environment
     }
@@ -81,9 +82,18 @@ public struct TrimOperation {
         }
     }
 
-    /// The remote's allocated bytes, from the bridge (nil if the server cannot tell).
+    /// The remote's allocated bytes, from the bridge (nil if the server
+    /// cannot tell); for S3 the bytes of the image's objects, from a listing.
     private func allocated(_ image: String) async -> UInt64? {
-        await NBDBridgeLayer.allocatedBytes(imageFile: image, deadline: Deadlines(target).remoteCall)
+        if target.transport == .s3 {
+            do {
+                return try await S3Client.forTarget(target, runner: environment.runner).usage().bytes
+            } catch {
+                environment.logger.notice("could not measure the bucket's usage: \(error.message)")
+                return nil
+            }
+        }
+        return await NBDBridgeLayer.allocatedBytes(imageFile: image, deadline: Deadlines(target).remoteCall)
     }
 
     /// "/mnt/x: 48 MiB (50331648 bytes) trimmed" -> 50331648.
