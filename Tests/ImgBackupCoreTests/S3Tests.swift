@@ -25,7 +25,8 @@ final class S3TestServer {
             throw ImgBackupError(.system, "\(Self.rclone) is missing: run scripts/install-deps.sh")
         }
         directory = makeScratchDirectory("s3")
-        try FileManager.default.createDirectory(atPath: "\(directory)/data/\(bucket)", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: "\(directory)/data/\(bucket)", withIntermediateDirectories: true)
         let log = "\(directory)/rclone.log"
         FileManager.default.createFile(atPath: log, contents: nil)
         process = Process()
