@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit lint e2e test demo install dist completions man clean format bench bench-links bench-many bench-restore
+.PHONY: all deps build unit lint e2e test demo install dist completions man clean format bench bench-links bench-many bench-restore bench-s3
 
 all: build
 
@@ -95,6 +95,13 @@ bench-links:
 	command -v restic >/dev/null || apt-get install -y restic
 	$(SWIFT) build -c release
 	e2e/in-real-kernel.sh scripts/bench-links.sh
+
+# An image in an S3 bucket (rclone's S3 server in the VM) against sshfs,
+# NBD and restic's S3 backend; three object sizes (docs/benchmarks.md).
+bench-s3:
+	command -v restic >/dev/null || apt-get install -y restic
+	$(SWIFT) build -c release
+	e2e/in-real-kernel.sh scripts/bench-s3.sh
 
 # Eight targets on one backup host, a user and a key each: one after
 # another, then all at once (docs/benchmarks.md).

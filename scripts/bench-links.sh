@@ -88,33 +88,8 @@ done
 
 # The source: 1,400 small files and 20 larger ones, 27 MiB of random bytes;
 # then the change set applied to a copy.
-mkdir -p "$work/src-first" "$work/recipe-remote" "$work/recipe-mnt" "$storage/plain"
-python3 - "$work/src-first" <<'PY'
-import os, random, sys
-random.seed(20)
-root = sys.argv[1]
-for index in range(1400):
-    directory = os.path.join(root, f"dir{index % 40:02d}")
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, f"small{index:04d}.dat"), "wb") as out:
-        out.write(os.urandom(random.randint(4 << 10, 28 << 10)))
-for index in range(20):
-    with open(os.path.join(root, f"large{index:02d}.bin"), "wb") as out:
-        out.write(os.urandom(256 << 10))
-PY
-cp -a "$work/src-first" "$work/src-second"
-python3 - "$work/src-second" <<'PY'
-import os, sys
-root = sys.argv[1]
-files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names if f.startswith("small"))
-for path in files[:40]:                  # 40 edited: 4 KiB rewritten in place
-    with open(path, "r+b") as out:
-        out.write(os.urandom(4 << 10))
-for path in files[40:50]:                # 10 removed
-    os.remove(path)
-with open(os.path.join(root, "added.bin"), "wb") as out:   # 2 MiB added
-    out.write(os.urandom(2 << 20))
-PY
+mkdir -p "$work/recipe-remote" "$work/recipe-mnt" "$storage/plain"
+/usr/bin/python3 "$root/scripts/bench-source.py" "$work/src-first" "$work/src-second"
 
 "$bin" --config "$config" init sshfs >/dev/null
 "$bin" --config "$config" init nbd >/dev/null

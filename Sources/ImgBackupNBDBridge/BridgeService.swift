@@ -74,9 +74,11 @@ public struct BridgeService: Sendable {
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "start the NBD event loops")
         }
+        var storePing: (@Sendable () -> Int32)?
+        if let s3 { storePing = { s3.pingStore() } }
         let filesystem = ImageFileSystem(
             export: export, size: UInt64(connection.size), canTrim: connection.canTrim, canZero: connection.canZero,
-            canFlush: connection.canFlush)
+            canFlush: connection.canFlush, storePing: storePing)
         do {
             try filesystem.serve(mountPoint: mountPoint, name: target.name, threads: threads)
         } catch {

@@ -24,13 +24,21 @@ public final class ImageFileSystem: @unchecked Sendable {
     let canTrim: Bool
     let canZero: Bool
     let canFlush: Bool
+    /// Asked after the ping's read when the export's server answers reads
+    /// from a cache of its own (S3: nbdkit's cache filter), so the read alone
+    /// would not show that the store behind it answers: 0 or an errno.
+    let storePing: (@Sendable () -> Int32)?
 
-    public init(export: NBDExport, size: UInt64, canTrim: Bool, canZero: Bool, canFlush: Bool) {
+    public init(
+        export: NBDExport, size: UInt64, canTrim: Bool, canZero: Bool, canFlush: Bool,
+        storePing: (@Sendable () -> Int32)? = nil
+    ) {
         self.export = export
         self.size = size
         self.canTrim = canTrim
         self.canZero = canZero
         self.canFlush = canFlush
+        self.storePing = storePing
     }
 
     /// Mounts at `mountPoint` and serves until it is unmounted.
@@ -190,6 +198,10 @@ public final class ImageFileSystem: @unchecked Sendable {
                     filesystem.export.read(into: $0.baseAddress!, count: 512, offset: 0)
                 }
                 if error != 0 { return -error }
+                if let storePing = filesystem.storePing {
+                    let error = storePing()
+                    if error != 0 { return -error }
+                }
                 answer = "ok"
             } else {
                 return -ENODATA

@@ -2,12 +2,13 @@ import Foundation
 import ImgBackupCore
 import ImgBackupOS
 import Logging
+import Synchronization
 
 /// The bridge's side of an S3 target: it holds the image's lock object for
 /// as long as it serves (so the lock goes when the session does, and a
 /// bridge killed outright leaves one this machine recognises as its own),
 /// and runs nbdkit's S3 plugin as its NBD command.
-struct S3BridgeSession {
+struct S3BridgeSession: Sendable {
     let target: Target
     let location: S3Location
     let client: S3Client
@@ -57,7 +58,7 @@ struct S3BridgeSession {
                 throw ImgBackupError.wrapping(error, .remote, failedTo: "lock \(location.description)")
             }
         }
-        let files = NBDKitS3.Files(directory: "\(paths.targetRuntimeDirectory(target.name))/s3")
+        let files = NBDKitS3.Files(directory: paths.s3Directory(target.name))
         let session = S3BridgeSession(
             target: target, location: location, client: client, files: files, lock: lock, readOnly: readOnly,
             logger: logger)
@@ -76,6 +77,22 @@ struct S3BridgeSession {
             throw error
         }
         return (session, .command(command))
+    }
+
+    /// Whether the store answers: the lock object read back (one GET). For
+    /// the hang watchdog's ping, on a FUSE worker thread, which it blocks
+    /// until curl answers or gives up (the watchdog stops waiting sooner).
+    func pingStore() -> Int32 {
+        let answer = Mutex<Int32>(EIO)
+        let done = DispatchSemaphore(value: 0)
+        let (client, key) = (client, location.lockKey)
+        Task {
+            let found = try? await client.get(key)
+            answer.withLock { $0 = found == nil ? EIO : 0 }
+            done.signal()
+        }
+        done.wait()
+        return answer.withLock { $0 }
     }
 
     /// nbdkit has read the credentials: they go from disk.

@@ -26,5 +26,8 @@ struct TrimCommand: AsyncParsableCommand {
         global.say("trimmed: \(format(report.trimmedBytes))")
         global.say("remote allocated before: \(format(report.allocatedBefore))")
         global.say("remote allocated after: \(format(report.allocatedAfter))")
+        if let before = report.allocatedBefore, let after = report.allocatedAfter, before >= after {
+            global.say("given back: \(format(before - after))")
+        }
     }
 }

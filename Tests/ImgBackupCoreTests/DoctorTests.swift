@@ -29,6 +29,10 @@ import Testing
         func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook { source }
         var layers = LayersLook.nothingUp
         func lookAtLayers(_ target: Target) -> LayersLook { layers }
+        var s3 = S3Look.reachable(
+            metadata: S3ImageMetadata(size: 1 << 30, objectSize: 1 << 20), conditionalWrites: true,
+            pluginInstalled: true)
+        func lookAtS3(_ target: Target) async -> S3Look { s3 }
     }
 
     static func target(configure: (inout Target) -> Void = { _ in }) throws -> Target {
@@ -297,5 +301,33 @@ import Testing
             SystemInspector.parse(refused, image: "x.img")
                 == .unreachable("ssh: connect to host h port 22: Connection refused"))
         #expect(SystemInspector.sftpQuoted(#"/srv/a "b"\c"#) == #""/srv/a \"b\"\\c""#)
+    }
+
+    static func s3Target() throws -> Target {
+        try target { target in
+            target.transport = .s3
+            target.s3 = S3Location(
+                endpoint: "https://s3.example", bucket: "backups", prefix: "laptop", credentials: .file("/etc/c"))
+        }
+    }
+
+    @Test func anS3TargetIsLookedAtInItsBucketNotOverSFTP() async throws {
+        var system = FakeSystem()
+        system.remote = .unreachable("must not be asked")
+        system.missingPrograms = ["ssh", "sshfs"]
+        let findings = await Self.findings(system, try Self.s3Target())
+        #expect(findings.allSatisfy { $0.level == .ok }, "\(findings)")
+        #expect(
+            findings.map(\.description).contains("ok    offsite: image s3://backups/laptop: 1 GiB in objects of 1 MiB"))
+
+        system.s3 = .reachable(metadata: nil, conditionalWrites: false, pluginInstalled: false)
+        let gaps = await Self.findings(system, try Self.s3Target())
+        #expect(gaps.contains { $0.level == .warn && $0.description.contains("ignores If-None-Match") })
+        #expect(gaps.contains { $0.level == .warn && $0.description.contains("no image at s3://backups/laptop") })
+        #expect(gaps.contains { $0.level == .fail && $0.description.contains("S3 plugin is not installed") })
+
+        system.s3 = .failed(message: "the S3 store refused to read backups/laptop.imgbackup: 403", hint: "check")
+        let refused = await Self.findings(system, try Self.s3Target())
+        #expect(DoctorOperation.exitStatus(refused) == ImgBackupError.Code.remote.exitStatus)
     }
 }

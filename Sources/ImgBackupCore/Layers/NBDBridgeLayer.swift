@@ -93,7 +93,7 @@ public struct NBDBridgeLayer: Layer {
                 let line = lastLine(of: logFile)
                 throw ImgBackupError(
                     .remote,
-                    line.hasPrefix("failed to") || line.hasPrefix("the NBD")
+                    line.hasPrefix("failed to") || line.hasPrefix("the NBD") || target.transport == .s3
                         ? line : "failed to connect to the NBD export: \(line)")
             }
             try await Task.sleep(for: .milliseconds(100))
@@ -154,6 +154,14 @@ extension NBDBridgeLayer {
                 DetachedProcess.isRunning(pid: pid, withArgument: subcommand) ? [pid] : []
             }
         }
+        // An S3 bridge runs nbdkit here. After a hang it waits inside a
+        // request on the store that stopped answering, and outlives the
+        // bridge (--exit-with-parent asks it to stop; it finishes its
+        // requests first): stop it, and remove what it read.
+        let s3 = NBDKitS3.Files(directory: "\((mountPoint as NSString).deletingLastPathComponent)/s3")
+        let servers = ProcessTable.processes(withArgument: s3.wrapper)
+        if !servers.isEmpty { await ProcessTable.terminate(servers, grace: .seconds(2)) }
+        s3.removeAll()
         LocalFiles.removeDirectoryIfEmpty(mountPoint)
     }
 }

@@ -90,6 +90,12 @@ public enum NBDKitS3 {
 
         public func removeCredentials() { unlink(credentials) }
 
+        /// After the session: nothing of it stays in the runtime directory.
+        public func removeAll() {
+            for file in [credentials, wrapper, config] { unlink(file) }
+            LocalFiles.removeDirectoryIfEmpty(directory)
+        }
+
         /// Read by boto3 in nbdkit, inherited from the bridge: paths only.
         public var environment: [String: String] {
             [
@@ -99,7 +105,21 @@ public enum NBDKitS3 {
         }
     }
 
+    /// How much of the image nbdkit's cache filter may hold on this
+    /// machine's disk (in `$TMPDIR`, /var/tmp by default: ciphertext only).
+    static func cacheLimit(objectSize: UInt64) -> UInt64 { max(256 << 20, 16 * objectSize) }
+
     /// nbdkit serving the image on stdin/stdout (libnbd's command endpoint).
+    ///
+    /// Through nbdkit's cache filter in writeback mode, in blocks of one
+    /// object: the bridge hands nbdkit 128 KiB requests, and the plugin
+    /// turns each partial-object write into a GET of the rest and a PUT of
+    /// the whole object, so a 1 MiB write cost eight PUTs of 1 MiB
+    /// (measured: 72 PUTs for 8 MiB written, 9 with the filter). The filter
+    /// gathers the writes to an object and sends it once, at the next flush;
+    /// the kernel flushes at every journal commit and fsync, and `close`
+    /// flushes before it lets go, so nothing acknowledged to the filesystem
+    /// as durable is only in the cache.
     public static func command(
         location: S3Location, metadata: S3ImageMetadata, files: Files, readOnly: Bool
     ) throws(ImgBackupError) -> [String] {
@@ -109,9 +129,11 @@ public enum NBDKitS3 {
         } catch {
             throw ImgBackupError(.system, "the s3 transport needs nbdkit: \(error)", hint: "apt-get install nbdkit")
         }
-        return [nbdkit, "--single", "--exit-with-parent"] + (readOnly ? ["--readonly"] : []) + [
+        return [nbdkit, "--single", "--exit-with-parent", "--filter=cache"] + (readOnly ? ["--readonly"] : []) + [
             "python", files.wrapper, "endpoint-url=\(location.endpoint)", "bucket=\(location.bucket)",
             "key=\(location.prefix)", "size=\(metadata.size)", "object-size=\(metadata.objectSize)",
+            "cache=writeback", "cache-min-block-size=\(metadata.objectSize)",
+            "cache-max-size=\(cacheLimit(objectSize: metadata.objectSize))",
         ]
     }
 }

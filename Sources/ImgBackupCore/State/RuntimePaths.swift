@@ -37,6 +37,8 @@ public struct RuntimePaths: Sendable {
     /// Where the NBD bridge mounts its one-file filesystem, and its log.
     public func nbdMount(_ target: String) -> String { "\(targetRuntimeDirectory(target))/nbd" }
     public func nbdLog(_ target: String) -> String { "\(targetRuntimeDirectory(target))/nbd-bridge.log" }
+    /// What nbdkit's S3 plugin reads while an s3 target is open (NBDKitS3.Files).
+    public func s3Directory(_ target: String) -> String { "\(targetRuntimeDirectory(target))/s3" }
     /// Where the hosts of ssh:// sources are mounted, read-only, one
     /// directory per host: the copy step's view of them.
     public func sourcesDirectory(_ target: String) -> String { "\(targetRuntimeDirectory(target))/sources" }

@@ -52,6 +52,17 @@ public protocol SystemInspecting: Sendable {
     func lookAtSource(_ host: SourceHost, paths: [String], copy: Target.Copy) async -> SourceLook
     /// What of `target` is up on this machine, and who put it up.
     func lookAtLayers(_ target: Target) -> LayersLook
+    /// An s3 target's bucket, as imgbackup's own requests see it.
+    func lookAtS3(_ target: Target) async -> S3Look
+}
+
+public enum S3Look: Sendable, Equatable {
+    /// The credentials, the endpoint or the bucket failed: the error's message and hint.
+    case failed(message: String, hint: String?)
+    /// The bucket answers. `metadata`: the image's, nil before init.
+    /// `conditionalWrites`: whether a second create with If-None-Match
+    /// was refused (nil: not tried).
+    case reachable(metadata: S3ImageMetadata?, conditionalWrites: Bool?, pluginInstalled: Bool)
 }
 
 public enum LayersLook: Sendable, Equatable {
@@ -114,7 +125,11 @@ public struct DoctorOperation {
             } else {
                 findings.append(.ok(target.name, "the key loads"))
             }
-            findings += await remote(target)
+            if target.transport == .s3 {
+                findings += await s3(target)
+            } else {
+                findings += await remote(target)
+            }
             if target.nbd != nil { findings += await nbd(target) }
             findings += await sources(target)
             findings += layers(target)
@@ -217,12 +232,12 @@ public struct DoctorOperation {
     /// The local programs `target` needs: init and the sshfs transport,
     /// the filesystem's tools, trim's, the copy method's, the key command.
     static func programsNeeded(by target: Target) -> [String] {
-        var programs = ["ssh", "sshfs", "fusermount3"]
+        var programs = target.transport == .s3 ? ["nbdkit", "curl", "fusermount3"] : ["ssh", "sshfs", "fusermount3"]
         switch target.filesystem {
         case .ext4: programs += ["mkfs.ext4", "e2fsck", "resize2fs"]
         case .btrfs: programs += ["mkfs.btrfs", "btrfs"]
         }
-        if target.nbd != nil { programs.append("fstrim") }
+        if target.nbd != nil || target.transport == .s3 { programs.append("fstrim") }
         switch target.copy?.method {
         case .rsync?: programs.append("rsync")
         case .borg?: programs.append("borg")
@@ -317,6 +332,49 @@ extension DoctorOperation {
                     .warn(
                         target.name, "the NBD export does not take trim: imgbackup trim cannot shrink the remote file",
                         fix: "nbdkit's file plugin trims; nbd-server needs trim = true in the export's section"))
+            }
+            return findings
+        }
+    }
+}
+
+extension DoctorOperation {
+    /// The bucket answers to these credentials, the image is there (or init
+    /// is next), nbdkit's S3 plugin is installed, and whether the store
+    /// makes the lock atomic.
+    func s3(_ target: Target) async -> [DoctorFinding] {
+        let place = target.s3?.description ?? target.name
+        switch await system.lookAtS3(target) {
+        case .failed(let message, let hint):
+            return [.fail(target.name, .remote, message, fix: hint ?? "check the [target.\(target.name).s3] table")]
+        case .reachable(let metadata, let conditionalWrites, let pluginInstalled):
+            var findings: [DoctorFinding] = [.ok(target.name, "the bucket of \(place) answers")]
+            if let metadata {
+                findings.append(
+                    .ok(
+                        target.name,
+                        "image \(place): \(ByteSize.format(metadata.size)) in objects of \(ByteSize.format(metadata.objectSize))"
+                    ))
+            } else {
+                findings.append(
+                    .warn(target.name, "there is no image at \(place) yet", fix: "imgbackup init \(target.name)"))
+            }
+            switch conditionalWrites {
+            case true?:
+                findings.append(.ok(target.name, "the store refuses a second create: the lock object is atomic"))
+            case false?:
+                findings.append(
+                    .warn(
+                        target.name,
+                        "the store ignores If-None-Match: two machines opening \(place) within one request of each other could both take its lock",
+                        fix: "open an image from one machine at a time (docs/usage.md, \"The remote lock\")"))
+            case nil: break
+            }
+            if !pluginInstalled {
+                findings.append(
+                    .fail(
+                        target.name, .system, "nbdkit's S3 plugin is not installed",
+                        fix: "apt-get install nbdkit-plugin-python python3-boto3"))
             }
             return findings
         }

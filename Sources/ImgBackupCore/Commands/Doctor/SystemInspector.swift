@@ -38,6 +38,29 @@ public struct SystemInspector: SystemInspecting {
         return .leftUp(by: record.map { "'\($0.operation)' (pid \($0.pid))" }, layers: up.map(\.description))
     }
 
+    /// Credentials, bucket and metadata, and one probe object created twice
+    /// with If-None-Match (then deleted): whether the store refuses the second.
+    public func lookAtS3(_ target: Target) async -> S3Look {
+        do {
+            var client = try await S3Client.forTarget(target, runner: runner)
+            client = S3Client(
+                location: client.location, credentials: client.credentials, runner: runner, deadline: Self.remoteLimit)
+            try await client.checkBucket()
+            let metadata = try await client.readMetadata()
+            let probe = "\(client.location.prefix).imgbackup-doctor"
+            try await client.delete(probe)
+            var conditional: Bool?
+            if try await client.put(probe, "doctor\n", ifAbsent: true) {
+                conditional = try await !client.put(probe, "doctor again\n", ifAbsent: true)
+            }
+            try await client.delete(probe)
+            return .reachable(
+                metadata: metadata, conditionalWrites: conditional, pluginInstalled: NBDKitS3.pluginPath() != nil)
+        } catch {
+            return .failed(message: error.message, hint: error.hint)
+        }
+    }
+
     public var isRoot: Bool { geteuid() == 0 }
     public func fileExists(_ path: String) -> Bool { access(path, F_OK) == 0 }
     public func fileText(_ path: String) -> String? { KernelFile.text(path) }
