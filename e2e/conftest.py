@@ -349,7 +349,7 @@ SHARD_SECONDS = {
     "test_resize.py": 250, "test_authorized_keys.py": 220, "test_restore.py": 300, "test_bad_input.py": 150,
     "test_status.py": 120, "test_doctor.py": 90, "test_lock.py": 90, "test_metrics.py": 60,
     "test_big_image.py": 170, "test_sftp_only.py": 150, "test_wire.py": 70, "test_check.py": 170,
-    "test_read_only.py": 100, "test_setup.py": 60,
+    "test_read_only.py": 100, "test_setup.py": 60, "test_s3.py": 560,
 }
 SHARD_DEFAULT_SECONDS = 180
 

@@ -1,5 +1,6 @@
 import Foundation
 import ImgBackupOS
+import Logging
 
 /// The NBD transport: an `imgbackup nbd-bridge` process (libnbd client plus
 /// a one-file FUSE filesystem) started in the background; `close` stops it.
@@ -21,6 +22,9 @@ public struct NBDBridgeLayer: Layer {
     public var readOnly = false
     public var breakLock = false
     public var createSize: UInt64?
+    /// Where what the bridge said while it came up is passed on (an S3 lock
+    /// it replaced, an object size it took from the metadata).
+    public var logger: Logger?
 
     public init(
         target: Target, mountPoint: String, configPath: String, logFile: String, requireTrim: Bool, deadline: Duration
@@ -74,7 +78,10 @@ public struct NBDBridgeLayer: Layer {
         let clock = ContinuousClock()
         let until = clock.now.advanced(by: deadline)
         while clock.now < until {
-            if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(BridgedImage.subtype)" { return record }
+            if MountTable.mount(at: mountPoint)?.filesystemType == "fuse.\(BridgedImage.subtype)" {
+                relayNotices()
+                return record
+            }
             if let status = process.exitStatusIfEnded() {
                 if status == ExitStatus.lockedOrOpen.value {
                     // The S3 lock object is someone else's: the bridge said whose.
@@ -102,6 +109,16 @@ public struct NBDBridgeLayer: Layer {
         throw ImgBackupError(
             .remote, "failed to connect to the NBD export: no answer within \(deadline.secondsText)",
             hint: "check the [nbd] table and that the server is reachable")
+    }
+
+    /// The bridge's own notices, from its log, to the user: its stderr is
+    /// that file, which nobody reads unless something fails.
+    private func relayNotices() {
+        guard let logger, let text = try? String(contentsOfFile: logFile, encoding: .utf8) else { return }
+        for line in text.split(whereSeparator: \.isNewline) where line.hasPrefix("imgbackup: ") {
+            guard !line.hasPrefix("imgbackup: error: ") else { continue }
+            logger.notice("\(line.dropFirst("imgbackup: ".count))")
+        }
     }
 
     private func lastLine(of path: String) -> String {

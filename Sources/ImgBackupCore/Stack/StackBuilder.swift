@@ -110,6 +110,7 @@ struct StackBuilder {
             target: target, mountPoint: environment.paths.nbdMount(target.name), configPath: environment.configPath,
             logFile: environment.paths.nbdLog(target.name), requireTrim: requireTrim, deadline: deadlines.transportUp)
         bridge.paths = environment.paths
+        bridge.logger = environment.logger
         return bridge
     }
 
