@@ -308,3 +308,24 @@ final class S3TestServer {
         #expect(S3XML.values(of: "Key", in: xml).isEmpty)
     }
 }
+
+@Suite struct NBDKitS3Tests {
+    @Test func nbdkitGetsTheBucketAndTheCacheButNeverTheKey() throws {
+        let location = S3Location(
+            endpoint: "https://s3.example", bucket: "backups", prefix: "hosts/laptop", credentials: .file("/etc/c"))
+        let files = NBDKitS3.Files(directory: "/run/imgbackup/laptop/s3")
+        let argv = try NBDKitS3.command(
+            location: location, metadata: S3ImageMetadata(size: 1 << 40, objectSize: 1 << 20), files: files,
+            readOnly: true)
+        #expect(argv.contains("--filter=cache") && argv.contains("--readonly"))
+        #expect(argv.contains("cache=writeback") && argv.contains("cache-min-block-size=1048576"))
+        #expect(argv.contains("key=hosts/laptop") && argv.contains("size=1099511627776"))
+        #expect(!argv.contains { $0.contains("secret") || $0.contains("access-key") })
+        #expect(files.environment["AWS_SHARED_CREDENTIALS_FILE"] == "/run/imgbackup/laptop/s3/aws-credentials")
+        #expect(NBDKitS3.awsConfig(location).contains("addressing_style = path"))
+        #expect(NBDKitS3.wrapper(plugin: "/usr/lib/x/nbdkit-S3-plugin").contains("\"/usr/lib/x/nbdkit-S3-plugin\""))
+        let credentials = S3Credentials(accessKeyID: "AKID", secretAccessKey: "s3cr3t", sessionToken: nil)
+        let shared = credentials.sharedCredentialsFile().withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+        #expect(shared == "[default]\naws_access_key_id = AKID\naws_secret_access_key = s3cr3t\n")
+    }
+}
