@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit lint e2e test demo install dist completions man clean format bench bench-links bench-many bench-restore bench-s3
+.PHONY: all deps build unit lint e2e e2e-long test demo install dist completions man clean format bench bench-links bench-many bench-restore bench-s3
 
 all: build
 
@@ -28,6 +28,10 @@ unit: build lint
 # packaged binary (dist) restores a backup there without the toolchain.
 e2e: build dist
 	e2e/run-sharded.sh $(E2E_ARGS)
+
+# The suite with the long variants `make test` leaves out (e2e/conftest.py, LONG_TESTS).
+e2e-long: build dist
+	e2e/run-sharded.sh --long $(E2E_ARGS)
 
 test: deps unit e2e
 

@@ -365,8 +365,36 @@ def shard_of_each_file(files, count):
     return shard
 
 
+# Variants of what other tests already prove, left out of `make test` (and
+# so CI) to keep it within CI's time, and run by `make e2e-long` (run-suite.sh
+# --long). Each names the test that proves the same in every run.
+LONG_TESTS = {
+    # btrfs growing: test_resize.py's ext4 tests grow a closed and an open target.
+    "test_resize.py::test_btrfs_grows_too",
+    # The restricted line end to end: test_setup.py runs doctor, init, run and list through it.
+    "test_authorized_keys.py::test_init_open_run_and_trim_work_through_the_printed_line",
+    # A frozen nbdkit: test_faults.py's mid-copy freeze; trim's own hang: test_sftp_only/test_nbd.
+    "test_faults.py::test_nbdkit_frozen_mid_trim_exits_3_and_leaves_nothing",
+    # 1 TiB btrfs: the 1 TiB ext4 test (init cost, flat allocation, check after a frozen close).
+    "test_big_image.py::test_a_1_tib_btrfs_image_is_cheap_to_make_and_stays_flat",
+    # trim through an NBD URI: the same trim through nbdkit over ssh.
+    "test_nbd.py::test_trim_gives_deleted_space_back_to_the_remote[shared_nbdkit_uri]",
+    # borg extract: test_run.py's borg test restores through borg too.
+    "test_restore.py::test_borg_extract",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """IMGBACKUP_SHARD=K/N (run-suite.sh --shard=K/N): keep the files of shard K."""
+    """Without IMGBACKUP_E2E_LONG (run-suite.sh --long), leave LONG_TESTS out,
+    and say so. IMGBACKUP_SHARD=K/N (run-suite.sh --shard=K/N): keep the
+    files of shard K."""
+    if not os.environ.get("IMGBACKUP_E2E_LONG"):
+        long = [item for item in items if item.nodeid.split("/")[-1] in LONG_TESTS]
+        if long:
+            print(f"\ne2e: leaving out {len(long)} long variants (make e2e-long runs them): "
+                  + ", ".join(item.nodeid.split("/")[-1] for item in long))
+            config.hook.pytest_deselected(items=long)
+            items[:] = [item for item in items if item not in long]
     spec = os.environ.get("IMGBACKUP_SHARD")
     if not spec:
         return
