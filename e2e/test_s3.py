@@ -124,17 +124,17 @@ def test_init_open_write_close_reopen_in_a_bucket(host, s3):
     doctor = host.ok("doctor", name)
     said = doctor.stdout + doctor.stderr
     assert f"the bucket of s3://backups/hosts/{name} answers" in said
-    assert f"image s3://backups/hosts/{name}: 64 MiB in objects of 1 MiB" in said
+    assert f"image s3://backups/hosts/{name}: 64 MiB in objects of 256 KiB" in said
     # rclone's S3 server overwrites on If-None-Match: doctor says what that means for the lock.
     assert "the store ignores If-None-Match" in said
     assert not os.path.exists(s3.object(f"hosts/{name}.imgbackup-doctor")), "doctor's probe object was left"
     assert_no_s3_leftovers(host, s3, name)
     with open(s3.object(f"hosts/{name}.imgbackup")) as metadata:
-        assert metadata.read() == f"imgbackup-s3-image 1\nsize={64 * MiB}\nobject_size={MiB}\n"
+        assert metadata.read() == f"imgbackup-s3-image 1\nsize={64 * MiB}\nobject_size={256 << 10}\n"
     assert not os.path.exists(s3.object(f"hosts/{name}.imgbackup-partial"))
     made = s3.objects(f"hosts/{name}")
-    print(f"init wrote {len(made)} objects of 1 MiB for a 64 MiB image")
-    assert 1 <= len(made) < 64, "only the blocks written exist"
+    print(f"init wrote {len(made)} objects of 256 KiB for a 64 MiB image")
+    assert 1 <= len(made) < 256, "only the blocks written exist"
 
     mount = host.ok("open", name).stdout.strip()
     try:
@@ -261,7 +261,7 @@ def test_imgbackup_killed_mid_run_then_close_recovers_and_the_image_grows(host, 
         host.ok("close", name)
     assert_no_s3_leftovers(host, s3, name)
     refused = host.run("resize", name, "--size", "100004K")
-    assert refused.returncode == 1 and "a whole number of 1 MiB objects" in refused.stderr
+    assert refused.returncode == 1 and "a whole number of 256 KiB objects" in refused.stderr
 
 
 def test_what_the_store_refuses_is_one_clear_line(host, s3):
