@@ -83,7 +83,16 @@ public struct S3Client: Sendable {
     {
         var objects: [Object] = []
         var token: String?
+        var pages = 0
         repeat {
+            // A store that hands out new tokens forever must not keep us here:
+            // 64 TiB of 64 KiB objects is a billion objects, a million pages.
+            pages += 1
+            guard pages <= Self.pageLimit else {
+                throw ImgBackupError(
+                    .remote,
+                    "the S3 store's listing of \(location.bucket)/\(prefix) did not end after \(Self.pageLimit) pages")
+            }
             // SigV4 signs the query in name order: keep these sorted.
             var query: [(String, String)] = []
             if let token { query.append(("continuation-token", token)) }
@@ -179,6 +188,7 @@ public struct S3Client: Sendable {
     }
 
     static let statusMarker = "\nimgbackup-http-status:"
+    static let pageLimit = 1_000_000
 
     func request(
         _ method: String, key: String?, query: [(String, String)] = [], body: String? = nil, headers: [String] = [],
