@@ -245,13 +245,10 @@ def mounts_under(*prefixes):
 
 
 def imgbackup_mappings():
-    names = []
-    for path in glob.glob("/sys/block/dm-*/dm/name"):
-        with open(path) as name_file:
-            name = name_file.read().strip()
-        if name.startswith("imgbackup-"):
-            names.append(name)
-    return names
+    """imgbackup's device-mapper devices, as device-mapper itself lists them:
+    a device created but never given a table has no /sys/block entry."""
+    listed = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True, check=True).stdout
+    return sorted(line.split()[0] for line in listed.splitlines() if line.startswith("imgbackup-"))
 
 
 def loop_devices_on(prefix):

@@ -92,7 +92,8 @@ int imgb_ext4_shut_down_without_log_flush(int fd) {
     return ioctl(fd, EXT4_IOC_SHUTDOWN, &flags) < 0 ? -errno : 0;
 }
 
-int imgb_dm_remove(const char *name) {
+/* One device-mapper ioctl on the device called `name`, with no payload. */
+static int imgb_dm_call(const char *name, unsigned long request) {
     if (strlen(name) >= DM_NAME_LEN) return -ENAMETOOLONG;
     int control = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
     if (control < 0) return -errno;
@@ -102,9 +103,19 @@ int imgb_dm_remove(const char *name) {
     io.data_size = sizeof(io);
     io.data_start = sizeof(io);
     strncpy(io.name, name, DM_NAME_LEN - 1);
-    int status = ioctl(control, DM_DEV_REMOVE, &io) < 0 ? -errno : 0;
+    int status = ioctl(control, request, &io) < 0 ? -errno : 0;
     close(control);
     return status;
+}
+
+int imgb_dm_remove(const char *name) {
+    return imgb_dm_call(name, DM_DEV_REMOVE);
+}
+
+int imgb_dm_exists(const char *name) {
+    int status = imgb_dm_call(name, DM_DEV_STATUS);
+    if (status == -ENXIO) return 0;
+    return status == 0 ? 1 : status;
 }
 
 int imgb_set_not_dumpable(void) {

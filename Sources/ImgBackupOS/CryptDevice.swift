@@ -289,27 +289,25 @@ public final class CryptDevice {
     /// it leaves one without a live table, still holding its loop device.
     /// Removed directly; its /dev/mapper node goes too where no udev does that.
     private static func removeHalfMade(name: String) throws(CryptSetupError) {
-        guard deviceMapperKernelName(name) != nil else { return }
+        // Asked of device-mapper itself: a device killed before its first
+        // table load has no /sys/block entry, yet holds the name.
         let status = imgb_dm_remove(name)
         if status < 0 && status != -ENXIO {
             throw CryptSetupError(call: "DM_DEV_REMOVE", device: "/dev/mapper/\(name)", errno: -status, log: nil)
         }
         let node = "/dev/mapper/\(name)"
         var info = stat()
-        if deviceMapperKernelName(name) == nil, lstat(node, &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK {
+        if !exists(name: name), lstat(node, &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK {
             unlink(node)
         }
     }
 
-    /// The kernel name (dm-3) of the device-mapper device called `name`,
-    /// from sysfs (never blocks); nil when there is none.
-    private static func deviceMapperKernelName(_ name: String) -> String? {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
-        return entries.first { entry in
-            entry.hasPrefix("dm-")
-                && KernelFile.text("/sys/block/\(entry)/dm/name")?.trimmingCharacters(in: .whitespacesAndNewlines)
-                    == name
-        }
+    /// Whether device-mapper has a device called `name` in any state: live,
+    /// with only an inactive table, or with no table at all (an activation
+    /// killed right after creating it). A question to the kernel that does
+    /// not touch the device, so it never blocks on a hung remote.
+    public static func exists(name: String) -> Bool {
+        imgb_dm_exists(name) == 1
     }
 
     /// libcryptsetup prints to stderr when a call has no handle with a log

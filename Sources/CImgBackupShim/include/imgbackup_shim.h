@@ -66,6 +66,10 @@ int imgb_ext4_shut_down_without_log_flush(int fd);
 /// activation killed between creating the device and resuming it), which
 /// libcryptsetup counts as not active and will not remove. Returns 0 or -errno.
 int imgb_dm_remove(const char *name);
+/// DM_DEV_STATUS of `name`: 1 when device-mapper knows a device of that name
+/// (with a live table, only an inactive one, or none at all: such a device
+/// has no /sys/block entry), 0 when it does not, or -errno.
+int imgb_dm_exists(const char *name);
 
 /// Catches SIGTERM, SIGINT and SIGHUP with a handler that writes the signal's
 /// number (one byte) to a non-blocking pipe and returns: the self-pipe trick,
