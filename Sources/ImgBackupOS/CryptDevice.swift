@@ -291,6 +291,7 @@ public final class CryptDevice {
     private static func removeHalfMade(name: String) throws(CryptSetupError) {
         // Asked of device-mapper itself: a device killed before its first
         // table load has no /sys/block entry, yet holds the name.
+        guard exists(name: name) else { return }
         let status = imgb_dm_remove(name)
         if status < 0 && status != -ENXIO {
             throw CryptSetupError(call: "DM_DEV_REMOVE", device: "/dev/mapper/\(name)", errno: -status, log: nil)

@@ -11,16 +11,19 @@ import Testing
     func withServer(size: String = "64M", _ body: (String) async throws -> Void) async throws {
         let scratch = ScratchDirectory()
         let socket = "\(scratch.path)/nbd.sock"
+        // nbdkit writes its pid file once it listens; the socket exists from
+        // bind(), a moment before: connecting then was refused under load.
+        let ready = "\(scratch.path)/nbdkit.pid"
         let server = Process()
         server.executableURL = URL(fileURLWithPath: try ExecutableLocator.locate("nbdkit"))
-        server.arguments = ["--exit-with-parent", "--unix", socket, "memory", size]
+        server.arguments = ["--exit-with-parent", "--unix", socket, "--pidfile", ready, "memory", size]
         try server.run()
         defer {
             // SIGKILL: on SIGTERM nbdkit waits for its client to disconnect.
             kill(server.processIdentifier, SIGKILL)
             server.waitUntilExit()
         }
-        for _ in 0..<100 where access(socket, F_OK) != 0 { try await Task.sleep(for: .milliseconds(50)) }
+        for _ in 0..<200 where access(ready, F_OK) != 0 { try await Task.sleep(for: .milliseconds(50)) }
         try await body("nbd+unix:///?socket=\(socket)")
     }
 
