@@ -32,6 +32,8 @@ echo "in-real-kernel: $(uname -r) has no device-mapper: booting $(basename "$ker
 cd "$root"
 # Through a pipe: vng reopens its output, which truncates a file it was
 # redirected to and would lose everything printed before it (the unit tests).
+# The root exported a second time, for kernel-setup.sh to mount with a cache.
 vng --run "$kernel" --disable-kvm --memory 2G --cpus 2 \
-  --exec "env IMGBACKUP_IN_VM=1 $root/e2e/kernel-setup.sh $quoted" 2>&1 | cat
+  --qemu-opts="-virtfs local,path=/,mount_tag=imgbackup-host,security_model=none,readonly=on,multidevs=remap" \
+  --exec "env IMGBACKUP_IN_VM=1 IMGBACKUP_HOST_CACHE_TAG=imgbackup-host $root/e2e/kernel-setup.sh $quoted" 2>&1 | cat
 exit "${PIPESTATUS[0]}"
