@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit lint e2e e2e-long test demo install dist completions man clean format bench bench-links bench-many bench-restore bench-s3
+.PHONY: all deps build unit lint e2e e2e-long test demo install dist completions man clean format bench bench-links bench-many bench-writes bench-restore bench-s3
 
 all: build
 
@@ -106,6 +106,11 @@ bench-s3:
 	command -v restic >/dev/null || apt-get install -y restic
 	$(SWIFT) build -c release
 	e2e/in-real-kernel.sh scripts/bench-s3.sh
+
+# What each copy method writes to the image for bench-links' change set: the
+# floor under an incremental run's bytes on the wire (loop devices, no VM).
+bench-writes:
+	scripts/bench-image-writes.sh
 
 # Eight targets on one backup host, a user and a key each: one after
 # another, then all at once (docs/benchmarks.md).

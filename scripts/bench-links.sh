@@ -14,6 +14,10 @@
 # itself counted on its connections. Then the cost of `open` next to one ssh
 # login and reading the header's first MiB over the same link.
 #
+# "run borg" is `imgbackup run` with the borg copy method (a borg repository
+# inside the image) over sshfs: the copy method that writes least to the
+# image for a change like this one.
+#
 # IMGBACKUP_BIN_BEFORE=PATH adds "run sshfs (before)": another imgbackup
 # binary (an earlier commit) on its own image, for a side-by-side comparison.
 # Needs restic (apt-get install restic; `make bench-links` installs it).
@@ -38,7 +42,7 @@ cleanup() {
   mountpoint -q "$work/recipe-mnt" 2>/dev/null && umount "$work/recipe-mnt"
   [ -e /dev/mapper/bench-recipe ] && cryptsetup close bench-recipe
   mountpoint -q "$work/recipe-remote" 2>/dev/null && fusermount3 -u "$work/recipe-remote"
-  for target in sshfs nbd; do "$bin" --config "$config" close "$target" >/dev/null 2>&1 || true; done
+  for target in sshfs nbd borgmethod; do "$bin" --config "$config" close "$target" >/dev/null 2>&1 || true; done
   [ -n "${before:-}" ] && "$before" --config "$work/before.toml" close before >/dev/null 2>&1 || true
   "$root/e2e/backup-host.sh" stop "$work"
   rm -rf "$work"
@@ -49,7 +53,7 @@ trap cleanup EXIT
 : > "$config"   # the bench writes its own targets
 storage=$work/storage
 before=${IMGBACKUP_BIN_BEFORE:-}
-targets=(sshfs nbd recipe)
+targets=(sshfs nbd borgmethod recipe)
 [ -n "$before" ] && targets+=(before)
 targets+=(capped)
 for target in "${targets[@]}"; do
@@ -77,7 +81,7 @@ pbkdf_iterations = 1000
 stall    = "300s"
 teardown = "120s"
 [target.$target.copy]
-method  = "rsync"
+method  = "$([ "$target" = borgmethod ] && echo borg || echo rsync)"
 sources = ["$work/src"]
 TOML
   [ "$transport" = nbd ] && cat >> "$file" <<TOML
@@ -93,6 +97,7 @@ mkdir -p "$work/recipe-remote" "$work/recipe-mnt" "$storage/plain"
 
 "$bin" --config "$config" init sshfs >/dev/null
 "$bin" --config "$config" init nbd >/dev/null
+"$bin" --config "$config" init borgmethod >/dev/null
 "$bin" --config "$config" init recipe >/dev/null
 "$bin" --config "$config" init capped >/dev/null
 [ -n "$before" ] && "$before" --config "$work/before.toml" init before >/dev/null
@@ -123,6 +128,7 @@ backup() {  # tool, pass (first|second)
   case "$1" in
     "run sshfs") "$bin" --config "$config" run sshfs >/dev/null ;;
     "run NBD") "$bin" --config "$config" run nbd >/dev/null ;;
+    "run borg") "$bin" --config "$config" run borgmethod >/dev/null ;;
     "run sshfs (before)") "$before" --config "$work/before.toml" run before >/dev/null ;;
     recipe) recipe "$2" ;;
     borg) borg create --warning --compression lz4 "ssh://root@127.0.0.1:2222$storage/borg::$2" "$work/src" ;;
@@ -138,8 +144,8 @@ wire_of_last_run() {  # target: what imgbackup counted on its own connections
   tail -n 1 "$IMGBACKUP_STATE_DIR/$1/runs.jsonl" | python3 -c 'import json, sys; r = json.load(sys.stdin); print(r.get("wireBytesSent", 0) + r.get("wireBytesReceived", 0))'
 }
 
-tools=("run sshfs" "run NBD" recipe borg restic rsync)
-[ -n "$before" ] && tools=("run sshfs" "run sshfs (before)" "run NBD" recipe borg restic rsync)
+tools=("run sshfs" "run NBD" "run borg" recipe borg restic rsync)
+[ -n "$before" ] && tools=("run sshfs" "run sshfs (before)" "run NBD" "run borg" recipe borg restic rsync)
 seconds_of() {  # command...: wall time, and the loopback bytes it moved
   local bytes start
   bytes=$(lo_bytes) start=$(now)
@@ -173,6 +179,7 @@ for profile in "${profiles[@]}"; do
       case "$tool" in
         "run sshfs") counted=$(awk -v b="$(wire_of_last_run sshfs)" 'BEGIN { printf "%.1f MiB", b / 1048576 }') ;;
         "run NBD") counted=$(awk -v b="$(wire_of_last_run nbd)" 'BEGIN { printf "%.1f MiB", b / 1048576 }') ;;
+        "run borg") counted=$(awk -v b="$(wire_of_last_run borgmethod)" 'BEGIN { printf "%.1f MiB", b / 1048576 }') ;;
       esac
     done
     echo "$row | ${counted:--} |"
@@ -200,6 +207,8 @@ for profile in "${profiles[@]}"; do
   tc qdisc del dev lo root
   "$bin" --config "$config" open sshfs >/dev/null && rm -rf "$work/mnt/sshfs/snapshots" && "$bin" --config "$config" close sshfs >/dev/null
   "$bin" --config "$config" open nbd >/dev/null && rm -rf "$work/mnt/nbd/snapshots" && "$bin" --config "$config" close nbd >/dev/null
+  "$bin" --config "$config" open borgmethod >/dev/null && rm -rf "$work/mnt/borgmethod/borg" && "$bin" --config "$config" close borgmethod >/dev/null
+  rm -rf "$IMGBACKUP_STATE_DIR/borgmethod/borg"  # its files cache: the next profile's first run starts cold too
   if [ -n "$before" ]; then
     "$before" --config "$work/before.toml" open before >/dev/null && rm -rf "$work/mnt/before/snapshots" && "$before" --config "$work/before.toml" close before >/dev/null
   fi
