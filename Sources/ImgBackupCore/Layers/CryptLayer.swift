@@ -100,9 +100,10 @@ extension CryptLayer {
 
     static func describe(name: String) -> String { "dm-crypt mapping /dev/mapper/\(name)" }
 
-    /// Up in any state device-mapper knows: a mapping an interrupted
-    /// activation left half-made still holds the name and must come down.
-    static func isUp(name: String) -> Bool { CryptDevice.isActive(name: name) || CryptDevice.exists(name: name) }
+    /// Up in any state device-mapper knows, live or half-made (a mapping an
+    /// interrupted activation left still holds the name and must come down):
+    /// one ioctl, where libcryptsetup's status would ask the same and more.
+    static func isUp(name: String) -> Bool { CryptDevice.exists(name: name) }
 
     /// Deactivates the mapping; a busy one is refused, or (forced) its
     /// removal deferred until its last user lets go.
