@@ -337,18 +337,19 @@ def tree_digest(root):
 
 
 # About how many seconds each file takes alone in one VM under emulation
-# (from the runs of 2026-12-03, rounded), for splitting the suite over
-# several VMs (run-sharded.sh). Only the balance depends on them; a file
-# missing here counts as SHARD_DEFAULT_SECONDS.
+# (a clean clone's `.ci/run` of 2026-12-06, setup and teardown included,
+# rounded), for splitting the suite over several VMs (run-sharded.sh). Only
+# the balance depends on them; a file missing here counts as
+# SHARD_DEFAULT_SECONDS.
 SHARD_SECONDS = {
-    "test_faults.py": 700, "test_hostile_host.py": 500, "test_core_path.py": 400, "test_run.py": 400,
-    "test_nbd.py": 350, "test_pull.py": 350, "test_unattended.py": 300, "test_keys.py": 250,
-    "test_resize.py": 250, "test_authorized_keys.py": 220, "test_restore.py": 300, "test_bad_input.py": 150,
-    "test_status.py": 120, "test_doctor.py": 90, "test_lock.py": 90, "test_metrics.py": 60,
-    "test_big_image.py": 170, "test_sftp_only.py": 150, "test_wire.py": 70, "test_check.py": 170,
-    "test_read_only.py": 100, "test_setup.py": 60, "test_s3.py": 560,
+    "test_s3.py": 520, "test_faults.py": 345, "test_run.py": 255, "test_pull.py": 215,
+    "test_unattended.py": 210, "test_keys.py": 195, "test_hostile_host.py": 185, "test_core_path.py": 180,
+    "test_restore.py": 160, "test_nbd.py": 145, "test_check.py": 120, "test_big_image.py": 95,
+    "test_sftp_only.py": 90, "test_resize.py": 90, "test_authorized_keys.py": 90, "test_read_only.py": 80,
+    "test_status.py": 75, "test_lock.py": 65, "test_bad_input.py": 60, "test_doctor.py": 55,
+    "test_setup.py": 45, "test_wire.py": 35, "test_metrics.py": 20,
 }
-SHARD_DEFAULT_SECONDS = 180
+SHARD_DEFAULT_SECONDS = 100
 
 
 def shard_of_each_file(files, count):
