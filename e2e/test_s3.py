@@ -233,6 +233,28 @@ def test_a_frozen_store_is_a_hang_and_the_next_run_goes_ahead(host, s3, s3_templ
     host.discard(name, source)
 
 
+def test_a_store_slower_than_the_stall_is_no_hang(host, s3, s3_template):
+    """An uplink that needs longer than the stall to send what one commit
+    gathered (bandwidth_limit 512 KiB/s, 16 MiB, stall 15 s): nbdkit's cache
+    filter answers no ping while its flush sends, but the store's answers to
+    the flush's PUTs show it works, and the run succeeds. (Before, the run
+    was declared hung.)"""
+    source = os.path.join(host.work, "src-s3slow")
+    write_random_files(source, 4, 4 * MiB)
+    name = add_s3_target(host, s3, "s3slow", size="64M", bandwidth_limit="512K", tables={
+        "copy": {"method": "rsync", "sources": [source]}, "timeouts": {"stall": f"{STALL}s"}})
+    clone_s3_image(host, s3, s3_template, name)
+    result = host.ok("run", name)
+    assert "hung" not in result.stderr
+    with open(os.path.join(host.state, name, "runs.jsonl")) as history:
+        record = json.loads(history.read().splitlines()[-1])
+    print(f"run: {record['wireBytesSent']} bytes sent to the store at 512 KiB/s")
+    # What the store got took more than two stalls to send at the cap.
+    assert record["wireBytesSent"] >= 16 * MiB > 2 * STALL * 512 * 1024
+    assert_no_s3_leftovers(host, s3, name)
+    host.discard(name, source)
+
+
 def test_imgbackup_killed_mid_run_then_close_recovers_and_the_image_grows(host, s3, s3_template):
     """kill -9 of imgbackup mid-copy: close stops what it left, releases the
     lock through the bridge, and the next open's check finds the filesystem

@@ -36,10 +36,14 @@ final class FakeProbe: TransportProbing {
     private let answering: Atomic<Bool>
     private let asked = Atomic<Int>(0)
 
-    init(_ layerName: String = "sshfs to backup-host", answers: Bool, isSource: Bool = false) {
+    init(
+        _ layerName: String = "sshfs to backup-host", answers: Bool, isSource: Bool = false,
+        remoteSent: (@Sendable () -> UInt64)? = nil
+    ) {
         self.layerName = layerName
         imageWritesAreProgress = !isSource
         answering = Atomic(answers)
+        self.remoteSent = remoteSent
     }
 
     func answers(within deadline: Duration) async -> Bool {
@@ -49,6 +53,15 @@ final class FakeProbe: TransportProbing {
 
     func setAnswering(_ value: Bool) { answering.store(value, ordering: .relaxed) }
     var questions: Int { asked.load(ordering: .relaxed) }
+
+    /// What the remote sent on its one connection, for a transport whose
+    /// every byte is an answer (an S3 store); nil for one where bytes prove
+    /// nothing (ssh).
+    let remoteSent: (@Sendable () -> UInt64)?
+
+    func bytesTheRemoteSent(within deadline: Duration) async -> [UInt64: UInt64]? {
+        remoteSent.map { [7: $0()] }
+    }
 }
 
 /// Takes any record down by noting it, optionally slowly: what close and an

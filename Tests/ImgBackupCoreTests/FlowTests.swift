@@ -94,6 +94,25 @@ import Testing
         #expect(hang?.probe.isSource == true)
     }
 
+    /// nbdkit's cache filter holds the ping while a flush sends what it
+    /// gathered to the store: longer than the stall over a slow uplink.
+    /// The store's answers to the flush's PUTs show it works.
+    @Test func bytesFromAStoreThatOnlyAnswersAreProgressWhileThePingWaits() async {
+        let received = Atomic<UInt64>(0)
+        let store = FakeProbe(
+            "the S3 store at http://store", answers: false,
+            remoteSent: { received.add(200, ordering: .relaxed).newValue })
+        #expect(await hang(of: watchdog([store]), within: .milliseconds(1600)) == nil)
+        #expect(store.questions == 0, "a store that answers is not asked")
+    }
+
+    @Test func aStoreThatStoppedSendingHangs() async {
+        let store = FakeProbe("the S3 store at http://store", answers: false, remoteSent: { 4096 })
+        let hang = await hang(of: watchdog([store]), within: .seconds(5))
+        #expect(hang?.probe.layerName == "the S3 store at http://store")
+        #expect(store.questions >= 2)
+    }
+
     @Test func theCopyToolsOutputIsProgressOfEveryTransport() async {
         let output = OutputHeartbeat()
         let talking = Task {

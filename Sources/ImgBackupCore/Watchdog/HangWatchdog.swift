@@ -4,8 +4,9 @@ import Synchronization
 
 /// Watches a running copy step and the transports it works through (the
 /// image's; the source hosts' when pulling). Progress is bytes reaching the
-/// image's dm-crypt device or new output from the copy tool; each probe runs
-/// every few seconds while there is none. A transport that saw no progress
+/// image's dm-crypt device, new output from the copy tool, or new bytes
+/// from a remote whose every byte is an answer (an S3 store); each probe
+/// runs every few seconds while there is none. A transport that saw no progress
 /// and gave no answer for `stall`, and left two questions in a row
 /// unanswered, hangs, reported as that layer. (One is not enough: after a
 /// suspend, or a scheduler that overslept the whole window, the first
@@ -38,6 +39,8 @@ struct HangWatchdog: Sendable {
         var lastProgress = Array(repeating: clock.now, count: probes.count)
         var lastAnswer = lastProgress
         var unansweredInARow = Array(repeating: 0, count: probes.count)
+        var remoteSent: [[UInt64: UInt64]] = []
+        for probe in probes { remoteSent.append(await probe.bytesTheRemoteSent(within: probeDeadline) ?? [:]) }
         while true {
             do {
                 try await Task.sleep(for: interval)
@@ -57,6 +60,16 @@ struct HangWatchdog: Sendable {
                     lastProgress[index] = clock.now
                     unansweredInARow[index] = 0
                     continue
+                }
+                if let sent = await probe.bytesTheRemoteSent(within: probeDeadline) {
+                    let before = remoteSent[index]
+                    remoteSent[index].merge(sent, uniquingKeysWith: max)
+                    if sent.contains(where: { socket, bytes in bytes > before[socket, default: 0] }) {
+                        // The remote is answering, just not the ping yet.
+                        lastProgress[index] = clock.now
+                        unansweredInARow[index] = 0
+                        continue
+                    }
                 }
                 if await probe.answers(within: probeDeadline) {
                     lastAnswer[index] = clock.now

@@ -13,10 +13,14 @@ protocol TransportProbing: Sendable {
     /// already read keeps the image busy for a while after a source froze).
     var imageWritesAreProgress: Bool { get }
     func answers(within deadline: Duration) async -> Bool
+    /// What the remote has sent on this transport's connections so far, by
+    /// connection (socket inode); nil where that proves nothing.
+    func bytesTheRemoteSent(within deadline: Duration) async -> [UInt64: UInt64]?
 }
 
 extension TransportProbing {
     var isSource: Bool { !imageWritesAreProgress }
+    func bytesTheRemoteSent(within deadline: Duration) async -> [UInt64: UInt64]? { nil }
 }
 
 /// Asks a transport a question only the remote can answer, with a short
@@ -39,6 +43,13 @@ struct TransportProbe: TransportProbing, Equatable {
     /// progress only as the copy tool's output (write-back of what was
     /// already read keeps the image busy for a while after a source froze).
     let imageWritesAreProgress: Bool
+    /// Whether bytes the remote sends are its answers. An S3 store sends
+    /// only answers (nbdkit's HTTP requests), so bytes arriving prove it
+    /// works even while the ping waits: nbdkit's cache filter holds every
+    /// request while a flush sends what it gathered, which over a slow
+    /// uplink takes longer than the stall. Not over ssh: sshd answers
+    /// keepalives while the sftp-server or nbdkit behind it is frozen.
+    let remoteSendsOnlyAnswers: Bool
 
     /// The image's transport.
     init(target: Target, paths: RuntimePaths) {
@@ -54,6 +65,7 @@ struct TransportProbe: TransportProbing, Equatable {
             )
         }
         imageWritesAreProgress = true
+        remoteSendsOnlyAnswers = target.transport == .s3
     }
 
     /// A source host's read-only mount.
@@ -62,6 +74,7 @@ struct TransportProbe: TransportProbing, Equatable {
         layerName = "the source host \(source.host)"
         fuseMount = paths.sourceMount(target.name, source)
         imageWritesAreProgress = false
+        remoteSendsOnlyAnswers = false
     }
 
     func answers(within deadline: Duration) async -> Bool {
@@ -78,6 +91,23 @@ struct TransportProbe: TransportProbing, Equatable {
             }
         } catch {
             return false
+        }
+    }
+
+    /// Through the NBD bridge to an S3 store: what the store sent to the
+    /// bridge's nbdkit, from the kernel's counters of its sockets.
+    func bytesTheRemoteSent(within deadline: Duration) async -> [UInt64: UInt64]? {
+        guard remoteSendsOnlyAnswers else { return nil }
+        let mount = fuseMount
+        // /proc reads: bounded too, as everything that looks at processes
+        // working on a remote that may have stopped.
+        return try? await withAbandonableDeadline(deadline, operation: "count what \(layerName) sent") {
+            let bridge = ProcessTable.processes(withArgument: mount)
+            var sent: [UInt64: UInt64] = [:]
+            for pid in bridge + ProcessTable.descendants(of: bridge) {
+                for (socket, traffic) in TCPConnections.traffic(of: pid) { sent[socket] = traffic.received }
+            }
+            return sent
         }
     }
 }
