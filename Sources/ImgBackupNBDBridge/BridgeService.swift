@@ -80,7 +80,10 @@ public struct BridgeService: Sendable {
             export: export, size: UInt64(connection.size), canTrim: connection.canTrim, canZero: connection.canZero,
             canFlush: connection.canFlush, storePing: storePing)
         do {
-            try filesystem.serve(mountPoint: mountPoint, name: target.name, threads: threads)
+            let (mountPoint, name, threads) = (mountPoint, target.name, threads)
+            try await onThreadOfItsOwn(named: "fuse-session") { () throws(SystemCallError) in
+                try filesystem.serve(mountPoint: mountPoint, name: name, threads: threads)
+            }
         } catch {
             throw ImgBackupError.wrapping(error, .system, failedTo: "serve the NBD export at \(mountPoint)")
         }

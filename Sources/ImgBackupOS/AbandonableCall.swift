@@ -97,6 +97,29 @@ public func withAbandonableDeadline<T: Sendable>(
     }
 }
 
+/// Runs `body`, a call that blocks for as long as it serves (a FUSE session
+/// loop), on a thread of its own, and waits for it without holding a thread
+/// of the cooperative pool. That pool has one thread per core: on a
+/// one-CPU machine a loop run from a task took its only thread, and every
+/// task the served requests started (the S3 bridge's ping of the store)
+/// waited for a thread forever, and the request with it.
+public func onThreadOfItsOwn<T: Sendable, Failure: Error>(
+    named name: String, _ body: @escaping @Sendable () throws(Failure) -> T
+) async throws(Failure) -> T {
+    let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, Failure>, Never>) in
+        let worker = Thread {
+            do throws(Failure) {
+                continuation.resume(returning: .success(try body()))
+            } catch {
+                continuation.resume(returning: .failure(error))
+            }
+        }
+        worker.name = String(name.prefix(15))
+        worker.start()
+    }
+    return try result.get()
+}
+
 /// Runs async `body` with a deadline. When the deadline passes, or the
 /// calling task is cancelled, `body` is cancelled (for a child process that
 /// starts its teardown ladder) and given `cancellationGrace` to wind down;

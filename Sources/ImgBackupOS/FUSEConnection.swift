@@ -21,17 +21,31 @@ public enum FUSEConnection {
         return Int(minor)
     }
 
+    /// How many requests to the daemon of the FUSE mount at `mountPoint`
+    /// are waiting for its answer; nil when there is no such mount or its
+    /// connection cannot be read.
+    public static func waitingRequests(mountPoint: String) -> Int? {
+        guard let number = number(mountPoint: mountPoint), (try? mountControl(number)) != nil,
+            let text = KernelFile.text(controlDirectory + "/\(number)/waiting")
+        else { return nil }
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Mounts fusectl if connection `number` is not to be seen (systemd
+    /// mounts it at boot; minimal systems may not have).
+    private static func mountControl(_ number: Int) throws(SystemCallError) {
+        guard access(controlDirectory + "/\(number)", F_OK) != 0 else { return }
+        if mount("fusectl", controlDirectory, "fusectl", 0, nil) != 0 && errno != EBUSY {
+            throw SystemCallError(call: "mount fusectl", object: controlDirectory, errno: errno)
+        }
+    }
+
     /// Aborts the connection of the FUSE mount at `mountPoint`. Returns false
     /// when there is no such mount. Mounts fusectl first if nobody has.
     @discardableResult
     public static func abort(mountPoint: String) throws(SystemCallError) -> Bool {
         guard let number = number(mountPoint: mountPoint) else { return false }
-        if access(controlDirectory + "/\(number)", F_OK) != 0 {
-            // systemd mounts fusectl at boot; minimal systems may not have.
-            if mount("fusectl", controlDirectory, "fusectl", 0, nil) != 0 && errno != EBUSY {
-                throw SystemCallError(call: "mount fusectl", object: controlDirectory, errno: errno)
-            }
-        }
+        try mountControl(number)
         let path = controlDirectory + "/\(number)/abort"
         let fd = open(path, O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SystemCallError(call: "open", object: path, errno: errno) }

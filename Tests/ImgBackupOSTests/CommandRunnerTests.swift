@@ -173,6 +173,34 @@ import Testing
             }
         }
     }
+
+    /// More serving loops than the cooperative pool has threads, each
+    /// blocked until a task it started has run (as the S3 bridge's FUSE
+    /// loop waits on its ping's task): none may take a thread of the pool.
+    @Test func servingLoopsLeaveThePoolFree() async {
+        let loops = ProcessInfo.processInfo.activeProcessorCount + 2
+        let served = await withTaskGroup(of: Bool.self) { group in
+            for index in 0..<loops {
+                group.addTask {
+                    await onThreadOfItsOwn(named: "loop \(index)") { () -> Bool in
+                        let done = DispatchSemaphore(value: 0)
+                        Task { done.signal() }
+                        return done.wait(timeout: .now() + 20) == .success
+                    }
+                }
+            }
+            return await group.reduce(into: 0) { count, ran in count += ran ? 1 : 0 }
+        }
+        #expect(served == loops, "a request's task never got a thread")
+    }
+
+    @Test func aLoopsErrorComesThrough() async {
+        await #expect(throws: SystemCallError.self) {
+            try await onThreadOfItsOwn(named: "failing") { () throws(SystemCallError) in
+                throw SystemCallError(call: "fuse_session_mount", object: "/x", errno: EACCES)
+            }
+        }
+    }
 }
 
 @Suite struct MountTableTests {

@@ -61,8 +61,23 @@ public struct TeardownContext: Sendable {
     /// if it is mounted; lazily when forced and a plain unmount fails.
     func unmountFUSE(_ mountPoint: String, force: Bool, what: String) async throws {
         guard let entry = MountTable.mount(at: mountPoint), entry.filesystemType.hasPrefix("fuse") else { return }
-        let result = try await runner.run(Command("fusermount3", ["-u", mountPoint], timeout: stepDeadline))
+        var result = try await runner.run(Command("fusermount3", ["-u", mountPoint], timeout: stepDeadline))
         if result.succeeded || !MountTable.isMountPoint(mountPoint) { return }
+        // The layers above are down, so what still waits on the daemon is a
+        // call of ours that was abandoned at its deadline (a probe, a
+        // measurement): it keeps the mount busy, and its thread would keep
+        // this process from ever exiting (a FUSE request the daemon has
+        // read ends only with an answer or an abort). Abort, then unmount.
+        if let waiting = FUSEConnection.waitingRequests(mountPoint: mountPoint), waiting > 0 {
+            logger.notice("\(what) left \(waiting) request(s) unanswered: aborting its FUSE connection")
+            do {
+                try FUSEConnection.abort(mountPoint: mountPoint)
+            } catch {
+                logger.error("could not abort the FUSE connection of \(mountPoint): \(error)")
+            }
+            result = try await runner.run(Command("fusermount3", ["-u", mountPoint], timeout: stepDeadline))
+            if result.succeeded || !MountTable.isMountPoint(mountPoint) { return }
+        }
         guard force else {
             throw ImgBackupError(
                 .invalidState, "failed to unmount \(what) at \(mountPoint): \(result.failureSummary)",
