@@ -10,7 +10,9 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -124,9 +126,11 @@ class BackupHost:
         """Runs `imgbackup --config CONFIG ARGS...` and returns the CompletedProcess."""
         command = args[0]
         started = time.monotonic()
-        result = subprocess.run(
-            [BIN, "--config", self.config, *args], env=self.env, capture_output=True, text=True,
-            timeout=timeout or COMMAND_TIMEOUT.get(command, 180))
+        process = subprocess.Popen([BIN, "--config", self.config, *args], env=self.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout, stderr = communicate_until_exit(process, timeout or COMMAND_TIMEOUT.get(command, 180),
+                                                f"imgbackup {' '.join(args)}")
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         elapsed = time.monotonic() - started
         TIMINGS[command].append(elapsed)
         print(f"$ imgbackup {' '.join(args)}  -> exit {result.returncode} in {elapsed:.1f}s")
@@ -151,6 +155,59 @@ class BackupHost:
 
     def state_record(self, target):
         return os.path.join(self.runtime, f"{target}.state.json")
+
+
+# Seconds a process may stay half-exited (its main thread gone, another
+# thread of it still in the kernel) before that counts as stuck for good.
+HALF_EXITED_SECONDS = 60
+
+
+def communicate_until_exit(process, limit, label):
+    """process.communicate(), failing instead of waiting forever: past
+    `limit` seconds, or once the process has half-exited for
+    HALF_EXITED_SECONDS. A thread stuck in the kernel (a FUSE request its
+    daemon never answers) keeps such a process from ending: it holds its
+    pipes open, so the output never ends, and it can never be reaped. On a
+    user's machine that is a run that never finishes and keeps its lock."""
+    deadline = time.monotonic() + limit
+    half_exited_since = None
+    while True:
+        try:
+            stdout, stderr = process.communicate(timeout=1)
+            process.wait()
+            return stdout, stderr
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if main_thread_exited(process.pid):
+            half_exited_since = half_exited_since or now
+            if now - half_exited_since > HALF_EXITED_SECONDS:
+                raise AssertionError(f"{label} exited, but a thread of it is stuck in the kernel, so it never "
+                                     f"ends: {stuck_threads(process.pid)}")
+        if now > deadline:
+            process.kill()
+            raise AssertionError(f"{label} did not end within {limit}s")
+
+
+def main_thread_exited(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stuck_threads(pid):
+    """Each thread left of `pid`: its name, state and kernel stack."""
+    found = []
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            with open(f"{task}/comm") as comm, open(f"{task}/stat") as stat, open(f"{task}/stack") as stack:
+                found.append(f"{comm.read().strip()} ({stat.read().rsplit(')', 1)[1].split()[0]}): "
+                             + " <- ".join(line.split()[-1].split("+")[0] for line in stack.read().splitlines()[:6]))
+        except (OSError, IndexError):
+            continue
+    return "; ".join(found) or "no thread left to look at"
 
 
 def toml_value(value):
@@ -198,6 +255,81 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call":
         item.imgbackup_failed = report.failed
+    state = getattr(item, "imgbackup_state_near_deadline", None)
+    if report.failed and state:
+        report.sections.append(("the machine 45 s before the test's deadline", state))
+
+
+# --- a hang is one failed test, with what the machine was waiting on -------
+
+# Seconds before the test's deadline (run-suite.sh's --timeout) at which the
+# machine's state is taken: while the test still waits, before its finally
+# clauses let frozen processes go on.
+STATE_BEFORE_DEADLINE = 45
+
+
+def machine_state():
+    """What is waiting on what: every process with its state and kernel wait
+    channel, the kernel stacks of those in uninterruptible sleep (D) and of
+    all blocked tasks (SysRq w), FUSE requests in flight, mounts, mappings,
+    loop devices."""
+    parts = []
+
+    def command(*argv):
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+            parts.append(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}")
+        except (OSError, subprocess.TimeoutExpired) as error:
+            parts.append(f"$ {' '.join(argv)}: {error}")
+
+    command("ps", "-eLo", "pid,tid,ppid,stat,wchan:32,etimes,args", "--sort=pid")
+    for stat in glob.glob("/proc/[0-9]*/task/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                name, fields = f.read().split(" (", 1)[1].rsplit(") ", 1)
+            if fields.split()[0] == "D":
+                task = os.path.dirname(stat)
+                with open(f"{task}/stack") as f:
+                    parts.append(f"kernel stack of {task} ({name}, D):\n{f.read()}")
+        except (OSError, ValueError):
+            continue
+    for waiting in glob.glob("/sys/fs/fuse/connections/*/waiting"):
+        with open(waiting) as f:
+            parts.append(f"{waiting}: {f.read().strip()}")
+    try:
+        with open("/proc/sysrq-trigger", "w") as sysrq:
+            sysrq.write("w")
+    except OSError as error:
+        parts.append(f"sysrq w: {error}")
+    command("sh", "-c", "dmesg | tail -n 150")
+    command("sh", "-c", "grep -E 'fuse|ext4|btrfs|/tmp' /proc/self/mounts")
+    command("dmsetup", "table")
+    command("losetup", "-a")
+    return "\n".join(parts)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    deadline = item.config.getoption("timeout", None)
+    timer = None
+    if deadline and deadline > STATE_BEFORE_DEADLINE:
+        def take():
+            state = machine_state()
+            item.imgbackup_state_near_deadline = state
+            # Also now, past pytest's capture: a test stuck in the kernel
+            # never gets to its report.
+            with item.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+                sys.stderr.write(f"\n=== {item.nodeid}: the machine {STATE_BEFORE_DEADLINE} s before its deadline ===\n"
+                                 f"{state}\n=== end of the machine's state ===\n")
+                sys.stderr.flush()
+        timer = threading.Timer(deadline - STATE_BEFORE_DEADLINE, take)
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer:
+            timer.cancel()
 
 
 @pytest.fixture(autouse=True)
@@ -215,21 +347,35 @@ def clear_what_a_failed_test_left(request):
         state = runtime[:-len("run")] + "state"  # run and state, or LABEL-run and LABEL-state
         env = dict(host.env, IMGBACKUP_RUNTIME_DIR=runtime, IMGBACKUP_STATE_DIR=state)
         target = os.path.basename(record)[:-len(".state.json")]
-        subprocess.run([BIN, "--config", host.config, "close", "--force", target], env=env,
-                       capture_output=True, timeout=180)
+        run_bounded([BIN, "--config", host.config, "close", "--force", target], env=env, timeout=180)
     for mount_point in sorted(mounts_under(host.work, host.runtime), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mount_point], check=False)
+        run_bounded(["umount", "-l", mount_point])
     for mapping in imgbackup_mappings():
-        subprocess.run(["dmsetup", "remove", "--force", mapping], check=False)
+        run_bounded(["dmsetup", "remove", "--force", mapping])
     for loop in loop_devices_on(host.work):
-        subprocess.run(["losetup", "-d", f"/dev/{loop}"], check=False)
+        run_bounded(["losetup", "-d", f"/dev/{loop}"])
     for pid in bridge_processes():
-        subprocess.run(["kill", "-9", pid], check=False)
+        run_bounded(["kill", "-9", pid])
     for connection in orphaned_fuse_connections():
         with open(f"/sys/fs/fuse/connections/{connection}/abort", "w") as abort:
             abort.write("1")
     for leftover in glob.glob(os.path.join(host.work, "*run", "*.state.json")) + glob.glob(os.path.join(host.storage, "*.lock")):
         os.remove(leftover)
+
+
+def run_bounded(argv, env=None, timeout=60):
+    """Runs a clean-up command for at most `timeout` seconds, and at most 10
+    more after killing it: one stuck in the kernel (an unmount on a dead
+    remote) is left there, where subprocess.run would wait for it forever."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            print(f"clean-up: {' '.join(argv)} is stuck; left behind")
 
 
 # --- what "nothing left behind" means --------------------------------------

@@ -14,4 +14,7 @@ while :; do
   esac
 done
 # Debian's python3 and pytest: the VM's PATH does not see per-user Pythons.
-exec /usr/bin/python3 -m pytest -p no:cacheprovider -v -rA --durations=0 "$here" "$@"
+# Every test has a deadline (conftest.py, TEST_DEADLINE): a hang is one
+# failed test with the machine's state printed, not a CI run out of time.
+exec /usr/bin/python3 -m pytest -p no:cacheprovider -v -rA --durations=0 \
+  --timeout="${IMGBACKUP_E2E_TEST_DEADLINE:-600}" --timeout-method=signal "$here" "$@"

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 
-from conftest import BIN, assert_nothing_left, processes_whose_argv, tree_digest
+from conftest import BIN, assert_nothing_left, communicate_until_exit, processes_whose_argv, tree_digest
 
 STALL = 15
 MiB = 1 << 20
@@ -84,7 +84,7 @@ def freeze_until_exit(process, name, pids=None):
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
-        _, stderr = process.communicate(timeout=STALL + 120)
+        _, stderr = communicate_until_exit(process, STALL + 120, "imgbackup (frozen remote)")
         return stderr, time.monotonic() - frozen_at
     finally:
         for pid in stopped:

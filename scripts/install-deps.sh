@@ -12,6 +12,8 @@ packages=(
   systemd zsh
   # test: the backup host the end-to-end suite starts
   openssh-server nbdkit nbd-server kmod python3-pytest
+  # test: a test that hangs fails on its own deadline instead of eating CI's
+  python3-pytest-timeout
   # test: nbdcopy, the NBD client an attacker with a stolen key would use
   libnbd-bin
   # test: udevd, as on a real machine (open's mapping must stay unprobed)
