@@ -48,9 +48,20 @@ struct RsyncCopy: CopyMethod {
             "rsync \(context.copy.sources.joined(separator: " ")) into \(Self.snapshotsDirectory)/\(name)\(previous.map { ", hard-linked against \($0)" } ?? ", a full copy")"
         )
 
-        let result = try await context.run(
-            Command("rsync", arguments, timeout: CopyContext.stepLimit, outputLimit: 256 * 1024),
-            progress: Self.progressLine)
+        // rsync looks up every file of the previous snapshot, one directory
+        // block at a time: over a distant link a round trip each. Read ahead
+        // of it, many at once.
+        let prefetch = previous.map { DirectoryPrefetch.start("\(snapshots)/\($0)") }
+        let result: CommandResult
+        do {
+            result = try await context.run(
+                Command("rsync", arguments, timeout: CopyContext.stepLimit, outputLimit: 256 * 1024),
+                progress: Self.progressLine)
+        } catch {
+            await Self.finish(prefetch, context)
+            throw error
+        }
+        await Self.finish(prefetch, context)
         switch result.termination {
         case .exited(0): break
         case .exited(24):
@@ -99,6 +110,16 @@ struct RsyncCopy: CopyMethod {
     {
         try await context.rsyncOut(
             from: "\(context.mountPoint)/\(point.location)", paths: paths, into: directory, what: point.location)
+    }
+
+    /// The prefetch's descriptors go before the write-out and the unmount
+    /// (an open one would keep the filesystem busy), after a stop signal too.
+    /// Each read ends within a round trip; after a hang the watchdog has
+    /// aborted the transport, which ends them at once.
+    private static func finish(_ prefetch: DirectoryPrefetch?, _ context: CopyContext) async {
+        guard let prefetch else { return }
+        let deadline = Deadlines(context.target).remoteCall
+        _ = await withUncancelledTask { await prefetch.stop(waitingAtMost: deadline) }
     }
 
     /// "  1,234,567  45%   12.34MB/s    0:00:10 (xfr#3, ir-chk=1000/2000)"
