@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 # Extra arguments for pytest in the end-to-end suite, e.g. E2E_ARGS='-k wrong_key'.
 E2E_ARGS ?=
 
-.PHONY: all deps build unit lint e2e e2e-long test demo install dist completions man clean format bench bench-links bench-many bench-writes bench-restore bench-s3
+.PHONY: all deps build unit lint e2e e2e-long test demo install dist completions man clean format bench bench-links bench-tree bench-many bench-writes bench-restore bench-s3
 
 all: build
 
@@ -99,6 +99,12 @@ bench-links:
 	command -v restic >/dev/null || apt-get install -y restic
 	$(SWIFT) build -c release
 	e2e/in-real-kernel.sh scripts/bench-links.sh
+
+# An incremental run of a tree of 2,000 directories over a slow, distant
+# link (beside another build: the command in docs/benchmarks.md).
+bench-tree:
+	$(SWIFT) build -c release
+	e2e/in-real-kernel.sh scripts/bench-tree.sh
 
 # An image in an S3 bucket (rclone's S3 server in the VM) against sshfs,
 # NBD and restic's S3 backend; three object sizes (docs/benchmarks.md).

@@ -18,6 +18,9 @@
 # inside the image) over sshfs: the copy method that writes least to the
 # image for a change like this one.
 #
+# The images are 1 GiB: below 512 MiB mkfs.ext4 takes 1 KiB blocks, and
+# users' images (0.5-4 TiB) have 4 KiB ones.
+#
 # IMGBACKUP_BIN_BEFORE=PATH adds "run sshfs (before)": another imgbackup
 # binary (an earlier commit) on its own image, for a side-by-side comparison.
 # Needs restic (apt-get install restic; `make bench-links` installs it).
@@ -69,7 +72,7 @@ port          = 2222
 identity_file = "$work/ssh/client_ed25519"
 ssh_options   = ["UserKnownHostsFile=$work/ssh/known_hosts", "StrictHostKeyChecking=yes"]
 image         = "$target.img"
-size          = "256M"
+size          = "1G"
 transport     = "$transport"
 key_file      = "$work/keys/demo.key"
 mount_point   = "$work/mnt/$target"
