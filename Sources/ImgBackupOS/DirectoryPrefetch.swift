@@ -38,7 +38,7 @@ public final class DirectoryPrefetch: @unchecked Sendable {
         pending = [Array(root.utf8CString)]
     }
 
-    /// Directories read so far.
+    /// Directories read (or tried: one that cannot be opened counts) so far.
     public var directoriesRead: Int {
         condition.lock()
         defer { condition.unlock() }
