@@ -483,17 +483,17 @@ def tree_digest(root):
 
 
 # About how many seconds each file takes alone in one VM under emulation
-# (a clean clone's `.ci/run` of 2026-12-06, setup and teardown included,
+# (a clean clone's `.ci/run` of 2026-12-06, one virtual CPU, setup and teardown included,
 # rounded), for splitting the suite over several VMs (run-sharded.sh). Only
 # the balance depends on them; a file missing here counts as
 # SHARD_DEFAULT_SECONDS.
 SHARD_SECONDS = {
-    "test_s3.py": 620, "test_faults.py": 345, "test_run.py": 255, "test_pull.py": 215,
-    "test_unattended.py": 210, "test_keys.py": 195, "test_hostile_host.py": 185, "test_core_path.py": 180,
-    "test_restore.py": 160, "test_nbd.py": 145, "test_check.py": 120, "test_big_image.py": 95,
-    "test_sftp_only.py": 90, "test_resize.py": 90, "test_authorized_keys.py": 90, "test_read_only.py": 80,
-    "test_status.py": 75, "test_lock.py": 65, "test_bad_input.py": 60, "test_doctor.py": 55,
-    "test_setup.py": 45, "test_wire.py": 35, "test_metrics.py": 20,
+    "test_s3.py": 655, "test_faults.py": 405, "test_run.py": 250, "test_unattended.py": 245,
+    "test_keys.py": 240, "test_pull.py": 235, "test_core_path.py": 215, "test_hostile_host.py": 175,
+    "test_restore.py": 175, "test_nbd.py": 160, "test_check.py": 140, "test_big_image.py": 110,
+    "test_resize.py": 105, "test_read_only.py": 95, "test_authorized_keys.py": 95, "test_bad_input.py": 85,
+    "test_sftp_only.py": 80, "test_status.py": 70, "test_doctor.py": 60, "test_lock.py": 55,
+    "test_setup.py": 45, "test_wire.py": 35, "test_metrics.py": 15,
 }
 SHARD_DEFAULT_SECONDS = 100
 
