@@ -4,11 +4,14 @@ a file the tests can count, read and freeze. The image goes through nbdkit's
 S3 plugin in the NBD bridge; imgbackup's own requests (lock, metadata,
 listings) through curl."""
 import glob
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+import xml.sax.saxutils
 
 import pytest
 
@@ -286,10 +289,45 @@ def test_imgbackup_killed_mid_run_then_close_recovers_and_the_image_grows(host, 
     assert refused.returncode == 1 and "a whole number of 256 KiB objects" in refused.stderr
 
 
+class FailingStore:
+    """An S3 endpoint that answers every request 500, with a message the way
+    a hostile or broken store could write it: 45 KiB of terminal escapes and
+    lines that pretend to be imgbackup's."""
+    MESSAGE = "\x1b]0;owned\x07\x1b[2J\nimgbackup: all backups fine " * 1000
+
+    def __enter__(self):
+        message = xml.sax.saxutils.escape(self.MESSAGE)
+
+        class Answer500(http.server.BaseHTTPRequestHandler):
+            def answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = f"<Error><Code>InternalError</Code><Message>{message}</Message></Error>".encode()
+                self.send_response(500)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer500)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_what_the_store_refuses_is_one_clear_line(host, s3):
     """Wrong credentials (403), a bucket that is gone (404), an endpoint
-    nobody serves: each one line, exit 6 (the remote), nothing left, and the
-    secret never printed."""
+    nobody serves, a store that answers 500 with a hostile message: each one
+    short line, exit 6 (the remote), nothing left, and the secret never
+    printed."""
     name = "s3refused"  # no image: each is refused before it could be read
     wrong = os.path.join(host.work, "keys", "s3-wrong")
     with open(os.open(wrong, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
@@ -299,15 +337,20 @@ def test_what_the_store_refuses_is_one_clear_line(host, s3):
         "s3nobucket": ({"bucket": "gone-bucket", "prefix": f"hosts/{name}"}, "imgbackup: error: the S3 bucket 'gone-bucket' does not exist"),
         "s3noserver": ({"endpoint": "http://127.0.0.1:9", "prefix": f"hosts/{name}"}, "imgbackup: error: failed to reach the S3 endpoint http://127.0.0.1:9"),
     }
-    for case, (table, line) in cases.items():
-        add_s3_target(host, s3, case, size="64M", tables={"s3": table})
-        result = host.run("open", case)
-        print(case, result.returncode, result.stderr)
-        assert result.returncode == 6
-        last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith(line)
-        assert SECRET_KEY not in result.stderr + result.stdout
-        assert_nothing_left(host, case)
+    with FailingStore() as failing:
+        cases["s3error500"] = ({"endpoint": failing, "prefix": f"hosts/{name}"},
+                               "imgbackup: error: failed to read backups/hosts/s3refused.imgbackup in S3: "
+                               "the store answered 500 InternalError: \\u{1b}]0;owned\\u{7}")
+        for case, (table, line) in cases.items():
+            add_s3_target(host, s3, case, size="64M", tables={"s3": table})
+            result = host.run("open", case)
+            print(case, result.returncode, result.stderr[:1000])
+            assert result.returncode == 6
+            last = result.stderr.strip().splitlines()[-1]
+            assert last.startswith(line)
+            assert len(result.stderr) < 1000 and "\x1b" not in result.stderr, "the store's words were not clipped"
+            assert SECRET_KEY not in result.stderr + result.stdout
+            assert_nothing_left(host, case)
 
 
 def test_a_store_that_goes_away_mid_run_leaves_no_half_backup(host, s3, s3_template):

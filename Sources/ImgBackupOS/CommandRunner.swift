@@ -105,8 +105,13 @@ public struct CommandResult: Sendable {
             .map { $0.trimmingCharacters(in: .whitespaces) }
             .filter { !$0.isEmpty }
             .suffix(lines)
+            .map { $0.clipped(to: Self.lineLimit) }
         return tail.joined(separator: "; ")
     }
+
+    /// What of one line of a tool's output an error message quotes: the
+    /// tool may be relaying a remote that sends a line of any length.
+    static let lineLimit = 300
 
     /// "exited with status 1" / "was killed by signal 9", plus the output tail.
     public var failureSummary: String {
@@ -339,5 +344,13 @@ public enum CommandPipe {
             throw SystemCallError(call: "pipe2", object: "command pipe", errno: errno)
         }
         return (ends[0], ends[1])
+    }
+}
+
+extension StringProtocol {
+    /// At most `limit` characters, an ellipsis marking the cut: text that a
+    /// remote or a tool chose stays one readable line of an error message.
+    public func clipped(to limit: Int) -> String {
+        count <= limit ? String(self) : String(prefix(Swift.max(0, limit - 1))) + "\u{2026}"
     }
 }

@@ -301,6 +301,26 @@ final class S3TestServer {
         #expect(try await client.get("laptop.lock") == nil)
     }
 
+    /// A store that answers 500 with a message of its own choosing, as long
+    /// and as full of terminal escapes as it likes: one short line.
+    @Test func aStoresLongErrorMessageIsClipped() throws {
+        let client = S3Client(
+            location: S3Location(
+                endpoint: "http://127.0.0.1:9", bucket: "backups", prefix: "laptop", credentials: .file("/nonexistent")),
+            credentials: S3Credentials(accessKeyID: "a", secretAccessKey: "b", sessionToken: nil),
+            runner: SubprocessCommandRunner(), deadline: .seconds(1))
+        let message = String(repeating: "\u{1b}]0;owned\u{07}\nimgbackup: all fine ", count: 2000)
+        let body = "<Error><Code>InternalError</Code><Message>\(message)</Message></Error>"
+        #expect {
+            try client.check(S3Client.Response(status: 500, body: body), "read", "laptop.imgbackup")
+        } throws: { error in
+            let message = (error as? ImgBackupError)?.message ?? ""
+            let said = "failed to read backups/laptop.imgbackup in S3: the store answered 500 InternalError: "
+            return message.hasPrefix(said) && message.count < 400
+                && !message.contains("\u{1b}") && !message.contains("\n")
+        }
+    }
+
     @Test func hostileXMLIsReadAsText() {
         let xml = "<Error><Code>A&amp;B</Code><Message>line\u{1b}[31m&lt;x&gt;</Message></Error><Code>second"
         #expect(S3XML.values(of: "Code", in: xml) == ["A&B"])

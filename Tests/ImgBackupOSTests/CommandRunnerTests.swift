@@ -21,6 +21,18 @@ import Testing
         #expect(result.failureSummary == "sh exited with status 3: err")
     }
 
+    /// A tool relaying a remote (ssh, sshfs) can print a line of any length:
+    /// the error quotes a clipped piece of it.
+    @Test func aLongLineOfOutputIsClippedInTheSummary() async throws {
+        let result = try await runner.run(
+            Command("sh", ["-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; exit 1"], timeout: .seconds(10)))
+        #expect(result.standardError.count > 60_000)
+        let summary = result.failureSummary
+        #expect(summary.hasPrefix("sh exited with status 1: xxx"))
+        #expect(summary.hasSuffix("x\u{2026}"))
+        #expect(summary.count == "sh exited with status 1: ".count + CommandResult.lineLimit)
+    }
+
     /// A secret reaches the child on stdin only: not in its argv or environment.
     @Test func secretInputArrivesOnStandardInputOnly() async throws {
         var bytes = Array("hunter2-passphrase".utf8)

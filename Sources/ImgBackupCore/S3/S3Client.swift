@@ -189,6 +189,9 @@ public struct S3Client: Sendable {
 
     static let statusMarker = "\nimgbackup-http-status:"
     static let pageLimit = 1_000_000
+    /// What of the store's own words (its error code, its message) an error
+    /// line quotes: a store may send a message of any length.
+    static let saidLimit = 200
 
     func request(
         _ method: String, key: String?, query: [(String, String)] = [], body: String? = nil, headers: [String] = [],
@@ -220,7 +223,7 @@ public struct S3Client: Sendable {
                 result.termination == .exited(28)
                 ? "no answer within \(deadline.secondsText)"
                 : result.standardError.split(whereSeparator: \.isNewline).last.map {
-                    String($0).escapingControlCharacters
+                    String($0).escapingControlCharacters.clipped(to: Self.saidLimit)
                 } ?? result.failureSummary
             throw ImgBackupError(
                 .remote, "failed to reach the S3 endpoint \(location.endpoint): \(reason)",
@@ -232,7 +235,9 @@ public struct S3Client: Sendable {
     /// Anything but 2xx, as one line naming the object and what the store said.
     func check(_ response: Response, _ verb: String, _ key: String) throws(ImgBackupError) {
         guard !(200..<300).contains(response.status) else { return }
-        let said = [response.errorCode, response.errorMessage].compactMap { $0?.escapingControlCharacters }
+        let said = [response.errorCode, response.errorMessage].compactMap {
+            $0?.escapingControlCharacters.clipped(to: Self.saidLimit)
+        }
         let what = "\(response.status)\(said.isEmpty ? "" : " " + said.joined(separator: ": "))"
         let object = "\(location.bucket)/\(key)"
         switch (response.status, response.errorCode) {
