@@ -72,7 +72,8 @@ tar --owner=0 --group=0 --sort=name -C "$tree" -czf "$tarball" usr
 
 # What the commands run (doctor names each): a backup needs ssh, sshfs,
 # fusermount3, the filesystem tools and rsync; borg, btrfs send, NBD and
-# trim are the user's choice.
+# trim are the user's choice, and an image in S3 needs nbdkit's Python plugin
+# with boto3 and curl (Recommends).
 depends=$(printf '%s\n' "${packages[@]}" openssh-client sshfs fuse3 rsync e2fsprogs util-linux | sort -u | paste -sd, | sed 's/,/, /g')
 mkdir -p "$tree/DEBIAN"
 cat > "$tree/DEBIAN/control" <<CONTROL
@@ -82,7 +83,7 @@ Architecture: $arch
 Maintainer: imgbackup developers <imgbackup@localhost>
 Installed-Size: $(du -sk "$tree/usr" | cut -f1)
 Depends: $depends
-Recommends: btrfs-progs, borgbackup, nbdkit, cryptsetup-bin
+Recommends: btrfs-progs, borgbackup, nbdkit, cryptsetup-bin, nbdkit-plugin-python, python3-boto3, curl
 Section: admin
 Priority: optional
 Description: encrypted block images on storage you don't trust
