@@ -29,9 +29,10 @@ public struct S3Location: Sendable, Equatable {
     /// The section of the credentials to use.
     public var profile = "default"
 
-    /// Chosen by `make bench-s3` (docs/benchmarks.md): against 1 MiB, a
-    /// quarter of the bytes on the wire for an incremental run (36 MiB
-    /// against 118 MiB) for 1.3 times the requests.
+    /// Chosen by `make bench-s3` (docs/benchmarks.md): a third of 1 MiB's
+    /// bytes on the wire for an incremental run (36 MiB against 117 MiB),
+    /// and the fastest first run at 20 and 100 ms round trips, where 128 KiB
+    /// objects save bytes but each extra request waits a round trip.
     public static let defaultObjectSize = ByteSize(bytes: 256 << 10)
 
     public init(endpoint: String, bucket: String, prefix: String, credentials: Credentials) {
