@@ -76,4 +76,13 @@ import Testing
         #expect(RemoteLockHolder.parse("") == nil)
         #expect(RemoteLockHolder.parse("host=laptop\npid=x\ntoken=t\n") == nil)
     }
+
+    /// A lock the backup host wrote itself, each field as long as a read allows.
+    @Test func aPlantedLocksLongFieldsAreClipped() throws {
+        let long = String(repeating: "x", count: 20_000)
+        let planted = try #require(
+            RemoteLockHolder.parse("host=\(long)\npid=7\ntarget=\(long)\nsince=\(long)\ntoken=t\n"))
+        #expect(planted.description.count < 300)
+        #expect(planted.description.hasPrefix("target 'xxx"))
+    }
 }

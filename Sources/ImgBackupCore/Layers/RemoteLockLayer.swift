@@ -26,7 +26,13 @@ public struct RemoteLockHolder: Sendable, Equatable {
             host: host, pid: pid, target: fields["target"] ?? "?", since: fields["since"] ?? "?", token: token)
     }
 
-    var description: String { "target '\(target)' on \(host) (pid \(pid)) since \(since)" }
+    /// Each field clipped: a lock the backup host (or store) planted may hold
+    /// a field as long as its read allows (4 KiB over sshfs, 64 KiB from
+    /// S3), and this goes into one line of an error.
+    var description: String {
+        let (target, host, since) = (target.clipped(to: 100), host.clipped(to: 100), since.clipped(to: 40))
+        return "target '\(target)' on \(host) (pid \(pid)) since \(since)"
+    }
 }
 
 /// Where a remote lock lives: a file beside the image (`IMAGE.lock`, over
